@@ -164,7 +164,6 @@ def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
     from stages.dates import check_ds
 
     check_ds(args.ds, name="--ds")
-    module = importlib.import_module(f"stages.{args.stage}")
     extra: dict[str, Any] = {}
     if args.stage == "infer":
         extra.update(mode=args.mode, shard=args.shard, model_version=args.model_version)
@@ -174,6 +173,7 @@ def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
         extra["retrain"] = True
     elif args.retrain:
         raise UsageError("--retrain applies to `lum run pretrain` only")
+    module = importlib.import_module(f"stages.{args.stage}")
     cfg = _stage_config(module, args, extra)
     return module.run(cfg, ds=args.ds, warehouse=warehouse)
 

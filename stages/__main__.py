@@ -1,0 +1,7 @@
+"""``python -m stages`` is the same as the ``lum`` command."""
+
+import sys
+
+from stages.cli import main
+
+sys.exit(main())
