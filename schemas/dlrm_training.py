@@ -33,7 +33,7 @@ def decode_conditions(value: str) -> list[str]:
 
 def _build(dim: int) -> pa.Schema:
     return pa.schema(dlrm_samples.fields() + [
-        field_("lum_match", pa.list_(pa.float32())),  # one sim per configured condition, in CONDITIONS_KEY order
+        field_("lum_match", pa.list_(pa.float32())),  # one sim per condition, CONDITIONS_KEY order
         field_("lum_target_match", pa.float32()),  # sim under the target item's own category
         field_("lum_user", embedding_type(dim)),  # o_q under the target item's category
         field_("lum_item", embedding_type(dim)),  # e_i

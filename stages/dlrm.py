@@ -82,8 +82,8 @@ class DLRM(nn.Module):
             top_in = h
         layers.append(nn.Linear(top_in, 1))
         self.mlp = nn.Sequential(*layers)
-        # Dense (LUM) path last.
-        self.dense = (nn.Sequential(nn.LayerNorm(dense_dim), nn.Linear(dense_dim, cfg.dense_hidden), nn.ReLU())
+        # Dense (LUM) path last. BatchNorm per feature: LUM vectors come at whatever scale the model has.
+        self.dense = (nn.Sequential(nn.BatchNorm1d(dense_dim), nn.Linear(dense_dim, cfg.dense_hidden), nn.ReLU())
                       if dense_dim else None)
 
     def forward(self, sparse: torch.Tensor, history: torch.Tensor | None = None,

@@ -160,6 +160,7 @@ def read_movielens(name: str) -> dict[str, pa.Table]:
     item = read_atomic(folder / f"{short}.item")
     user = read_atomic(folder / f"{short}.user")
     inter = read_atomic(folder / f"{short}.inter")
-    log.info("%s: read %d ratings, %d items, %d users from %s", name, len(inter), len(item), len(user), folder)
+    log.info("%s: read %d ratings, %d items, %d users from %s", name, len(inter), len(item), len(user),
+             folder)
     return {"events": events_table(inter, item, short), "items": items_table(item),
             "users": users_table(user, short)}

@@ -1,0 +1,132 @@
+"""
+# lum_daily: the daily Large User Model pipeline
+
+For each UTC day **D**, once D is complete:
+
+    sequences(D) -> pretrain(D) -> infer(D)
+    join(D)                      (alongside: it reads the knowledge of D-1, never today's)
+
+| task | reads | writes (Delta table / model store) |
+|---|---|---|
+| `sequences` | `events` ds <= D | `user_sequences` partition D |
+| `pretrain` | `user_sequences` D, the model trained through D-1 | model version trained through D |
+| `infer` | `user_sequences` D, that model | `user_knowledge` D, `item_knowledge` D |
+| `join` | `dlrm_samples` D, knowledge of the newest day < D | `dlrm_training` D |
+
+**Which day a run processes.** The schedule is `CronDataIntervalTimetable("0 0 * * *", UTC)`: the run
+for day D has the data interval [D 00:00, D+1 00:00) UTC, its logical date is D, and it fires at
+D+1 00:00, i.e. only after D is complete. Every task takes `ds` from the **data interval start**, so a
+manual trigger (whose interval is the last complete day) never processes a partial day.
+(Airflow 3's default cron timetable dates a run at the moment it fires, which would make "the run
+for D" process D-1; hence the explicit data-interval timetable.)
+
+**Order.** `max_active_runs=1`: day D warm-starts from the model trained through D-1 and joins the
+knowledge of D-1, so days run one at a time, in date order. `catchup=False`: enabling the DAG
+schedules the newest complete day only; history is loaded with an explicit backfill
+(`airflow backfill create --dag-id lum_daily --from-date A --to-date B --max-active-runs 1`, or
+`lum backfill --start A --end B` without a scheduler). Every task replaces exactly its own partition,
+so retries and reruns are idempotent.
+
+**Resources.** `pretrain` and `infer` run in the pool `lum_gpu` (create it once:
+`airflow pools set lum_gpu 1 "one slot per GPU"`), so GPU work never overlaps on one device.
+Retries: 2, exponential backoff from 2 minutes.
+
+**Settings (read when a task runs, not at parse time).** Warehouse: Airflow Variable `lum_warehouse`,
+else `$LUM_WAREHOUSE`, else `./warehouse`. Stage config file (TOML/JSON with `[sequences]`,
+`[pretrain]`, `[infer]`, `[join]` tables): Variable `lum_config`, else `$LUM_CONFIG`.
+`$LUM_DAG_START_DATE` / `$LUM_DAG_END_DATE` (YYYY-MM-DD) bound the schedule (default start
+1995-01-01, the earliest backfillable day; no end).
+
+**Assets.** Each written table is an Asset (`lum://warehouse/<table>`); schedule a downstream DAG on
+the knowledge with `@dag(schedule=[Asset("lum://warehouse/user_knowledge")])`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+# Logical table URIs: stable across deployments, whatever warehouse URI the tasks resolve at run time.
+EVENTS = Asset(uri="lum://warehouse/events", name="lum_events")
+USER_SEQUENCES = Asset(uri="lum://warehouse/user_sequences", name="lum_user_sequences")
+LUM_MODEL = Asset(uri="lum://warehouse/models/lum", name="lum_model")
+USER_KNOWLEDGE = Asset(uri="lum://warehouse/user_knowledge", name="lum_user_knowledge")
+ITEM_KNOWLEDGE = Asset(uri="lum://warehouse/item_knowledge", name="lum_item_knowledge")
+DLRM_SAMPLES = Asset(uri="lum://warehouse/dlrm_samples", name="lum_dlrm_samples")
+DLRM_TRAINING = Asset(uri="lum://warehouse/dlrm_training", name="lum_dlrm_training")
+
+GPU_POOL = "lum_gpu"
+
+
+def _day(env: str, default: str | None) -> dt.datetime | None:
+    value = os.environ.get(env) or default
+    if value is None:
+        return None
+    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
+
+
+def _settings() -> dict:
+    """Warehouse and config path, resolved when the task runs (Variable, then env)."""
+    from airflow.sdk import Variable
+
+    return {
+        "warehouse": Variable.get("lum_warehouse", default=None) or os.environ.get("LUM_WAREHOUSE"),
+        "config_path": Variable.get("lum_config", default=None) or os.environ.get("LUM_CONFIG"),
+    }
+
+
+@dag(
+    dag_id="lum_daily",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=_day("LUM_DAG_START_DATE", "1995-01-01"),
+    end_date=_day("LUM_DAG_END_DATE", None),
+    catchup=False,
+    max_active_runs=1,
+    tags=["lum", "recsys", "daily"],
+    default_args={
+        "owner": "lum",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=30),
+    },
+)
+def lum_daily():
+    @task(inlets=[EVENTS], outlets=[USER_SEQUENCES])
+    def sequences(data_interval_start=None) -> dict:
+        """user_sequences(D): each user's last max_len behaviours with ts < end of D."""
+        from stages import daily
+
+        return daily.run_sequences(daily.ds_of(data_interval_start), **_settings())
+
+    @task(outlets=[LUM_MODEL], pool=GPU_POOL, pool_slots=1)
+    def pretrain(data_interval_start=None) -> dict:
+        """Warm-start from the model trained through D-1; the new version is trained through D."""
+        from stages import daily
+
+        return daily.run_pretrain(daily.ds_of(data_interval_start), **_settings())
+
+    @task(outlets=[USER_KNOWLEDGE, ITEM_KNOWLEDGE], pool=GPU_POOL, pool_slots=1)
+    def infer(data_interval_start=None) -> dict:
+        """user_knowledge(D) and item_knowledge(D) with the newest model trained through D."""
+        from stages import daily
+
+        return daily.run_infer(daily.ds_of(data_interval_start), **_settings())
+
+    @task(inlets=[DLRM_SAMPLES], outlets=[DLRM_TRAINING])
+    def join(data_interval_start=None) -> dict:
+        """dlrm_training(D): samples of D with the newest knowledge strictly before D."""
+        from stages import daily
+
+        return daily.run_join(daily.ds_of(data_interval_start), **_settings())
+
+    # join(D) reads the knowledge written by D-1's run (max_active_runs=1 guarantees it is done),
+    # so it does not wait for today's inference (CONTRACT.md, daily semantics).
+    sequences() >> pretrain() >> infer()
+    join()
+
+
+lum_daily()

@@ -1,0 +1,127 @@
+"""Query condition sets: which condition tokens ``c_q`` each user is asked about (LUM step 2).
+
+A condition is a string of ``feature=value`` pairs joined by ``,`` in a fixed feature order, e.g.
+``category=Comedy`` or ``category=Comedy,scenario=rating`` (a "multi-condition" query: the paper's
+extra condition features ``f_1^c; f_2^c; ...`` in the Token Encoder). A spec string picks the set:
+
+- ``all`` (default): one condition per value of the query feature (``category``) that the model knows;
+  on MovieLens the 18 genres, ``category=<genre>``. Same N for every user.
+- ``top:K``: the user's K most frequent values of the query feature in their history (ties: the more
+  recent, then by name). N_b = min(K, distinct values in the history), so N varies per user.
+- ``list:C1;C2;...``: a fixed list of condition strings (``;`` separates conditions because ``,``
+  separates features inside one), e.g. ``list:category=Comedy;category=Drama,scenario=rating``.
+
+``with_features`` (e.g. ``scenario=rating``) is merged into every condition of the set, turning
+``all`` into 18 multi-condition queries ``category=<genre>,scenario=rating``. The feature order of
+the output strings is the model's (``feature_order``), so the same query always gets the same
+string, which is part of the ``user_knowledge`` key.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+
+def parse_condition(text: str) -> dict[str, str]:
+    """``"category=Comedy,scenario=rating"`` -> ``{"category": "Comedy", "scenario": "rating"}``."""
+    out: dict[str, str] = {}
+    for part in str(text).split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"condition must be feature=value[,feature=value...], got {text!r}")
+        if name in out:
+            raise ValueError(f"condition {text!r} names feature {name!r} twice")
+        out[name] = value
+    return out
+
+
+def format_condition(features: dict[str, str], feature_order: Sequence[str] = ()) -> str:
+    """Features -> canonical string: known features in ``feature_order``, then any others by name."""
+    order = [f for f in feature_order if f in features] + sorted(f for f in features if f not in feature_order)
+    return ",".join(f"{f}={features[f]}" for f in order)
+
+
+def feature_values(conditions: Iterable[str], feature: str) -> list[str]:
+    """Sorted distinct values of ``feature`` among condition strings (those without it are ignored)."""
+    values = {parse_condition(c).get(feature) for c in conditions}
+    return sorted(v for v in values if v is not None)
+
+
+@dataclass(frozen=True)
+class ConditionSet:
+    """A parsed condition spec. ``fixed(...)`` for sets shared by all users, ``for_user`` otherwise."""
+
+    kind: str  # "all" | "top" | "list"
+    feature: str = "category"  # the query feature for "all" and "top"
+    top_k: int = 0  # K for "top"
+    listed: tuple[str, ...] = ()  # the conditions of "list", as given
+    with_features: tuple[tuple[str, str], ...] = ()  # merged into every condition (multi-condition queries)
+
+    @property
+    def per_user(self) -> bool:
+        return self.kind == "top"
+
+    def _finish(self, base: Iterable[dict[str, str]], feature_order: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for features in base:
+            merged = dict(features)
+            for name, value in self.with_features:
+                if name in merged and merged[name] != value:
+                    raise ValueError(f"with_features {name}={value} conflicts with condition "
+                                     f"{format_condition(features, feature_order)!r}")
+                merged[name] = value
+            text = format_condition(merged, feature_order)
+            if text not in out:
+                out.append(text)
+        return out
+
+    def fixed(self, known_conditions: Sequence[str], feature_order: Sequence[str] = ()) -> list[str]:
+        """The conditions every user is queried with (kind "all" or "list").
+
+        ``known_conditions``: the condition strings the model's vocabulary holds (for "all").
+        """
+        if self.kind == "all":
+            values = feature_values(known_conditions, self.feature)
+            if not values:
+                raise ValueError(f"conditions=all: the model knows no value of feature {self.feature!r}")
+            return self._finish(({self.feature: v} for v in values), feature_order)
+        if self.kind == "list":
+            return self._finish((parse_condition(c) for c in self.listed), feature_order)
+        raise ValueError(f"conditions kind {self.kind!r} depends on the user; use for_user")
+
+    def for_user(self, history_conditions: Sequence[str], feature_order: Sequence[str] = ()) -> list[str]:
+        """Top-K query-feature values of one user's history (oldest first), most frequent first."""
+        if self.kind != "top":
+            raise ValueError(f"for_user applies to conditions=top:K, not {self.kind!r}")
+        counts: Counter[str] = Counter()
+        last_seen: dict[str, int] = {}
+        for pos, cond in enumerate(history_conditions):
+            value = parse_condition(cond).get(self.feature)
+            if value is not None:
+                counts[value] += 1
+                last_seen[value] = pos
+        ranked = sorted(counts, key=lambda v: (-counts[v], -last_seen[v], v))[: self.top_k]
+        return self._finish(({self.feature: v} for v in ranked), feature_order)
+
+
+def parse_spec(spec: str, *, feature: str = "category", with_features: str = "") -> ConditionSet:
+    """``"all"`` | ``"top:K"`` | ``"list:C1;C2"`` (+ ``with_features`` "f=v,g=w") -> ``ConditionSet``."""
+    extra = tuple(parse_condition(with_features).items()) if with_features else ()
+    kind, _, arg = str(spec).strip().partition(":")
+    if kind == "all" and not arg:
+        return ConditionSet("all", feature=feature, with_features=extra)
+    if kind == "top":
+        if not arg.isdigit() or int(arg) < 1:
+            raise ValueError(f"conditions top:K needs K >= 1, got {spec!r}")
+        return ConditionSet("top", feature=feature, top_k=int(arg), with_features=extra)
+    if kind == "list":
+        listed = tuple(c.strip() for c in arg.split(";") if c.strip())
+        if not listed:
+            raise ValueError(f"conditions list: needs at least one condition, got {spec!r}")
+        for c in listed:
+            parse_condition(c)
+        return ConditionSet("list", feature=feature, listed=listed, with_features=extra)
+    raise ValueError(f"conditions must be all, top:K or list:C1;C2..., got {spec!r}")

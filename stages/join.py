@@ -1,0 +1,338 @@
+"""Stage ``join``: the point-in-time join of day D's samples with the LUM knowledge (LUM step 3).
+
+``run(cfg, ds=D)`` is one Spark job:
+
+    dlrm_samples[ds = D]
+      LEFT JOIN items                       on item_id  (target condition "category=<item category>")
+      LEFT JOIN user knowledge, per user    on user_id  (one row per user: its vectors in a fixed order)
+      LEFT JOIN item_knowledge              on item_id
+    -> dlrm_training[ds = D]                (one delta-rs commit through Warehouse.write_spark_partition)
+
+Point in time: the knowledge partition K used is the newest ds with K <= D - lag_days (lag_days >= 1,
+default 1 = yesterday's inference); it is recorded per row in ``lum_knowledge_ds``. Nothing of day D or
+later is read: not knowledge, not items' knowledge, not events (the samples of D are the labels).
+
+Columns (see schemas/dlrm_training.py): ``lum_user`` = o_q under the target item's own condition,
+``lum_item`` = e_i, ``lum_match[j]`` = sim(o_q, e_i) under the j-th configured condition (order stored
+as JSON in the table metadata key ``lum.conditions``; null where the user has no knowledge under that
+condition), ``lum_target_match`` = sim under the target's own condition. sim is the cosine similarity
+dot(u, e) / (|u| |e|), 0.0 when either vector is all zeros; computed in the JVM with Spark's array
+functions (``zip_with`` + ``aggregate``): no Python worker, no pickling; ~N*D multiply-adds per row.
+
+Fallbacks and errors (``dlrm_training`` is untouched by every error):
+- no knowledge partition <= D - lag (the first day of a backfill): rows are written with null LUM
+  columns and the summary says ``knowledge_ds: null, fallback: "no_knowledge"``; with
+  ``require_knowledge=true`` this is a ``ValueError`` instead.
+- user_knowledge and item_knowledge have different newest partitions: the newest day that both have is
+  used (logged, ``fallback: "common_partition"``); none in common is treated as no knowledge.
+- different model versions (or several in one partition) or different embedding widths between the two
+  knowledge partitions: ``ValueError`` naming both.
+- a samples partition missing a column, with a wrong type, null keys or duplicate keys: ``ValueError``.
+Samples whose user or item has no knowledge keep their row with null LUM columns (``rows_without_knowledge``).
+Row count and key uniqueness are asserted (output rows == sample rows, keys unique) before the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import schemas
+from schemas import dlrm_training
+from stages.dates import check_ds, parse_ds
+from stages.join_spec import LUM_FEATURES, JoinSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options of ``lum run join`` (the consumer itself is described by its spec)."""
+
+    spec: str = "dlrm"  # built-in spec name or path to a TOML/JSON spec (stages/join_spec.py)
+    lag_days: int | None = None  # overrides the spec's lag; None = the spec's (default 1)
+    require_knowledge: bool = False  # True: no knowledge partition is an error instead of null LUM columns
+
+
+def _dates_minus(ds: str, days: int) -> str:
+    import datetime as dt
+
+    return (parse_ds(ds) - dt.timedelta(days=days)).isoformat()
+
+
+def choose_knowledge_ds(wh: Any, cutoff: str) -> tuple[str | None, str | None]:
+    """(knowledge ds, fallback) for the newest user+item knowledge partition <= ``cutoff``.
+
+    fallback is None (both tables' newest partitions agree), ``"common_partition"`` (they differ: the
+    newest day both have) or ``"no_knowledge"`` (nothing usable).
+    """
+    users = [d for d in (wh.partitions("user_knowledge") if wh.exists("user_knowledge") else []) if d <= cutoff]
+    items = [d for d in (wh.partitions("item_knowledge") if wh.exists("item_knowledge") else []) if d <= cutoff]
+    if not users or not items:
+        return None, "no_knowledge"
+    if users[-1] == items[-1]:
+        return users[-1], None
+    common = sorted(set(users) & set(items))
+    if not common:
+        return None, "no_knowledge"
+    log.warning("user_knowledge newest <= %s is %s but item_knowledge's is %s: using %s, the newest "
+                "partition both have", cutoff, users[-1], items[-1], common[-1])
+    return common[-1], "common_partition"
+
+
+def check_samples_schema(wh: Any, spec: JoinSpec) -> None:
+    """The samples table's Delta schema has every dlrm_samples column with a castable type (else ValueError).
+
+    Checked on the table schema, not on a DataFrame: Spark reading with the contract schema would turn
+    a missing column into nulls silently.
+    """
+    import pyarrow as pa
+
+    expected = schemas.get("dlrm_samples").schema()
+    have = {f.name: f.type for f in _arrow_schema(wh.delta_table(spec.samples_table).schema())}
+    missing = [f.name for f in expected if f.name not in have]
+    if missing:
+        raise ValueError(f"{spec.samples_table}: missing column(s) {', '.join(missing)}")
+    for f in expected:
+        got = have[f.name]
+        if got == f.type or pa.types.is_string(f.type) and pa.types.is_large_string(got):
+            continue
+        if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)) and \
+                (pa.types.is_integer(got) or pa.types.is_floating(got)):
+            continue
+        if pa.types.is_timestamp(f.type) and pa.types.is_timestamp(got):
+            continue
+        raise ValueError(f"{spec.samples_table}: column {f.name} has type {got}, expected {f.type}")
+
+
+def _arrow_schema(delta_schema: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.schema(delta_schema.to_arrow())
+
+
+def _knowledge_frames(spark: Any, wh: Any, k_ds: str) -> tuple[Any, Any, str, int]:
+    """(user_knowledge, item_knowledge, model_version, dim) of partition ``k_ds``, checked."""
+    from pyspark.sql import functions as F
+
+    uk = wh.read_spark(spark, "user_knowledge", ds=k_ds)
+    ik = wh.read_spark(spark, "item_knowledge", ds=k_ds)
+
+    def stats_of(name: str, df: Any, key: list[str]) -> Any:
+        return df.agg(F.lit(name).alias("table"), F.collect_set("model_version").alias("versions"),
+                      F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
+                      F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"))
+
+    stats = {}
+    rows = stats_of("user_knowledge", uk, ["user_id", "condition"]).union(
+        stats_of("item_knowledge", ik, ["item_id"])).collect()  # one Spark job for both tables
+    for row in rows:
+        name = row["table"]
+        versions = sorted(row["versions"] or [])
+        if len(versions) != 1:
+            raise ValueError(f"{name}[{k_ds}] must hold exactly one model_version, got {versions}")
+        if row["lo"] != row["hi"]:
+            raise ValueError(f"{name}[{k_ds}] has embeddings of widths {row['lo']}..{row['hi']}")
+        if row["rows"] != row["keys"]:
+            raise ValueError(f"{name}[{k_ds}] has {row['rows'] - row['keys']} duplicated key(s)")
+        stats[name] = (versions[0], row["lo"])
+    (uv, udim), (iv, idim) = stats["user_knowledge"], stats["item_knowledge"]
+    if uv != iv:
+        raise ValueError(f"model_version mismatch in knowledge partition {k_ds}: "
+                         f"user_knowledge {uv!r} vs item_knowledge {iv!r}")
+    if udim != idim:
+        raise ValueError(f"embedding width mismatch in knowledge partition {k_ds}: "
+                         f"user_knowledge D={udim} vs item_knowledge D={idim} (model {uv})")
+    return uk, ik, uv, int(udim)
+
+
+def _sql_list(values: list[str]) -> str:
+    return "array(" + ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values) + ")"
+
+
+# cosine(u, e) with |e| precomputed: dot(u, e) / (|u| |e|), 0.0 for a zero vector, null for a null one.
+_DOT = "aggregate(zip_with({a}, {b}, (x, y) -> x * y), CAST(0.0 AS DOUBLE), (acc, v) -> acc + v)"
+_NORM = "sqrt(aggregate({a}, CAST(0.0 AS DOUBLE), (acc, v) -> acc + v * v))"
+
+
+def _cos(a: str, b: str, b_norm: str) -> str:
+    dot = _DOT.format(a=a, b=b)
+    norm = _NORM.format(a=a)
+    return (f"CAST(CASE WHEN {a} IS NULL OR {b} IS NULL THEN NULL "
+            f"WHEN {norm} * {b_norm} > 0 THEN {dot} / ({norm} * {b_norm}) ELSE 0.0 END AS FLOAT)")
+
+
+def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, ik: Any | None, *,
+                         spec: JoinSpec, conditions: list[str], knowledge_ds: str | None,
+                         model_version: str | None, dim: int) -> Any:
+    """The dlrm_training DataFrame of one day (lazy). ``uk``/``ik`` None: null LUM columns."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    out_schema = dlrm_training.spark_schema(dim)
+    sample_cols = [f.name for f in out_schema.fields if not f.name.startswith("lum_")]
+    base = samples.select(*sample_cols)
+    if uk is None or ik is None:
+        lum = [F.lit(None).cast(out_schema[c].dataType).alias(c) for c in
+               ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version")]
+        return base.select(*sample_cols, *lum)
+
+    prefix = spec.target_condition_prefix()
+    target = (items.select(F.col("item_id").alias("_iid"),
+                           F.concat(F.lit(prefix), F.col(spec.target_feature)).alias("_target_cond")))
+    # One row per user: map condition -> vector (user_knowledge's key (user_id, condition) is unique).
+    user_vecs = (uk.select(F.col("user_id").alias("_uid"), "condition", "embedding")
+                 .groupBy("_uid")
+                 .agg(F.map_from_entries(F.collect_list(F.struct("condition", "embedding"))).alias("_um")))
+    item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"))
+    item_vecs = item_vecs.withColumn("_ie_norm", F.expr(_NORM.format(a="_ie")))
+
+    joined = (base
+              .join(target, base[spec.item_column] == target["_iid"], "left")
+              .join(user_vecs, base[spec.user_column] == user_vecs["_uid"], "left")
+              .join(item_vecs, base[spec.item_column] == item_vecs["_kid"], "left"))
+    has = F.col("_um").isNotNull() & F.col("_ie").isNotNull()
+    lum_user = F.expr("element_at(_um, _target_cond)")
+    match = F.expr(f"transform({_sql_list(conditions)}, c -> {_cos('element_at(_um, c)', '_ie', '_ie_norm')})")
+    target_match = F.expr(_cos("element_at(_um, _target_cond)", "_ie", "_ie_norm"))
+    wanted = set(spec.features)
+
+    def pick(name: str, value: Any) -> Any:
+        dtype = out_schema[name].dataType
+        keep = name in wanted
+        return F.when(has & F.lit(keep), value.cast(dtype)).otherwise(F.lit(None).cast(dtype)).alias(name)
+
+    return joined.select(
+        *sample_cols,
+        pick("lum_match", match),
+        pick("lum_target_match", target_match),
+        pick("lum_user", F.when(lum_user.isNotNull(), lum_user)),
+        pick("lum_item", F.col("_ie")),
+        F.when(has, F.lit(knowledge_ds)).cast(T.StringType()).alias("lum_knowledge_ds"),
+        F.when(has, F.lit(model_version)).cast(T.StringType()).alias("lum_model_version"),
+    )
+
+
+def read_items(wh: Any, spec: JoinSpec) -> Any:
+    """(item_id, <target_feature>) of the items dimension as a pyarrow table; key checked unique.
+
+    Read with pyarrow (the dimension is unpartitioned and small: ML-1M 3,883 rows) and broadcast.
+    """
+    import pyarrow.compute as pc
+
+    if not wh.exists("items"):
+        raise ValueError("table items does not exist; the join needs the item categories (run lum ingest)")
+    table = wh.read("items", columns=["item_id", spec.target_feature])
+    if pc.count_distinct(table.column("item_id")).as_py() != table.num_rows:
+        raise ValueError("items: key item_id has duplicated values")
+    return table
+
+
+def resolve_conditions(spec: JoinSpec, items: Any) -> list[str]:
+    """The lum_match order: the spec's list, or ``<target_feature>=<v>`` for every items value, sorted."""
+    if spec.conditions:
+        return list(spec.conditions)
+    values = {v for v in items.column(spec.target_feature).to_pylist() if v is not None}
+    return [spec.target_condition_prefix() + str(v) for v in sorted(values)]
+
+
+def sample_rows(spark: Any, wh: Any, spec: JoinSpec, ds: str, samples: Any) -> int:
+    """Rows of the samples partition from the Delta log's file stats (free); a Spark count without them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    actions = pa.table(wh.delta_table(spec.samples_table).get_add_actions(flatten=True))
+    mine = actions.filter(pc.equal(actions.column("partition.ds"), ds))
+    counts = mine.column("num_records") if "num_records" in mine.column_names else None
+    if counts is not None and counts.null_count == 0:
+        return int(pc.sum(counts).as_py() or 0)
+    return int(samples.count())
+
+
+def _check_and_write(wh: Any, spec: JoinSpec, out: Any, *, ds: str, n_samples: int,
+                     conditions: list[str]) -> tuple[int, int]:
+    """Assert rows == samples, unique non-null keys; then ONE commit. Returns (version, rows without knowledge)."""
+    from pyspark.sql import functions as F
+
+    key = list(dlrm_training.KEY)
+    aggs = [F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"),
+            F.sum(F.col("lum_knowledge_ds").isNull().cast("long")).alias("without")]
+    aggs += [F.sum(F.col(k).isNull().cast("long")).alias(f"null_{k}") for k in key]
+    row = out.agg(*aggs).first()
+    for k in key:
+        if row[f"null_{k}"]:
+            raise ValueError(f"{spec.samples_table}[{ds}]: column {k} has {row[f'null_{k}']} null value(s)")
+    if row["keys"] != row["rows"]:
+        raise ValueError(f"{spec.samples_table}[{ds}]: key ({', '.join(key)}) has "
+                         f"{row['rows'] - row['keys']} duplicated row(s)")
+    if row["rows"] != n_samples:
+        raise ValueError(f"join fan-out: {row['rows']} output rows for {n_samples} samples of {ds}")
+    metadata = {dlrm_training.CONDITIONS_KEY: dlrm_training.encode_conditions(conditions),
+                "lum.join_spec": spec.name}
+    # No app_id: a rerun must replace the partition (its inputs may have changed); the overwrite of
+    # partition ds makes a rerun with the same inputs give the same rows.
+    version = wh.write_spark_partition(spec.output_table, out, ds=ds, metadata=metadata)
+    return version, int(row["without"] or 0)
+
+
+def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
+    """Write partition ``ds`` of the spec's output table; returns a JSON-able summary."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from stages.spark import get_spark
+    from stages.warehouse import Warehouse
+
+    check_ds(ds)
+    started = time.perf_counter()
+    spec = load_spec(cfg.spec)
+    lag = spec.lag_days if cfg.lag_days is None else cfg.lag_days
+    if lag < 1:
+        raise ValueError(f"lag_days must be >= 1 (knowledge strictly before ds), got {lag}")
+    wh = Warehouse(warehouse)
+    if not wh.exists(spec.samples_table) or ds not in wh.partitions(spec.samples_table):
+        raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
+    spark = get_spark()
+    cutoff = _dates_minus(ds, lag)
+    k_ds, fallback = choose_knowledge_ds(wh, cutoff)
+    if k_ds is None and cfg.require_knowledge:
+        raise ValueError(f"no user_knowledge/item_knowledge partition <= {cutoff} (ds {ds} - lag {lag}) "
+                         "and require_knowledge is set")
+
+    check_samples_schema(wh, spec)
+    samples = wh.read_spark(spark, spec.samples_table, ds=ds)
+    n_samples = sample_rows(spark, wh, spec, ds, samples)
+    items_table = read_items(wh, spec)
+    conditions = resolve_conditions(spec, items_table)
+    items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
+                                              f"item_id long, {spec.target_feature} string"))
+
+    uk = ik = None
+    version, dim = None, 1
+    if k_ds is not None:
+        uk, ik, version, dim = _knowledge_frames(spark, wh, k_ds)
+    else:
+        log.warning("no knowledge partition <= %s: writing %s[%s] with null LUM columns", cutoff,
+                    spec.output_table, ds)
+    out = build_training_frame(spark, samples, items, uk, ik, spec=spec, conditions=conditions,
+                               knowledge_ds=k_ds, model_version=version, dim=dim)
+    # Computed once: the checks below fill the disk cache, the write reads it.
+    out = out.persist(StorageLevel.DISK_ONLY)
+    try:
+        written, without = _check_and_write(wh, spec, out, ds=ds, n_samples=n_samples, conditions=conditions)
+    finally:
+        out.unpersist()
+    seconds = time.perf_counter() - started
+    summary = {
+        "table": spec.output_table, "ds": ds, "rows": n_samples,
+        "rows_without_knowledge": without,
+        "knowledge_ds": k_ds, "model_version": version, "fallback": fallback, "dim": dim if k_ds else None,
+        "conditions": len(conditions), "spec": spec.name, "lag_days": lag,
+        "version": written, "seconds": round(seconds, 3),
+        "rows_per_s": round(n_samples / max(seconds, 1e-9), 1),
+    }
+    log.info("join %s: %d rows (%d without knowledge) from knowledge %s in %.1f s", ds, n_samples,
+             summary["rows_without_knowledge"], k_ds, seconds)
+    return summary

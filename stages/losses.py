@@ -1,0 +1,65 @@
+"""Next-condition-item InfoNCE: the output at condition token c_l scores its item i_l against negatives.
+
+    loss = mean_l -log( exp(s(o_l, e_{i_l})) / sum_{j in C} exp(s(o_l, e_j)) ),   s(o, e) = scale * <o, e>
+
+o and e are unit vectors (cosine similarity); ``scale`` = 1/temperature (learned or fixed, clamped to
+<= 100 as in CLIP). The candidate set C is the *unique* items of the batch's targets (in-batch negatives;
+an item that is the target of several positions appears once, so a repeat is never its own negative)
+plus ``sampled`` extra items. Optional logQ correction subtracts log q(j) (the item's share of training
+events, the probability that it shows up as an in-batch or popularity-sampled negative) from every
+candidate's logit (Yi et al. 2019, "Sampling-bias-corrected neural modeling"). Positions are only the
+condition tokens: callers pass the condition-position outputs (N,) and their targets, never item tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, scale: torch.Tensor | float,
+                  sampled: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
+                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """InfoNCE over in-batch (+ sampled) candidates.
+
+    queries: (P, D) unit-norm outputs at condition positions; targets: (P,) int64 item rows;
+    item_table: callable rows (C,) -> (C, D) unit-norm item embeddings; scale: scalar (1/temperature);
+    sampled: (K,) extra negative rows or None; log_q: (n_item_rows,) log sampling probability or None;
+    weights: (P,) per-position weights (default 1) - the loss is sum(w * nll) / sum(w).
+    Returns (scalar loss, {"candidates": C, "accuracy": top-1 hit rate among candidates}).
+    """
+    if queries.ndim != 2 or targets.ndim != 1 or queries.shape[0] != targets.shape[0]:
+        raise ValueError(f"info_nce_loss: queries {tuple(queries.shape)} and targets {tuple(targets.shape)} mismatch")
+    pool = targets if sampled is None else torch.cat([targets, sampled.to(targets.device)])
+    cands, inverse = torch.unique(pool, return_inverse=True)
+    labels = inverse[: targets.shape[0]]
+    emb = item_table(cands)                                   # (C, D)
+    logits = ((queries * scale) @ emb.t().to(queries.dtype)).float()  # scale folded in: one pass fewer
+    if log_q is not None:
+        logits = logits - log_q[cands].to(logits.dtype)
+    nll = F.cross_entropy(logits, labels, reduction="none")
+    if weights is None:
+        loss = nll.mean()
+    else:
+        loss = (nll * weights).sum() / weights.sum().clamp_min(1e-12)
+    with torch.no_grad():
+        acc = (logits.argmax(dim=1) == labels).float().mean().item() if labels.numel() else 0.0
+    return loss, {"candidates": int(cands.numel()), "accuracy": acc}
+
+
+def sample_negatives(n: int, probs: torch.Tensor | None, n_rows: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` negative item rows: from ``probs`` (n_item_rows,) when given (popularity), else uniform over
+    rows 1..n_rows-1 (never the OOV row 0)."""
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    if probs is not None:
+        return torch.multinomial(probs, n, replacement=True, generator=generator)
+    return torch.randint(1, max(2, n_rows), (n,), generator=generator)
+
+
+def popularity_log_q(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs, log_q) from per-row event counts (n_item_rows,); unseen rows get a floor of 1 count."""
+    c = counts.to(torch.float64).clamp_min(1.0)
+    c[0] = 1.0
+    probs = c / c.sum()
+    return probs.to(torch.float32), probs.log().to(torch.float32)

@@ -1,0 +1,208 @@
+"""``lum run pretrain --ds D``: train the LUM on ``user_sequences`` partition D and publish ``lum-D``.
+
+Daily continuation (default): warm-start from ``model_store.latest_version(through=prev_day(D))`` and train
+``continue_epochs`` over the sequences of users whose history changed on day D (their last behaviour has
+ts inside day D), whole sequences with the loss at every condition position. The version records the last
+day seen (``through_ds = D``); rerunning D replaces ``lum-D`` (same content: seeded). No parent version:
+log it and train from scratch over everything (``epochs``), or raise when ``require_warm_start``. No
+user changed on D: publish the parent's weights unchanged as ``lum-D`` (steps 0, logged).
+``--retrain``: from scratch over every user's sequence.
+New items / categories since the parent are added to the vocabulary (new rows start random; known rows
+are copied by id/value). Users with a single behaviour are kept: they train the c1 -> i1 prior only.
+
+Evaluation (``--set eval=true``): leave-last-out (stages.retrieval_eval): training excludes each user's last
+two behaviours; HR@10/NDCG@10 (comparable) and the target-conditioned numbers go into the version's
+metrics and the summary line. ML-1M recipe: ``lum run pretrain --ds 2003-02-28 --retrain --set eval=true``.
+Under torchrun the same entry point runs DDP (stages.train_loop); rank 0 evaluates and publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from stages.config import to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    retrain: bool = False            # train from scratch over everything instead of warm-starting
+    require_warm_start: bool = False  # error (not scratch) when no version through D-1 exists
+    eval: bool = False               # hold out the last 2 behaviours per user and report HR@10/NDCG@10
+    eval_max_users: int = 0          # > 0: evaluate a seeded sample of users (faster smoke runs)
+    max_len: int = 200               # behaviours per training sequence (SASRec ML-1M uses 200)
+    d_model: int = 64                # see stages.lum_model.ModelConfig for the model fields
+    n_heads: int = 2
+    n_layers: int = 2
+    d_ff: int = 256
+    dropout: float = 0.2
+    d_item: int = 64
+    d_feature: int = 16
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    epochs: float = 20.0             # scratch runs: ~20 passes over ML-1M fit the 30 min budget on 2 cores
+    continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
+    max_steps: int = 0               # > 0 caps the steps (smoke tests)
+    row_tokens: int = 512            # packed row budget (tokens); must be >= 2 * max_len
+    rows_per_step: int = 16          # packed rows per optimizer step
+    lr: float = 2e-3                 # AdamW peak lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    sampled_negatives: int = 1024    # extra negatives per step (uniform by default)
+    negative_sampling: str = "uniform"
+    logq: bool = False               # logQ correction of candidate logits
+    seed: int = 0
+    checkpoint_every: int = 200      # steps between checkpoints (resume point)
+    log_every_s: float = 10.0        # seconds between progress lines (loss, tokens/s, ETA)
+    device: str = "auto"             # "auto" (cuda when available) | "cpu" | "cuda"
+    threads: int = 0                 # > 0: torch.set_num_threads (the machine is shared)
+
+    def check(self) -> None:
+        if 2 * self.max_len > self.row_tokens:
+            raise ValueError(f"row_tokens {self.row_tokens} must be >= 2 * max_len ({2 * self.max_len})")
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling must be uniform|popularity, got {self.negative_sampling!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
+        self.model_config().check()
+
+    def model_config(self):
+        from stages.lum_model import ModelConfig
+
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in to_dict(self).items() if k in names})
+
+    def train_config(self, *, warm: bool):
+        from stages.train_loop import TrainConfig
+
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        d = {k: v for k, v in to_dict(self).items() if k in names}
+        d["epochs"] = self.continue_epochs if warm else self.epochs
+        return TrainConfig(**d)
+
+
+def config_hash(cfg: Config, extra: str = "") -> str:
+    d = to_dict(cfg)
+    return hashlib.sha256((json.dumps(d, sort_keys=True) + extra).encode()).hexdigest()[:8]
+
+
+def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
+    """Train through day ``ds`` and publish version ``lum-<ds>``; returns the summary dict."""
+    import torch
+
+    from stages import model_store
+    from stages.dates import check_ds, day_end, prev_day
+    from stages.lum_model import build_model
+    from stages.pretrain_data import load_sequences, remap_state
+    from stages import train_loop
+    from stages.train_loop import _dist, init_distributed
+
+    check_ds(ds)
+    cfg.check()
+    started = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    init_distributed()
+    _, rank, world = _dist()
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    data = load_sequences(warehouse, ds)
+    vocab = data.vocab
+    version = model_store.version_name(ds)
+
+    parent = None if cfg.retrain else model_store.latest_version(warehouse, through=prev_day(ds))
+    if parent is None and not cfg.retrain:
+        if cfg.require_warm_start:
+            raise ValueError(f"no model version through {prev_day(ds)} to warm-start from (require_warm_start=true)")
+        log.info("no model version through %s: training from scratch", prev_day(ds))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_config(), vocab)
+    parent_state = None
+    if parent is not None:
+        loaded = model_store.load(warehouse, parent)
+        model.load_state_dict(remap_state(loaded.model.state_dict(), loaded.vocab, model.state_dict(), vocab))
+        parent_state = model_store.load_checkpoint(loaded.path / "checkpoint.pt")
+        log.info("warm start from %s", parent)
+    model.to(device)
+
+    day_start = np.datetime64(day_end(ds).replace(tzinfo=None), "us") - np.timedelta64(1, "D")
+    users = np.arange(len(data.items))
+    if parent is not None:
+        users = np.nonzero(data.last_ts >= day_start)[0]
+        log.info("continuation: %d of %d users changed on %s", users.size, len(data.items), ds)
+    from stages.packing import Sequences
+    from stages.retrieval_eval import split_leave_last_out
+
+    split = split_leave_last_out([data.items[u] for u in users], [data.conds[u] for u in users]) if cfg.eval \
+        else [((data.items[u], data.conds[u]), None, None) for u in users]
+    train_items = [s[0][0][-cfg.max_len:] for s in split if len(s[0][0])]
+    train_conds = [s[0][1][-cfg.max_len:] for s in split if len(s[0][0])]
+    seqs = Sequences.from_lists(train_items, train_conds)
+    counts = torch.from_numpy(np.bincount(seqs.items, minlength=vocab.n_item_rows).astype(np.float64))
+    meta_parent = parent
+    train_stats: dict = {"steps": 0}
+    if len(seqs):
+        tcfg = cfg.train_config(warm=parent is not None)
+        rdir = model_store.run_dir(warehouse, version)
+        run_key = config_hash(cfg, f"{ds}|{parent}|{len(seqs)}")
+        if rank == 0:
+            _prepare_run_dir(rdir, run_key)
+        train_stats = train_loop.train(model, seqs, tcfg, item_counts=counts, ckpt_path=rdir / "checkpoint.pt",
+                            init_state=parent_state)
+    else:
+        log.info("no user changed on %s: publishing %s's weights unchanged as %s", ds, parent, version)
+    if rank != 0:
+        return {"version": version, "rank": rank}
+    metrics = {k: v for k, v in train_stats.items() if not k.endswith("_state")}
+    metrics["train_sequences"] = len(seqs)
+    if cfg.eval:
+        from stages.retrieval_eval import evaluate
+
+        cases = [s[2] for s in split if s[2] is not None and s[2][2] != 0]
+        valid = [s[1] for s in split if s[1] is not None and s[1][2] != 0]
+        if cfg.eval_max_users > 0 and len(cases) > cfg.eval_max_users:
+            pick = np.random.default_rng(cfg.seed).choice(len(cases), cfg.eval_max_users, replace=False)
+            cases, valid = [cases[i] for i in sorted(pick)], [valid[i] for i in sorted(pick)]
+        t_eval = time.perf_counter()
+        metrics["test"] = evaluate(model, vocab, cases)
+        metrics["valid"] = evaluate(model, vocab, valid)
+        metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+        log.info("eval test %s valid %s", metrics["test"], metrics["valid"])
+    meta = {"version": version, "through_ds": ds, "parent": meta_parent, "config": to_dict(cfg),
+            "model_config": dataclasses.asdict(cfg.model_config()), "metrics": metrics,
+            "dim": cfg.d_model, "features": list(vocab.features), "created_unix": int(time.time())}
+    ckpt = {"optimizer": train_stats.get("optimizer_state"), "step": train_stats.get("steps", 0)}
+    model.to("cpu")
+    model_store.publish(warehouse, version, {
+        "model.pt": model.state_dict(), "vocab.json": vocab.to_json(),
+        "meta.json": json.dumps(meta, indent=1, default=str), "checkpoint.pt": ckpt})
+    shutil.rmtree(model_store.run_dir(warehouse, version), ignore_errors=True)
+    summary = {"stage": "pretrain", "ds": ds, "version": version, "parent": meta_parent,
+               "users": int(users.size), "sequences": len(seqs), "steps": train_stats.get("steps", 0),
+               "resumed_from": train_stats.get("resumed_from", 0),
+               "loss": round(float(train_stats.get("loss", float("nan"))), 4) if len(seqs) else None,
+               "tokens_per_s": train_stats.get("tokens_per_s"), "seconds": round(time.perf_counter() - started, 2)}
+    if cfg.eval:
+        summary.update({k: metrics["test"][k] for k in ("hr@10", "ndcg@10", "target_cond_hr@10")})
+    return summary
+
+
+def _prepare_run_dir(rdir, run_key: str) -> None:
+    """Keep an interrupted run's checkpoint only when it belongs to the same config and inputs."""
+    key_file = rdir / "run_key"
+    if rdir.exists() and (not key_file.is_file() or key_file.read_text() != run_key):
+        log.info("discarding stale checkpoints in %s (different config or inputs)", rdir)
+        shutil.rmtree(rdir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(run_key)

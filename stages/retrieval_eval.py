@@ -1,0 +1,100 @@
+"""Leave-last-out next-item retrieval: HR@10 and NDCG@10 with full ranking over all items.
+
+Protocol (SASRec / HSTU ML-1M tables): per user with >= 3 behaviours, the last item is the test target and
+the second-to-last the validation target; training sees neither. Test history = everything before the
+last item (validation history = everything before the second-to-last), cut to the model's max_len.
+Every item of the vocabulary (not the OOV row) is ranked; history items are NOT filtered out; ties count
+against the target (rank = number of items scoring >= the target, minus the target itself).
+
+Two numbers, because the condition token reveals the next item's category:
+- ``hr@10`` / ``ndcg@10`` (the comparable ones): one grouped query per category (``encode_grouped``
+  with every category condition), then score(i) = <o(category of i), e_i> for every item i. Nothing
+  about the target is used.
+- ``target_cond_hr@10`` / ``..._ndcg@10``: one query under the target item's own condition, all items
+  scored with that o. It knows the category of the answer, so it is reported separately.
+Cost: U users x C conditions queries (ML-1M: 6,040 x 18) and one (U, n_items) score matrix per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def split_leave_last_out(items: list[np.ndarray], conds: list[np.ndarray]):
+    """Per user: (train prefix, valid (hist, target), test (hist, target)); users with < 3 behaviours
+    get None for valid/test and train on all they have (at least the c1 -> i1 prior)."""
+    out = []
+    for it, cd in zip(items, conds):
+        if len(it) < 3:
+            out.append(((it, cd), None, None))
+            continue
+        out.append(((it[:-2], cd[:-2]), (it[:-2], cd[:-2], int(it[-2]), int(cd[-2])),
+                    (it[:-1], cd[:-1], int(it[-1]), int(cd[-1]))))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]], *, k: int = 10,
+             chunk_users: int = 256, backend: str = "auto") -> dict:
+    """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
+
+    Returns {"users", "hr@10", "ndcg@10", "target_cond_hr@10", "target_cond_ndcg@10"} (k in the names).
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    max_len = model.cfg.max_len
+    item_cond = torch.from_numpy(vocab.item_conditions()).to(dev)       # (n_rows,)
+    cat_conds = torch.unique(item_cond[1:])                              # condition per category
+    n_c = cat_conds.numel()
+    col_of = torch.full((vocab.n_conditions,), -1, dtype=torch.long, device=dev)
+    col_of[cat_conds] = torch.arange(n_c, device=dev)
+    item_col = col_of[item_cond]                                          # (n_rows,) query column per item
+    E = model.item_embeddings().float()                                   # (n_rows, D)
+    hits = ndcg = t_hits = t_ndcg = 0.0
+    n = 0
+    for start in range(0, len(cases), chunk_users):
+        chunk = cases[start:start + chunk_users]
+        hist_i = [c[0][-max_len:] for c in chunk]
+        hist_c = [c[1][-max_len:] for c in chunk]
+        lens = np.array([len(h) for h in hist_i])
+        cu_h = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32, device=dev)
+        hi = torch.from_numpy(np.concatenate(hist_i).astype(np.int64)).to(dev)
+        hc = torch.from_numpy(np.concatenate(hist_c).astype(np.int64)).to(dev)
+        B = len(chunk)
+        targets = torch.tensor([c[2] for c in chunk], device=dev)
+        t_conds = torch.tensor([c[3] for c in chunk], device=dev)
+        # queries per user: every category condition, then the target's own condition
+        q = torch.cat([cat_conds.repeat(B, 1), t_conds[:, None]], dim=1).reshape(-1)
+        cu_q = torch.arange(0, (n_c + 1) * B + 1, n_c + 1, dtype=torch.int32, device=dev)
+        o = model.encode_grouped(hi, hc, cu_h, q, cu_q, backend=backend).float().view(B, n_c + 1, -1)
+        # comparable: item i scored under its own category's query
+        per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:])            # (B, C, n_items)
+        scores = per_cond.gather(1, item_col[1:].clamp(min=0)[None, None, :].expand(B, 1, -1)).squeeze(1)
+        r = _rank(scores, targets - 1)
+        hits += float((r < k).sum())
+        ndcg += float(torch.where(r < k, 1.0 / torch.log2(r.float() + 2), torch.zeros_like(r, dtype=torch.float)).sum())
+        t_scores = o[:, n_c] @ E[1:].t()
+        tr = _rank(t_scores, targets - 1)
+        t_hits += float((tr < k).sum())
+        t_ndcg += float(torch.where(tr < k, 1.0 / torch.log2(tr.float() + 2), torch.zeros_like(tr, dtype=torch.float)).sum())
+        n += B
+    d = max(n, 1)
+    return {"users": n, f"hr@{k}": round(hits / d, 4), f"ndcg@{k}": round(ndcg / d, 4),
+            f"target_cond_hr@{k}": round(t_hits / d, 4), f"target_cond_ndcg@{k}": round(t_ndcg / d, 4)}
+
+
+def _rank(scores: torch.Tensor, target_cols: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among all columns (ties counted against the target)."""
+    t = scores.gather(1, target_cols[:, None])
+    return (scores >= t).sum(dim=1) - 1
+
+
+def ndcg_at(rank: int, k: int = 10) -> float:
+    """NDCG@k of one target at 0-based ``rank`` (1/log2(rank+2) inside the top k)."""
+    return 1.0 / math.log2(rank + 2) if rank < k else 0.0

@@ -1,0 +1,94 @@
+"""Dispatcher: one-line ValueErrors naming the bad argument (before any launch) and backend choice."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import pytest
+import torch
+from conftest import jagged_batch
+
+from kernels import grouped_query_attention
+from kernels.grouped_query_attention import resolve_backend
+
+# the package re-exports the function under the module's own name, so fetch the module explicitly
+gqa_module = importlib.import_module("kernels.grouped_query_attention")
+
+
+def _good():
+    return jagged_batch([5, 3], [4, 1], heads=4, kv_heads=2, head_dim=32)
+
+
+def _bad_cases():
+    q, k, v, cu, pl = _good()
+    return {
+        "q 3-D": ((q[:, 0].contiguous(), k, v, cu, pl), "q must be 3-D"),
+        "heads": ((q[:, :3].contiguous(), k, v, cu, pl), "multiple of k/v heads"),
+        "k shape": ((q, k[:-1].contiguous(), v, cu, pl), "k shape"),
+        "v shape": ((q, k, v[:, :1].contiguous(), cu, pl), "v shape"),
+        "dtype": ((q, k.double(), v, cu, pl), "k/v dtypes"),
+        "int dtype": ((q.long(), k.long(), v.long(), cu, pl), "q dtype"),
+        "contiguous": ((q.transpose(0, 1).contiguous().transpose(0, 1), k, v, cu, pl), "q must be contiguous"),
+        "cu int64": ((q, k, v, cu.long(), pl), "cu_seqlens must be int32"),
+        "prefix int64": ((q, k, v, cu, pl.long()), "prefix_lens must be int32"),
+        "cu end": ((q, k, v, torch.tensor([0, 5, 7], dtype=torch.int32), pl), r"cu_seqlens\[-1\]=7"),
+        "cu start": ((q, k, v, torch.tensor([1, 5, 8], dtype=torch.int32), pl), r"cu_seqlens\[0\]"),
+        "cu order": ((q, k, v, torch.tensor([0, 6, 5, 8], dtype=torch.int32),
+                      torch.tensor([0, 0, 0], dtype=torch.int32)), "non-decreasing"),
+        "prefix long": ((q, k, v, cu, torch.tensor([6, 1], dtype=torch.int32)), r"prefix_lens\[0\]=6"),
+        "prefix negative": ((q, k, v, cu, torch.tensor([4, -1], dtype=torch.int32)), r"prefix_lens\[1\]=-1"),
+        "prefix shape": ((q, k, v, cu, torch.tensor([4], dtype=torch.int32)), "prefix_lens shape"),
+        "not tensor": ((q, k, v, [0, 5, 8], pl), "cu_seqlens must be a torch.Tensor"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_cases()))
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bad_input_raises_one_line_value_error(case, backend):
+    args, pattern = _bad_cases()[case]
+    with pytest.raises(ValueError, match=pattern) as err:
+        grouped_query_attention(*args, backend=backend)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_scale_and_backend():
+    q, k, v, cu, pl = _good()
+    with pytest.raises(ValueError, match="scale"):
+        grouped_query_attention(q, k, v, cu, pl, scale=-1.0)
+    with pytest.raises(ValueError, match="backend"):
+        grouped_query_attention(q, k, v, cu, pl, backend="cuda")
+
+
+def test_triton_head_dim_limit():
+    q, k, v, cu, pl = jagged_batch([4], [2], head_dim=8)
+    with pytest.raises(ValueError, match="head dim"):
+        grouped_query_attention(q, k, v, cu, pl, backend="triton")
+
+
+def test_auto_picks_torch_on_cpu_and_env_overrides(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("LUM_ATTENTION_BACKEND", raising=False)
+    assert resolve_backend("auto", cpu, needs_grad=False, causal_only=False) == "torch"
+    assert resolve_backend("auto", torch.device("cuda"), needs_grad=False, causal_only=False) == "triton"
+    assert resolve_backend("auto", torch.device("cuda"), needs_grad=True, causal_only=False) == "torch"
+    assert resolve_backend("auto", torch.device("cuda"), needs_grad=True, causal_only=True) == "triton"
+    monkeypatch.setenv("LUM_ATTENTION_BACKEND", "triton")
+    assert resolve_backend("auto", cpu, needs_grad=False, causal_only=False) == "triton"
+    assert resolve_backend("torch", cpu, needs_grad=False, causal_only=False) == "torch"  # explicit wins
+    monkeypatch.setenv("LUM_ATTENTION_BACKEND", "fast")
+    with pytest.raises(ValueError, match="LUM_ATTENTION_BACKEND"):
+        resolve_backend("auto", cpu, needs_grad=False, causal_only=False)
+
+
+def test_env_backend_runs_triton_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setenv("LUM_ATTENTION_BACKEND", "triton")
+    monkeypatch.setattr(gqa_module, "_logged", set())
+    q, k, v, cu, pl = _good()
+    with caplog.at_level(logging.INFO, logger="kernels.grouped_query_attention"):
+        first = grouped_query_attention(q, k, v, cu, pl)
+        grouped_query_attention(q, k, v, cu, pl)
+    lines = [r.getMessage() for r in caplog.records if "backend=" in r.getMessage()]
+    assert len(lines) == 1 and "backend=triton" in lines[0]
+    torch.testing.assert_close(first, grouped_query_attention(q, k, v, cu, pl, backend="torch"),
+                               atol=2e-5, rtol=2e-5)
