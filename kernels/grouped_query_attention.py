@@ -38,7 +38,8 @@ _logged: set[tuple[str, str, str]] = set()
 
 def _check_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        # ValueError, not TypeError: the contract's one error type for bad input at the edges
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004
     if not x.is_contiguous():
         raise ValueError(f"{name} must be contiguous (strides {tuple(x.stride())}); call .contiguous()")
     return x

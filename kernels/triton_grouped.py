@@ -231,9 +231,9 @@ def _forward(q, k, v, cu_seqlens, prefix_lens, tiles, scale, *, max_len, max_pre
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), lse.stride(0) if store_lse else 0, scale * LOG2E,
             _prev_pow2(max_len), _prev_pow2(max_prefix))
-    consts = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), GROUP=h // k.shape[1],
-                  TILE_ROWS=TILE, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                  UPCAST=_interpreting() and q.dtype == torch.bfloat16, STORE_LSE=store_lse)
+    consts = {"HEAD_DIM": d, "BLOCK_D": max(16, triton.next_power_of_2(d)), "GROUP": h // k.shape[1],
+                  "TILE_ROWS": TILE, "PREC": "ieee" if q.dtype == torch.float32 else "tf32",
+                  "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "STORE_LSE": store_lse}
     if _interpreting():
         grid = (n_tiles * (TILE // INTERPRET_CONFIG["BLOCK_M"]), h)
         _fwd_kernel[grid](*args, **consts, **INTERPRET_CONFIG)
@@ -356,10 +356,10 @@ def _backward(q, k, v, out, lse, grad_out, cu_seqlens, tiles, scale):
     if t == 0 or tiles.shape[0] == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     block = 32 if _interpreting() else 64
-    consts = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), GROUP=h // h_kv, TILE_ROWS=TILE,
-                  PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                  UPCAST=_interpreting() and q.dtype == torch.bfloat16, BLOCK=block)
-    launch = {} if _interpreting() else dict(num_warps=4 if d <= 64 else 8, num_stages=2)
+    consts = {"HEAD_DIM": d, "BLOCK_D": max(16, triton.next_power_of_2(d)), "GROUP": h // h_kv, "TILE_ROWS": TILE,
+                  "PREC": "ieee" if q.dtype == torch.float32 else "tf32",
+                  "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "BLOCK": block}
+    launch = {} if _interpreting() else {"num_warps": 4 if d <= 64 else 8, "num_stages": 2}
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), lse.stride(0),
                scale * LOG2E, scale)
     n_prog = tiles.shape[0] * (TILE // block)
@@ -396,7 +396,7 @@ def triton_grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     int32, all contiguous on one device (validated by the dispatcher). ``offsets``/``prefixes``: host
     copies (saves a sync). ``out``: optional preallocated (T, H, D) output (tests poison it with NaN).
     Differentiable only when prefix_lens == lengths. Returns (T, H, D) in q.dtype."""
-    t, h, d = q.shape
+    _t, _h, d = q.shape
     scale = d ** -0.5 if scale is None else float(scale)
     offsets = [int(x) for x in cu_seqlens.tolist()] if offsets is None else offsets
     prefixes = [int(x) for x in prefix_lens.tolist()] if prefixes is None else prefixes

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 3,  # timed passes per mode (median reported)
     "seed": 0,
     "device": "auto",
+    "threads": 0,  # torch CPU threads (0 = torch's default); 1 gives steadier numbers on a shared machine
 }
 QUICK: dict[str, Any] = {"users": 8, "prefix_tokens": 32, "n_conditions": 4, "repeats": 1, "n_items": 50}
 
@@ -109,6 +110,8 @@ def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: str) -> dict[str,
     if unknown:
         raise ValueError(f"unknown bench infer option(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
     o = {**DEFAULTS, **(QUICK if quick else {}), **opts}
+    if int(o["threads"]) > 0:
+        torch.set_num_threads(int(o["threads"]))
     model, batches, device = _setup(o)
     flops = useful_flops(o)
     rows, outs = [], {}

@@ -8,9 +8,10 @@ Methods (same jagged batch, same output; each checked against the torch path, ma
                   headline size and only when ``flex=true``: one CPU compile takes ~80 s on 2 cores)
   naive           one causal pass per condition: B*N sequences of [prefix, condition] (LUM without the
                   grouped query), SDPA is_causal on right-padded tensors
-Timing: median of ``repeats`` after one warm-up; CUDA events on GPU, perf_counter on CPU. Padding,
-gathers and block-mask construction are done before timing for the baselines (favours them); the
-kernels/torch path are timed end to end from packed inputs. Useful TFLOP/s counts only visible
+Timing: median of ``repeats`` after one warm-up (synchronised on CUDA). Every method is timed end to end
+from packed (T, H, D) inputs to the packed output, as one model layer would call it (pads, gathers and
+scatters included); per-batch metadata shared by all layers (index tensors, dense mask, flex block mask,
+Triton tile table excepted: it is built per call) is built before timing. Useful TFLOP/s counts only visible
 (query, key) pairs: 4 * H * D * sum_b [P_b (P_b + 1) / 2 + N_b (P_b + 1)]. ``pct_of_matmul`` compares
 with a measured dense matmul of the same dtype on the same device.
 """
@@ -22,7 +23,8 @@ import datetime as dt
 import logging
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,7 @@ class Config:
     # shared machine (2 threads on 2 busy cores spent 13 ms per tiny gather in OMP barriers, measured)
 
 
-QUICK = dict(users=16, prefix=64, conditions=4, heads=2, head_dim=32, repeats=2, sweep=False)
+QUICK = {"users": 16, "prefix": 64, "conditions": 4, "heads": 2, "head_dim": 32, "repeats": 2, "sweep": False}
 
 
 def _resolve(cfg: Config) -> Config:
@@ -90,9 +92,9 @@ def make_batch(users: int, prefix: int, conditions: int, heads: int, kv_heads: i
     def rand(h: int) -> torch.Tensor:
         return torch.randn(t, h, head_dim, generator=gen).to(device=device, dtype=dtype)
 
-    return dict(q=rand(heads), k=rand(kv_heads), v=rand(kv_heads), cu=cu.to(device),
-                prefix_lens=prefixes.to(torch.int32).to(device), offsets=cu.tolist(), prefixes=prefixes.tolist(),
-                conditions=conditions, scale=head_dim ** -0.5)
+    return {"q": rand(heads), "k": rand(kv_heads), "v": rand(kv_heads), "cu": cu.to(device),
+                "prefix_lens": prefixes.to(torch.int32).to(device), "offsets": cu.tolist(), "prefixes": prefixes.tolist(),
+                "conditions": conditions, "scale": head_dim ** -0.5}
 
 
 def useful_flops(batch: dict[str, Any]) -> float:
@@ -121,18 +123,9 @@ def time_ms(fn: Callable[[], Any], device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _padded(batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """(B, H, L_max, D) right-padded q, k, v and the (B, L_max) validity mask."""
-    offsets = batch["offsets"]
-    lengths = torch.tensor([offsets[b + 1] - offsets[b] for b in range(len(offsets) - 1)])
-    l_max = int(lengths.max())
-    ar = torch.arange(l_max)
-    valid = ar[None, :] < lengths[:, None]
-    idx = torch.where(valid, torch.tensor(offsets[:-1])[:, None] + ar[None, :], 0).to(batch["q"].device)
-    valid = valid.to(batch["q"].device)
-    pad = [torch.where(valid[:, :, None, None], x[idx], 0).transpose(1, 2).contiguous()
-           for x in (batch["q"], batch["k"], batch["v"])]
-    return (*pad, valid)
+def _zero_row(x: torch.Tensor) -> torch.Tensor:
+    """(T, H, D) -> (T+1, H, D) with a zero last row: gathers read padding from index T."""
+    return torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
 
 
 def _method_torch(batch, backend: str):
@@ -141,54 +134,61 @@ def _method_torch(batch, backend: str):
     def run():
         return grouped_query_attention(batch["q"], batch["k"], batch["v"], batch["cu"], batch["prefix_lens"],
                                        scale=batch["scale"], backend=backend)
-    return run, lambda out: out
+    return run
 
 
 def _method_dense(batch):
-    qp, kp, vp, valid = _padded(batch)
-    l_max = valid.shape[1]
-    pos = torch.arange(l_max, device=qp.device)
+    """Pad to (B, H, L_max, D), SDPA with a dense (B, 1, L, L) boolean mask, unpad. Index and mask
+    tensors are built once (shared by every layer); pad/unpad are timed."""
+    offsets, device = batch["offsets"], batch["q"].device
+    t = offsets[-1]
+    lengths = torch.tensor([offsets[b + 1] - offsets[b] for b in range(len(offsets) - 1)])
+    ar = torch.arange(int(lengths.max()))
+    valid = ar[None, :] < lengths[:, None]
+    idx = torch.where(valid, torch.tensor(offsets[:-1])[:, None] + ar[None, :], t).to(device)
+    valid = valid.to(device)
+    pos = ar.to(device)
     pre = batch["prefix_lens"].long()[:, None, None]
     rows, cols = pos[None, :, None], pos[None, None, :]
     mask = torch.where(rows < pre, cols <= rows, (cols < pre) | (cols == rows))[:, None]  # (B, 1, L, L)
-    gqa = qp.shape[1] != kp.shape[1]
+    gqa = batch["q"].shape[1] != batch["k"].shape[1]
 
     def run():
-        return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=batch["scale"], enable_gqa=gqa)
-    return run, lambda out: out.transpose(1, 2)[valid]
+        qp, kp, vp = (_zero_row(batch[n])[idx].transpose(1, 2) for n in "qkv")
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=batch["scale"], enable_gqa=gqa)
+        return out.transpose(1, 2)[valid]
+    return run
 
 
 def _method_naive(batch):
-    """B*N sequences [prefix_b, condition_j], right-padded; the condition's output is its last row."""
+    """B*N sequences [prefix_b, condition_j] (right-padded, is_causal); history outputs come from each
+    user's first pass, condition outputs from the last row of each pass. Gathers/scatters are timed."""
     offsets, prefixes, n = batch["offsets"], batch["prefixes"], batch["conditions"]
-    device = batch["q"].device
+    device, t = batch["q"].device, offsets[-1]
     users = len(prefixes)
-    p_max = max(prefixes)
     starts = torch.tensor(offsets[:-1]).repeat_interleave(n)
     pre = torch.tensor(prefixes).repeat_interleave(n)
     cond = torch.arange(n).repeat(users)
-    ar = torch.arange(p_max + 1)
-    idx = torch.where(ar[None, :] < pre[:, None], starts[:, None] + ar[None, :], starts[:, None] + pre[:, None] + cond[:, None])
-    valid = ar[None, :] <= pre[:, None]
-    idx, valid = torch.where(valid, idx, 0).to(device), valid.to(device)
-    qp, kp, vp = (torch.where(valid[:, :, None, None], x[idx], 0).transpose(1, 2).contiguous()
-                  for x in (batch["q"], batch["k"], batch["v"]))
-    gqa = qp.shape[1] != kp.shape[1]
-    first = (cond == 0).to(device)
-    hist_valid = (ar[None, :] < pre[:, None]).to(device)
+    ar = torch.arange(max(prefixes) + 1)
+    idx = torch.where(ar[None, :] < pre[:, None], starts[:, None] + ar[None, :],
+                      starts[:, None] + pre[:, None] + cond[:, None])
+    idx = torch.where(ar[None, :] <= pre[:, None], idx, t).to(device)
+    first = cond == 0
+    hist_valid = (ar[None, :] < pre[:, None])[first].to(device)  # (B, P_max + 1)
+    hist_pos = idx[first.to(device)][hist_valid]
+    cond_pos = (starts + pre + cond).to(device)
+    last = pre.to(device)
+    gqa = batch["q"].shape[1] != batch["k"].shape[1]
 
     def run():
-        return F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=batch["scale"], enable_gqa=gqa)
-
-    def unpack(out):  # back to packed order: each user's history (from its first pass), then its N rows
-        out = out.transpose(1, 2)
-        hist = out[first]  # (B, L, H, D)
-        cond_rows = out[torch.arange(out.shape[0], device=device), pre.to(device)].view(users, n, *out.shape[2:])
-        pieces = []
-        for b in range(users):
-            pieces += [hist[b][hist_valid[first][b]], cond_rows[b]]
-        return torch.cat(pieces)
-    return run, unpack
+        qp, kp, vp = (_zero_row(batch[n])[idx].transpose(1, 2) for n in "qkv")
+        out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=batch["scale"], enable_gqa=gqa)
+        out = out.transpose(1, 2)  # (B*N, P_max + 1, H, D)
+        packed = out.new_empty((t, *out.shape[2:]))
+        packed.index_copy_(0, hist_pos, out[first.to(device)][hist_valid])
+        packed.index_copy_(0, cond_pos, out[torch.arange(out.shape[0], device=device), last])
+        return packed
+    return run
 
 
 def _method_flex(batch):
@@ -207,13 +207,14 @@ def _method_flex(batch):
         return (doc[q_idx] == doc[kv_idx]) & torch.where(qp < pp, kp <= qp, (kp < pp) | (kp == qp))
 
     block_mask = create_block_mask(mask_mod, 1, 1, t, t, device=str(device))
-    q4, k4, v4 = (x.transpose(0, 1)[None].contiguous() for x in (batch["q"], batch["k"], batch["v"]))
     flex = torch.compile(flex_attention, dynamic=False)
-    gqa = q4.shape[1] != k4.shape[1]
+    gqa = batch["q"].shape[1] != batch["k"].shape[1]
 
     def run():
-        return flex(q4, k4, v4, block_mask=block_mask, scale=batch["scale"], enable_gqa=gqa)
-    return run, lambda out: out[0].transpose(0, 1)
+        q4, k4, v4 = (batch[n].transpose(0, 1)[None] for n in "qkv")
+        out = flex(q4, k4, v4, block_mask=block_mask, scale=batch["scale"], enable_gqa=gqa)
+        return out[0].transpose(0, 1)
+    return run
 
 
 def matmul_tflops(device: str, dtype: torch.dtype) -> float:
@@ -247,9 +248,9 @@ def bench_one(cfg: Config, *, prefix: int, conditions: int, methods: tuple[str, 
             continue
         try:
             started = time.perf_counter()
-            run, unpack = builders[name]()
+            run = builders[name]()
             with torch.no_grad():
-                out = unpack(run())
+                out = run()
                 ms = time_ms(run, cfg.device, cfg.repeats)
         except (RuntimeError, torch.OutOfMemoryError) as exc:  # OOM or an unsupported backend: report it
             rows.append({**row, "ms": None, "tflops": None, "note": f"failed: {str(exc).splitlines()[0][:120]}"})
@@ -306,6 +307,6 @@ def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: str) -> dict[str,
         "table": rows,
         "summary": {"device": device_name, "dtype": cfg.dtype, "headline": rows[0]["config"],
                     "primary": primary, **speedups, "matmul_tflops": round(matmul, 3)},
-        "config": to_dict(cfg), "notes": notes, "date": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": to_dict(cfg), "notes": notes, "date": dt.datetime.now(dt.UTC).isoformat(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

@@ -50,7 +50,6 @@ def ml1m_lengths(warehouse: str, max_len: int) -> tuple[np.ndarray, str]:
 
 
 def _one_pass(model, opt, batches, counts) -> tuple[float, int]:
-    import torch
 
     from stages.losses import info_nce_loss
 

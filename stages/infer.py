@@ -1,18 +1,26 @@
 """Stage 2 of LUM: query the pretrained model with condition tokens -> ``user_knowledge`` and ``item_knowledge``.
 
-``run(cfg, ds=D)`` loads the newest model version trained through D (or ``cfg.model_version``), streams
-partition D of ``user_sequences`` in record batches of ``chunk_users`` users, and for every user encodes its
-history ``[c1, i1, ..., cL, iL]`` plus N query condition tokens (``stages.conditions``):
+``run(cfg, ds=D)`` loads the newest model version trained through D (or ``cfg.model_version``), reads
+partition D of ``user_sequences`` (one pinned Delta snapshot) in chunks of ``chunk_users`` users in user_id
+order (``infer_batching.user_ordered_chunks``: streamed when the files are already in order, else one
+local spill by user_id range), and for every user encodes its last ``max_len`` behaviours
+``[c1, i1, ..., cL, iL]`` plus N query condition tokens (``stages.conditions``), packed into forwards of at
+most ``token_budget`` tokens:
 
 - ``grouped`` (default): ``model.encode_grouped``: the history once per user; each condition token attends
   to the history and itself through ``kernels.grouped_query_attention`` in every layer. ~2L + N tokens/user.
 - ``naive`` (the baseline): one forward per condition, history + that single condition token: N (2L + 1)
-  tokens/user. Both give the same o_q up to float rounding (tests/stages/test_infer.py).
+  tokens/user. It calls ``encode_grouped`` with one query per user, whose mask is then exactly plain causal
+  attention, so both modes share the attention implementation and the bench measures only the grouping.
+  Both give the same o_q up to float rounding; tests also match them against the training path
+  (``encode_packed``, block-diagonal causal SDPA) on history + (c_q, any item).
 
 Outputs (partition D, one Delta commit per table, nothing visible before it):
-- ``user_knowledge``: one row per (user, condition), rows sorted by user_id inside every file, files
-  written chunk by chunk (``row_group_rows`` rows per parquet row group) so a point lookup reads one
-  row group; memory is bounded by one chunk (``chunk_users`` x N x D floats, 4096 x 18 x 64 x 4 B = 19 MB).
+- ``user_knowledge``: one row per (user, condition), one file per chunk, sorted by user_id, files covering
+  disjoint user_id ranges, ``row_group_rows`` rows per parquet row group with min/max statistics, so a point
+  lookup reads one row group per file it opens; ``history_len`` = behaviours the model saw (<= max_len).
+  Memory: one chunk (``chunk_users`` x N x D floats, 4096 x 18 x 64 x 4 B = 19 MB) plus the partition's
+  user_id column (8 B/user).
 - ``item_knowledge``: e_i of every item of the model vocabulary (``model.item_embeddings``).
 
 Edge cases (counted in the summary, never a crash or a NaN row):
@@ -30,9 +38,14 @@ Scale-out: ``shard="i/n"`` (or RANK/WORLD_SIZE under torchrun) processes users w
 % n == i and items whose hash % n == i, stages its files and writes a shard manifest; nothing is visible.
 Publishing is explicit: ``shard="commit/n"`` (``lum run infer --ds D --shard commit/n``) commits every
 shard's files in ONE commit per table and refuses while a manifest is missing. Under torchrun the ranks
-meet at a barrier and rank 0 commits. All shards of one run must share ``run_id``: by default it is
-derived from (ds, model version, mode, conditions, n) so ``--shard i/n`` invocations agree without
-coordination; a rerun of a shard replaces its own staged files.
+meet at a gloo barrier and rank 0 commits. All shards of one run must share ``run_id``: by default it is a
+hash of (ds, model version, user_sequences Delta version, mode, conditions, n), so ``--shard i/n``
+invocations and the commit step agree without coordination; a rerun of a shard rewrites its manifest;
+committing an already committed run is a no-op (same inputs, same content); new inputs give a new run_id.
+An unsharded run uses a fresh run_id and commits at its end, so a rerun always replaces the partition.
+item_knowledge is committed before user_knowledge (two tables, two commits: a crash between them leaves
+the new items with the old users, both from committed runs).
+Staged files of a run that never commits are invisible; ``Warehouse.vacuum`` removes them.
 """
 
 from __future__ import annotations
@@ -198,6 +211,7 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
     user_ids = chunk.column("user_id").to_numpy()
     item_lists = chunk.column("item_ids").to_pylist()
     cond_lists = chunk.column("conditions").to_pylist()
+    fixed_ids = None if fixed is None else np.asarray([vocab.condition_id(q) for q in fixed], dtype=np.int64)
     keep_uid, hist_items, hist_conds, query_ids, query_names, hist_lens = [], [], [], [], [], []
     for uid, items, conds in zip(user_ids.tolist(), item_lists, cond_lists):
         items, conds = items or [], conds or []
@@ -215,7 +229,8 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
         keep_uid.append(uid)
         hist_items.append(rows)
         hist_conds.append(vocab.condition_ids(conds))
-        query_ids.append(np.asarray([vocab.condition_id(q) for q in queries], dtype=np.int64))
+        query_ids.append(fixed_ids if queries is fixed else
+                         np.asarray([vocab.condition_id(q) for q in queries], dtype=np.int64))
         query_names.append(queries)
         hist_lens.append(len(items))
     stats.users += len(keep_uid)

@@ -17,7 +17,8 @@ Columns (see schemas/dlrm_training.py): ``lum_user`` = o_q under the target item
 as JSON in the table metadata key ``lum.conditions``; null where the user has no knowledge under that
 condition), ``lum_target_match`` = sim under the target's own condition. sim is the cosine similarity
 dot(u, e) / (|u| |e|), 0.0 when either vector is all zeros; computed in the JVM with Spark's array
-functions (``zip_with`` + ``aggregate``): no Python worker, no pickling; ~N*D multiply-adds per row.
+functions (``zip_with`` + ``aggregate``): no Python worker, no pickling; ~N*D multiply-adds per row,
+norms precomputed once per (user, condition) and per item.
 
 Fallbacks and errors (``dlrm_training`` is untouched by every error):
 - no knowledge partition <= D - lag (the first day of a backfill): rows are written with null LUM
@@ -54,6 +55,8 @@ class Config:
     spec: str = "dlrm"  # built-in spec name or path to a TOML/JSON spec (stages/join_spec.py)
     lag_days: int | None = None  # overrides the spec's lag; None = the spec's (default 1)
     require_knowledge: bool = False  # True: no knowledge partition is an error instead of null LUM columns
+    broadcast_items: bool = True  # item_knowledge to every task (1M items x D=64 is 256 MB); False: shuffle join
+    similarity: str = "arrow"  # "arrow": numpy einsum per Arrow batch (fast); "sql": Spark array lambdas
 
 
 def _dates_minus(ds: str, days: int) -> str:
@@ -152,22 +155,24 @@ def _sql_list(values: list[str]) -> str:
     return "array(" + ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values) + ")"
 
 
-# cosine(u, e) with |e| precomputed: dot(u, e) / (|u| |e|), 0.0 for a zero vector, null for a null one.
-_DOT = "aggregate(zip_with({a}, {b}, (x, y) -> x * y), CAST(0.0 AS DOUBLE), (acc, v) -> acc + v)"
+# Per (user, condition) the map holds struct(e = o_q, n = |o_q|); items carry e_i / |e_i| (unit).
+# cosine = dot(o_q, unit e_i) / |o_q|; 0.0 when |o_q| = 0 (a zero unit vector stays zero); null when
+# either side is missing. One map lookup per condition (the inner transform), then one zip/aggregate.
 _NORM = "sqrt(aggregate({a}, CAST(0.0 AS DOUBLE), (acc, v) -> acc + v * v))"
-
-
-def _cos(a: str, b: str, b_norm: str) -> str:
-    dot = _DOT.format(a=a, b=b)
-    norm = _NORM.format(a=a)
-    return (f"CAST(CASE WHEN {a} IS NULL OR {b} IS NULL THEN NULL "
-            f"WHEN {norm} * {b_norm} > 0 THEN {dot} / ({norm} * {b_norm}) ELSE 0.0 END AS FLOAT)")
+_SIM = ("CASE WHEN {v} IS NULL OR _iu IS NULL THEN NULL WHEN {v}.n > 0 THEN "
+        "CAST(aggregate(zip_with({v}.e, _iu, (x, y) -> x * y), CAST(0.0 AS DOUBLE), (acc, w) -> acc + w) "
+        "/ {v}.n AS FLOAT) ELSE CAST(0.0 AS FLOAT) END")
 
 
 def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, ik: Any | None, *,
                          spec: JoinSpec, conditions: list[str], knowledge_ds: str | None,
-                         model_version: str | None, dim: int) -> Any:
-    """The dlrm_training DataFrame of one day (lazy). ``uk``/``ik`` None: null LUM columns."""
+                         model_version: str | None, dim: int, broadcast_items: bool = True,
+                         similarity: str = "arrow") -> Any:
+    """The dlrm_training DataFrame of one day (lazy). ``uk``/``ik`` None: null LUM columns.
+
+    Plan: samples -> broadcast items (target condition) -> shuffle join with one row per user (its
+    condition -> vector map, built by a group-by of user_knowledge) -> broadcast item_knowledge.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -182,21 +187,33 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
     prefix = spec.target_condition_prefix()
     target = (items.select(F.col("item_id").alias("_iid"),
                            F.concat(F.lit(prefix), F.col(spec.target_feature)).alias("_target_cond")))
-    # One row per user: map condition -> vector (user_knowledge's key (user_id, condition) is unique).
-    user_vecs = (uk.select(F.col("user_id").alias("_uid"), "condition", "embedding")
+    # One row per user: map condition -> (o_q, |o_q|) (user_knowledge's key (user_id, condition) is unique).
+    entry = F.struct(F.col("embedding").alias("e"), F.expr(_NORM.format(a="embedding")).alias("n"))
+    user_vecs = (uk.select(F.col("user_id").alias("_uid"), "condition", entry.alias("v"))
                  .groupBy("_uid")
-                 .agg(F.map_from_entries(F.collect_list(F.struct("condition", "embedding"))).alias("_um")))
-    item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"))
-    item_vecs = item_vecs.withColumn("_ie_norm", F.expr(_NORM.format(a="_ie")))
+                 .agg(F.map_from_entries(F.collect_list(F.struct("condition", "v"))).alias("_um")))
+    norm = F.expr(_NORM.format(a="embedding"))
+    item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"),
+                          F.when(norm > 0, F.expr("transform(embedding, x -> x / "
+                                                  + _NORM.format(a="embedding") + ")"))
+                          .otherwise(F.col("embedding")).alias("_iu"))
+    if broadcast_items:
+        item_vecs = F.broadcast(item_vecs)
 
     joined = (base
               .join(target, base[spec.item_column] == target["_iid"], "left")
               .join(user_vecs, base[spec.user_column] == user_vecs["_uid"], "left")
-              .join(item_vecs, base[spec.item_column] == item_vecs["_kid"], "left"))
+              .join(item_vecs, base[spec.item_column] == item_vecs["_kid"], "left")
+              .withColumn("_ut", F.expr("element_at(_um, _target_cond)")))
     has = F.col("_um").isNotNull() & F.col("_ie").isNotNull()
-    lum_user = F.expr("element_at(_um, _target_cond)")
-    match = F.expr(f"transform({_sql_list(conditions)}, c -> {_cos('element_at(_um, c)', '_ie', '_ie_norm')})")
-    target_match = F.expr(_cos("element_at(_um, _target_cond)", "_ie", "_ie_norm"))
+    if similarity == "arrow":
+        match, target_match = _arrow_similarity(joined, conditions, dim)
+    elif similarity == "sql":
+        looked_up = f"transform({_sql_list(conditions)}, c -> element_at(_um, c))"
+        match = F.expr(f"transform({looked_up}, v -> {_SIM.format(v='v')})")
+        target_match = F.expr(_SIM.format(v="_ut"))
+    else:
+        raise ValueError(f"similarity must be 'arrow' or 'sql', got {similarity!r}")
     wanted = set(spec.features)
 
     def pick(name: str, value: Any) -> Any:
@@ -208,11 +225,32 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
         *sample_cols,
         pick("lum_match", match),
         pick("lum_target_match", target_match),
-        pick("lum_user", F.when(lum_user.isNotNull(), lum_user)),
+        pick("lum_user", F.col("_ut.e")),
         pick("lum_item", F.col("_ie")),
         F.when(has, F.lit(knowledge_ds)).cast(T.StringType()).alias("lum_knowledge_ds"),
         F.when(has, F.lit(model_version)).cast(T.StringType()).alias("lum_model_version"),
     )
+
+
+def _arrow_similarity(joined: Any, conditions: list[str], dim: int) -> tuple[Any, Any]:
+    """(lum_match, lum_target_match) columns from the Arrow UDF of stages.join_similarity."""
+    from pyspark.sql import functions as F
+
+    from stages.join_similarity import RESULT_TYPE, similarities
+
+    conds = _sql_list(conditions)
+    n_cond = len(conditions)
+    user_flat = F.expr(f"flatten(transform({conds}, c -> coalesce(element_at(_um, c).e, "
+                       f"array_repeat(CAST(0.0 AS FLOAT), {dim}))))")
+    user_norms = F.expr(f"transform({conds}, c -> element_at(_um, c).n)")
+
+    def batch(uf, un, iu, te, tn):  # pyarrow arrays in, a StructArray out
+        return similarities(uf, un, iu, te, tn, n_cond=n_cond, dim=dim)
+
+    udf = F.arrow_udf(batch, RESULT_TYPE, F.ArrowUDFType.SCALAR)
+    result = udf(F.when(F.col("_um").isNotNull(), user_flat), user_norms, F.col("_iu"),
+                 F.col("_ut.e"), F.col("_ut.n"))
+    return result.getField("lum_match"), result.getField("lum_target_match")
 
 
 def read_items(wh: Any, spec: JoinSpec) -> Any:
@@ -286,6 +324,8 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
     from stages.warehouse import Warehouse
 
     check_ds(ds)
+    if cfg.similarity not in ("arrow", "sql"):
+        raise ValueError(f"similarity must be 'arrow' or 'sql', got {cfg.similarity!r}")
     started = time.perf_counter()
     spec = load_spec(cfg.spec)
     lag = spec.lag_days if cfg.lag_days is None else cfg.lag_days
@@ -317,7 +357,8 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
         log.warning("no knowledge partition <= %s: writing %s[%s] with null LUM columns", cutoff,
                     spec.output_table, ds)
     out = build_training_frame(spark, samples, items, uk, ik, spec=spec, conditions=conditions,
-                               knowledge_ds=k_ds, model_version=version, dim=dim)
+                               knowledge_ds=k_ds, model_version=version, dim=dim,
+                               broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)
     # Computed once: the checks below fill the disk cache, the write reads it.
     out = out.persist(StorageLevel.DISK_ONLY)
     try:

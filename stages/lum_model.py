@@ -32,8 +32,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from stages.packing import dense_layout
 from stages.tokenize import interleave
@@ -73,32 +73,43 @@ def _log_once(path: str, why: str) -> None:
         log.info("attention path: %s (%s)", path, why)
 
 
+def attention_mask_layout(cu_tokens: torch.Tensor, prefix_lens: torch.Tensor,
+                          row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None):
+    """(row (T,), col (T,), allowed (R, 1, S, S) bool): where each packed token sits in the dense grid and
+    the mask. Built once per forward and shared by every layer (it is the same for all of them)."""
+    row, col, seq, pos, R, S = dense_layout(cu_tokens, row_of_seq, row_tokens)
+    dev = cu_tokens.device
+    plen = prefix_lens.to(device=dev, dtype=torch.long)[seq]
+    seq_d = torch.full((R, S), -1, dtype=torch.long, device=dev).index_put((row, col), seq)
+    pos_d = torch.zeros((R, S), dtype=torch.long, device=dev).index_put((row, col), pos)
+    pre_d = torch.zeros((R, S), dtype=torch.long, device=dev).index_put((row, col), plen)
+    same = (seq_d[:, :, None] == seq_d[:, None, :]) & (seq_d[:, :, None] >= 0)
+    pi, pj = pos_d[:, :, None], pos_d[:, None, :]
+    in_prefix = pi < pre_d[:, :, None]
+    allowed = same & ((in_prefix & (pj <= pi)) | (~in_prefix & ((pj < pre_d[:, :, None]) | (pj == pi))))
+    allowed = allowed | torch.eye(S, dtype=torch.bool, device=dev)[None]  # padding rows: self only
+    return row, col, allowed[:, None]
+
+
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_tokens: torch.Tensor,
                      prefix_lens: torch.Tensor, row_of_seq: torch.Tensor | None = None,
-                     row_tokens: int | None = None) -> torch.Tensor:
+                     row_tokens: int | None = None, layout=None) -> torch.Tensor:
     """Reference/CPU attention: q, k, v (T, H, Dh) packed -> (T, H, Dh) via SDPA with a dense mask.
 
     Same semantics as kernels.grouped_query_attention: token i < prefix_lens[b] attends causally,
     token i >= prefix_lens[b] attends to the prefix and itself; nothing crosses sequences. With
     ``row_of_seq`` sequences share dense rows of ``row_tokens`` (packing); padding slots attend to
-    themselves only and are dropped on the way out.
+    themselves only and are dropped on the way out. ``layout``: a precomputed `attention_mask_layout`.
     """
-    T, H, Dh = q.shape
-    row, col, seq, pos, R, S = dense_layout(cu_tokens, row_of_seq, row_tokens)
-    plen = prefix_lens.to(device=q.device, dtype=torch.long)[seq]
+    _, H, Dh = q.shape
+    row, col, allowed = layout if layout is not None else attention_mask_layout(cu_tokens, prefix_lens,
+                                                                               row_of_seq, row_tokens)
+    R, S = allowed.shape[0], allowed.shape[-1]
 
     def to_dense(x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(R, S, H, Dh).index_put((row, col), x).transpose(1, 2)  # (R, H, S, Dh)
 
-    seq_d = torch.full((R, S), -1, dtype=torch.long, device=q.device).index_put((row, col), seq)
-    pos_d = torch.zeros((R, S), dtype=torch.long, device=q.device).index_put((row, col), pos)
-    pre_d = torch.zeros((R, S), dtype=torch.long, device=q.device).index_put((row, col), plen)
-    same = (seq_d[:, :, None] == seq_d[:, None, :]) & (seq_d[:, :, None] >= 0)
-    pi, pj = pos_d[:, :, None], pos_d[:, None, :]
-    in_prefix = pi < pre_d[:, :, None]
-    allowed = same & ((in_prefix & (pj <= pi)) | (~in_prefix & ((pj < pre_d[:, :, None]) | (pj == pi))))
-    allowed = allowed | torch.eye(S, dtype=torch.bool, device=q.device)[None]  # padding rows: self only
-    out = F.scaled_dot_product_attention(to_dense(q), to_dense(k), to_dense(v), attn_mask=allowed[:, None])
+    out = F.scaled_dot_product_attention(to_dense(q), to_dense(k), to_dense(v), attn_mask=allowed)
     return out.transpose(1, 2)[row, col]
 
 
@@ -204,7 +215,8 @@ class LUM(nn.Module):
         if backend != "sdpa_mask":
             raise ValueError(f"attention_backend must be auto|kernel|sdpa_mask|varlen, got {backend!r}")
         _log_once("sdpa_mask", "SDPA with a block-diagonal causal mask per packed row")
-        return lambda q, k, v: masked_attention(q, k, v, cu_tok, prefix, row_of_seq, row_tokens)
+        layout = attention_mask_layout(cu_tok, prefix, row_of_seq, row_tokens)
+        return lambda q, k, v: masked_attention(q, k, v, cu_tok, prefix, layout=layout)
 
     def encode_packed(self, items: torch.Tensor, conds: torch.Tensor, cu_seqlens: torch.Tensor,
                       row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None) -> torch.Tensor:

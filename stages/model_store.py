@@ -29,8 +29,7 @@ VERSION_RE = re.compile(r"^lum-(\d{4}-\d{2}-\d{2})$")
 
 def store_root(warehouse: str) -> Path:
     """``<warehouse>/models/lum`` as a local path; remote URIs raise ValueError."""
-    if warehouse.startswith("file://"):
-        warehouse = warehouse[len("file://"):]
+    warehouse = warehouse.removeprefix("file://")
     if "://" in warehouse:
         raise ValueError(f"model store supports local warehouses only, got {warehouse!r}")
     return Path(warehouse) / "models" / "lum"

@@ -75,7 +75,7 @@ class Sequences:
         return int(self.offsets.size - 1)
 
     @classmethod
-    def from_lists(cls, items: list[np.ndarray], conds: list[np.ndarray]) -> "Sequences":
+    def from_lists(cls, items: list[np.ndarray], conds: list[np.ndarray]) -> Sequences:
         lens = np.asarray([len(x) for x in items], dtype=np.int64)
         offsets = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
@@ -92,10 +92,10 @@ class PackedBatch:
     (None = every sequence on its own row, the unpacked layout).
     """
 
-    items: "object"
-    conds: "object"
-    cu_seqlens: "object"
-    row_of_seq: "object | None"
+    items: object
+    conds: object
+    cu_seqlens: object
+    row_of_seq: object | None
     row_tokens: int | None
 
     @property

@@ -101,11 +101,10 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
     """Train through day ``ds`` and publish version ``lum-<ds>``; returns the summary dict."""
     import torch
 
-    from stages import model_store
+    from stages import model_store, train_loop
     from stages.dates import check_ds, day_end, prev_day
     from stages.lum_model import build_model
     from stages.pretrain_data import load_sequences, remap_state
-    from stages import train_loop
     from stages.train_loop import _dist, init_distributed
 
     check_ds(ds)
@@ -114,7 +113,7 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     init_distributed()
-    _, rank, world = _dist()
+    _, rank, _world = _dist()
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     data = load_sequences(warehouse, ds)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class Vocab:
     # ---- building -------------------------------------------------------------------------------
     @classmethod
     def build(cls, item_ids: Iterable[int], item_categories: Iterable[str], *,
-              features: Sequence[str] = ("category",), scenarios: Iterable[str] = ()) -> "Vocab":
+              features: Sequence[str] = ("category",), scenarios: Iterable[str] = ()) -> Vocab:
         """Vocab from the items table (ids + primary category) and the scenarios seen in events."""
         features = tuple(features)
         for f in features:
@@ -169,7 +169,7 @@ class Vocab:
                            "conditions": self.conditions})
 
     @classmethod
-    def from_json(cls, text: str) -> "Vocab":
+    def from_json(cls, text: str) -> Vocab:
         d = json.loads(text)
         return cls(item_ids=np.asarray(d["item_ids"], dtype=np.int64),
                    item_category=np.asarray(d["item_category"], dtype=np.int64),

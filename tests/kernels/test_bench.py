@@ -6,8 +6,8 @@ import pytest
 
 from stages.bench_kernels import make_batch, run_bench, useful_flops
 
-TINY = dict(users=4, prefix=24, conditions=3, heads=4, kv_heads=2, head_dim=16, repeats=1, sweep=False,
-            cpu_threads=1)
+TINY = {"users": 4, "prefix": 24, "conditions": 3, "heads": 4, "kv_heads": 2, "head_dim": 16, "repeats": 1, "sweep": False,
+            "cpu_threads": 1}
 
 
 def test_bench_rows_agree_with_torch_path(warehouse):

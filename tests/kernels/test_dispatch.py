@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import jagged_batch
+from jagged_batches import jagged_batch
 
 from kernels import grouped_query_attention
 from kernels.grouped_query_attention import resolve_backend

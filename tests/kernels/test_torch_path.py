@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import EDGE_LENGTHS, EDGE_PREFIXES, jagged_batch, random_lengths
+from jagged_batches import EDGE_LENGTHS, EDGE_PREFIXES, jagged_batch, random_lengths
 
 from kernels import grouped_query_attention
 from kernels.reference import grouped_mask, reference_attention

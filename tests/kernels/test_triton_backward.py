@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import jagged_batch
+from jagged_batches import jagged_batch
 
 from kernels import grouped_query_attention
 from kernels.reference import reference_attention

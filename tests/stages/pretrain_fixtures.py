@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import pyarrow as pa
 
 from stages.warehouse import Warehouse
@@ -50,7 +49,7 @@ def make_warehouse(path: str, *, users: int = 24, days: int = 2, per_day: int = 
     """Items + user_sequences for ``days`` consecutive days; on day d only even users (d>0) get new events."""
     wh = Warehouse(path)
     write_items(wh)
-    base = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     out, lengths = [], {u: 1 + (u % 5) for u in range(users)}   # user 0 has a single behaviour
     for d in range(days):
         ds = (base + dt.timedelta(days=d)).date().isoformat()
@@ -60,13 +59,13 @@ def make_warehouse(path: str, *, users: int = 24, days: int = 2, per_day: int = 
         seqs = {u + 1: user_behaviours(u, n, base) for u, n in lengths.items()}
         if d > 0:  # move the changed users' newest behaviour into day d
             for u in range(0, users, 2):
-                items, ts = seqs[u + 1]
+                _, ts = seqs[u + 1]
                 ts[-1] = base + dt.timedelta(days=d, hours=1)
         write_sequences(wh, ds, seqs)
         out.append(ds)
     return out
 
 
-TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, d_item=16, d_feature=4, max_len=16, row_tokens=64,
-            rows_per_step=2, sampled_negatives=8, warmup_steps=2, dropout=0.1, epochs=2.0, continue_epochs=1.0,
-            checkpoint_every=3)
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "d_item": 16, "d_feature": 4, "max_len": 16,
+        "row_tokens": 64, "rows_per_step": 2, "sampled_negatives": 8, "warmup_steps": 2, "dropout": 0.1,
+        "epochs": 2.0, "continue_epochs": 1.0, "checkpoint_every": 3}

@@ -112,3 +112,29 @@ def test_grouped_differs_for_different_histories():
                     [np.array([1, 1, 1]), np.array([2, 2, 2])], [np.array([3]), np.array([3])])
     out = encode(model, a, "grouped")
     assert not torch.allclose(out[0], out[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize("buckets", [256, 2])
+def test_user_ordered_chunks_sorted_disjoint_and_complete(shuffled, buckets, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from stages import infer_batching
+    from stages.infer_batching import ShardSpec, user_ordered_chunks
+
+    monkeypatch.setattr(infer_batching, "MAX_SPILL_BUCKETS", buckets)
+    ids = np.arange(1000, 1103, dtype=np.int64)
+    if shuffled:
+        ids = np.random.default_rng(0).permutation(ids)
+    table = pa.table({"user_id": ids, "item_ids": [[int(i)] * 2 for i in ids]})
+    dataset = pads.dataset([table.slice(0, 50), table.slice(50)])  # two "files"
+    for shard in (None, ShardSpec(index=1, count=3)):
+        chunks = list(user_ordered_chunks(dataset, ["user_id", "item_ids"], 10, shard))
+        got = np.concatenate([c.column("user_id").to_numpy() for c in chunks])
+        want = np.sort(ids if shard is None else ids[shard_of(ids, 3) == 1])
+        assert got.tolist() == want.tolist()  # sorted, complete, no duplicates, chunks in order
+        assert all(c.num_rows <= 10 for c in chunks) and sum(c.num_rows == 10 for c in chunks) >= len(chunks) - 1
+        for c in chunks:  # rows stay aligned with their user
+            assert all(items[0] == uid for uid, items in zip(c.column("user_id").to_pylist(),
+                                                             c.column("item_ids").to_pylist()))

@@ -97,11 +97,12 @@ def run_join(wh, **cfg):
     return run(Config(**cfg), ds=D, warehouse=wh.uri)
 
 
-def test_join_values_match_numpy_reference(spark, warehouse):
+@pytest.mark.parametrize("similarity", ["arrow", "sql"])
+def test_join_values_match_numpy_reference(spark, warehouse, similarity):
     from schemas.dlrm_training import CONDITIONS_KEY, decode_conditions
 
     wh = make_warehouse(warehouse)
-    summary = run_join(wh)
+    summary = run_join(wh, similarity=similarity)
     assert summary["rows"] == 11 and summary["knowledge_ds"] == "2001-01-04"
     assert summary["model_version"] == "lum-2001-01-04" and summary["fallback"] is None
     out = wh.read("dlrm_training", ds=D)

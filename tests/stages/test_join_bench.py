@@ -7,6 +7,7 @@ import os
 import pytest
 
 
+@pytest.mark.slow  # a benchmark run (Spark job + data generation), ~10-90 s depending on load
 def test_bench_join_quick_report(spark, tmp_path):
     from stages.bench_join import run_bench
 

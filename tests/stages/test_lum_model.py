@@ -17,7 +17,8 @@ def _vocab(features=("category",)):
 
 def _model(vocab, **kw):
     torch.manual_seed(0)
-    cfg = dict(d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_len=12, d_item=8, d_feature=4)
+    cfg = {"d_model": 16, "n_heads": 2, "n_layers": 2, "d_ff": 32, "dropout": 0.0, "max_len": 12, "d_item": 8,
+           "d_feature": 4}
     cfg.update(kw)
     return build_model(ModelConfig(**cfg), vocab).eval()
 

@@ -34,7 +34,7 @@ def test_best_fit_pack_rejects_too_long_and_is_deterministic():
 
 def test_dense_layout_positions_restart_per_sequence():
     cu = torch.tensor([0, 3, 5, 9], dtype=torch.int32)
-    row, col, seq, pos, R, S = dense_layout(cu, torch.tensor([0, 0, 1]), 6)
+    row, col, _seq, pos, R, S = dense_layout(cu, torch.tensor([0, 0, 1]), 6)
     assert (R, S) == (2, 6)
     assert row.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert col.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
@@ -62,7 +62,7 @@ def _loss(model, batch):
 
 
 def test_packed_loss_and_grads_equal_unpacked():
-    vocab, seqs, model = _tiny()
+    _, seqs, model = _tiny()
     rows = best_fit_pack(2 * seqs.lengths, 20)
     assert len(rows) < len(seqs)  # really packed: several sequences share a row
     (ids, row_of), = packed_step_batches(seqs, rows, rows_per_step=len(rows), row_tokens=20)
@@ -85,7 +85,7 @@ def test_packed_loss_and_grads_equal_unpacked():
 
 
 def test_packing_does_not_leak_across_sequences():
-    vocab, seqs, model = _tiny(1)
+    _, seqs, model = _tiny(1)
     rows = best_fit_pack(2 * seqs.lengths, 20)
     (ids, row_of), = packed_step_batches(seqs, rows, rows_per_step=len(rows), row_tokens=20)
     base = model.encode_packed(*_fields(make_batch(seqs, ids, row_of, 20)))

@@ -21,7 +21,7 @@ def _weights(wh, version):
 
 
 def test_scratch_then_warm_start_chain_and_rerun(warehouse):
-    d1, d2, d3 = make_warehouse(warehouse, days=3)
+    d1, d2, _ = make_warehouse(warehouse, days=3)
     s1 = pretrain.run(_cfg(), ds=d1, warehouse=warehouse)
     assert s1["version"] == "lum-" + d1 and s1["parent"] is None and s1["steps"] > 0
     assert model_store.latest_version(warehouse, through=d1) == "lum-" + d1
@@ -88,3 +88,20 @@ def test_no_changed_users_publishes_parent_weights(warehouse):
     w1, w2 = _weights(warehouse, "lum-" + d1), _weights(warehouse, "lum-" + d2)
     for k in w1:
         assert torch.equal(w1[k], w2[k])
+
+
+def test_cli_eval_reports_metrics(warehouse, capsys):
+    from stages.cli import main
+
+    d1, = make_warehouse(warehouse, days=1)
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    rc = main(["run", "pretrain", "--ds", d1, "--retrain", "--warehouse", warehouse, "--set", "eval=true", *sets])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["version"] == "lum-" + d1
+    assert 0.0 <= summary["hr@10"] <= 1.0 and 0.0 <= summary["ndcg@10"] <= summary["hr@10"]
+    meta = model_store.load(warehouse, "lum-" + d1).meta
+    # users with >= 3 behaviours are evaluated (lengths 1..5 in the fixture: u%5 in {2,3,4})
+    assert meta["metrics"]["test"]["users"] == sum(1 for u in range(24) if 1 + u % 5 >= 3)
+    assert meta["metrics"]["test"]["hr@10"] == summary["hr@10"]
+    assert meta["metrics"]["train_sequences"] == 24  # single-behaviour users are kept for training

@@ -41,7 +41,7 @@ def test_metrics_match_brute_force():
         for hist, hc, target, tc in cases:
             hist, hc = hist[-8:], hc[-8:]
 
-            def o_for(cond):
+            def o_for(cond, hist=hist, hc=hc):
                 it = torch.from_numpy(np.append(hist, 1)).long()
                 cd = torch.from_numpy(np.append(hc, cond)).long()
                 return model.encode_packed(it, cd, torch.tensor([0, it.numel()], dtype=torch.int32))[-1]

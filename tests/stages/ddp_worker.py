@@ -1,0 +1,47 @@
+"""Worker for test_pretrain_ddp: train a tiny LUM on fixed synthetic sequences, save weights and loss.
+
+Run as ``torchrun --nproc_per_node 2 tests/stages/ddp_worker.py OUT`` (DDP, gloo) or plainly (1 process).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from stages import train_loop
+from stages.lum_model import ModelConfig, build_model
+from stages.packing import Sequences
+from stages.tokenize import Vocab
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    train_loop.init_distributed()
+    _, rank, world = train_loop._dist()
+    rng = np.random.default_rng(0)
+    vocab = Vocab.build(range(1, 41), [f"g{i % 4}" for i in range(40)])
+    items = [rng.integers(1, 41, size=n) for n in rng.integers(1, 12, size=48)]
+    seqs = Sequences.from_lists(items, [vocab.item_conditions()[x] for x in items])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_len=12,
+                                    d_item=8, d_feature=4), vocab)
+    counts = torch.from_numpy(np.bincount(seqs.items, minlength=41).astype(np.float64))
+    cfg = train_loop.TrainConfig(epochs=2, row_tokens=24, rows_per_step=4, warmup_steps=2, sampled_negatives=6,
+                                 logq=True, log_every_s=1000)
+    stats = train_loop.train(model, seqs, cfg, item_counts=counts, ckpt_path=None)
+    if rank == 0:
+        torch.save(model.state_dict(), Path(out) / "weights.pt")
+        (Path(out) / "stats.json").write_text(json.dumps({"loss": stats["loss"], "world": world,
+                                                          "steps": stats["steps"]}))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,35 @@
+"""DDP: 2 gloo processes end with the same weights and loss as 1 process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _run(cmd: list[str], out: Path) -> dict:
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd + [str(out)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "stats.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    one = _run([sys.executable, str(WORKER)], tmp_path / "one")
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                str(WORKER)], tmp_path / "two")
+    assert one["world"] == 1 and two["world"] == 2 and one["steps"] == two["steps"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    w1 = torch.load(tmp_path / "one" / "weights.pt")
+    w2 = torch.load(tmp_path / "two" / "weights.pt")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
