@@ -53,7 +53,8 @@ def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
         prec = "ieee" if dtype == "float32" else "tf32"
         for head_dim in head_dims:
             block_d = max(16, triton.next_power_of_2(head_dim))
-            common = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "GROUP": 2, "TILE_ROWS": tg.TILE, "PREC": prec, "UPCAST": False}
+            common = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "GROUP": 2, "TILE_ROWS": tg.TILE,
+                      "PREC": prec, "UPCAST": False}
             variants = [(tg._fwd_kernel, dict(common, STORE_LSE=True, BLOCK_M=bm, BLOCK_N=bn), warps)
                         for bm, bn, warps in ((128, 64, 8), (64, 32, 4))]
             variants += [(fn, dict(common, BLOCK=64), 4) for fn in (tg._bwd_dq_kernel, tg._bwd_dkdv_kernel)]

@@ -10,8 +10,9 @@
 Backend choice: an explicit ``backend="triton"|"torch"`` wins; ``"auto"`` reads ``LUM_ATTENTION_BACKEND``
 (triton|torch|auto) and otherwise picks triton for CUDA tensors and torch elsewhere (also under
 TRITON_INTERPRET=1: the interpreter is a test tool, ask for ``backend="triton"`` explicitly to use it).
-Each (requested, chosen, device) decision is logged once. Triton's backward covers only plain packed causal attention (prefix_lens == lengths);
-with ``auto`` and gradients needed on a grouped batch, the torch path is used (logged).
+Each (requested, chosen, device) decision is logged once. Triton's backward covers only plain packed
+causal attention (prefix_lens == lengths); with ``auto`` and gradients needed on a grouped batch, the
+torch path is used (logged).
 
 Validation copies cu_seqlens/prefix_lens to the host once (B+1 + B ints; one device sync) - the Triton
 launcher needs max_seqlen on the host for its grid anyway.
@@ -94,7 +95,8 @@ def validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torc
             raise ValueError(f"cu_seqlens must be non-decreasing: cu_seqlens[{b + 1}]={offsets[b + 1]} "
                              f"< cu_seqlens[{b}]={offsets[b]}")
         if not 0 <= prefixes[b] <= offsets[b + 1] - offsets[b]:
-            raise ValueError(f"prefix_lens[{b}]={prefixes[b]} must be in [0, length={offsets[b + 1] - offsets[b]}]")
+            length = offsets[b + 1] - offsets[b]
+            raise ValueError(f"prefix_lens[{b}]={prefixes[b]} must be in [0, length={length}]")
     return offsets, prefixes
 
 

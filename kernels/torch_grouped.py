@@ -9,9 +9,9 @@ prefix plus themselves. Vectorised over the batch: sequences are grouped into bu
   * condition part: keys = [prefix (P_max) | condition tokens (N_max)], boolean mask (N_max, P_max+N_max):
     valid prefix columns or the diagonal. Extra work is N/(P+N) (3% at P=512, N=16).
 Padding positions read the sequence's own last token (masked out by causality or the mask, never another
-sequence's data), so a NaN in one sequence cannot reach another through 0 * NaN. Fully differentiable (autograd through gather/SDPA/index_copy). Bucketing bounds
-the padding waste at < 2x per bucket even with one very long sequence among short ones; the number of
-SDPA calls is at most 2 x (#distinct prefix buckets x #distinct condition buckets), ~2 x log2(max_len).
+sequence's data), so a NaN in one sequence cannot reach another through 0 * NaN. Fully differentiable
+(autograd through gather/SDPA/index_copy). Bucketing bounds the padding waste at < 2x per bucket even
+with one very long sequence among short ones; the number of SDPA calls is at most 2 x (#distinct prefix buckets x #distinct condition buckets), ~2 x log2(max_len).
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU, PREFIX, TILES,
     rows64 = seq_start.to(tl.int64) + offs_m.to(tl.int64)
     head64 = head.to(tl.int64)
     kv_head64 = (head // GROUP).to(tl.int64)
-    q = tl.load(Q + rows64[:, None] * stride_qt + head64 * stride_qh + offs_d[None, :], mask=io_mask, other=0.0)
+    q = tl.load(Q + rows64[:, None] * stride_qt + head64 * stride_qh + offs_d[None, :], mask=io_mask,
+                other=0.0)
     k_base = K + seq_start.to(tl.int64) * stride_kt + kv_head64 * stride_kh
     v_base = V + seq_start.to(tl.int64) * stride_vt + kv_head64 * stride_vh
 
@@ -280,10 +281,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU, TILES,
         n = start_n + offs_n
         n64 = n.to(tl.int64)
         key_ok = n < seq_len
-        kb = tl.load(k_base + n64[:, None] * stride_kt + offs_d[None, :], mask=key_ok[:, None] & d_ok[None, :],
-                     other=0.0)
-        vb = tl.load(v_base + n64[:, None] * stride_vt + offs_d[None, :], mask=key_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        kv_mask = key_ok[:, None] & d_ok[None, :]
+        kb = tl.load(k_base + n64[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        vb = tl.load(v_base + n64[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
         qk = _dot(q, tl.trans(kb), PREC, UPCAST) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         p = tl.where(key_ok[None, :] & (n[None, :] <= offs_m[:, None]), p, 0.0)
@@ -356,9 +356,9 @@ def _backward(q, k, v, out, lse, grad_out, cu_seqlens, tiles, scale):
     if t == 0 or tiles.shape[0] == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     block = 32 if _interpreting() else 64
-    consts = {"HEAD_DIM": d, "BLOCK_D": max(16, triton.next_power_of_2(d)), "GROUP": h // h_kv, "TILE_ROWS": TILE,
-                  "PREC": "ieee" if q.dtype == torch.float32 else "tf32",
-                  "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "BLOCK": block}
+    consts = {"HEAD_DIM": d, "BLOCK_D": max(16, triton.next_power_of_2(d)), "GROUP": h // h_kv,
+              "TILE_ROWS": TILE, "PREC": "ieee" if q.dtype == torch.float32 else "tf32",
+              "UPCAST": _interpreting() and q.dtype == torch.bfloat16, "BLOCK": block}
     launch = {} if _interpreting() else {"num_warps": 4 if d <= 64 else 8, "num_stages": 2}
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), lse.stride(0),
                scale * LOG2E, scale)

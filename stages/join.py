@@ -201,9 +201,9 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
         item_vecs = F.broadcast(item_vecs)
 
     joined = (base
-              .join(target, base[spec.item_column] == target["_iid"], "left")
-              .join(user_vecs, base[spec.user_column] == user_vecs["_uid"], "left")
-              .join(item_vecs, base[spec.item_column] == item_vecs["_kid"], "left")
+              .join(target, base["item_id"] == target["_iid"], "left")
+              .join(user_vecs, base["user_id"] == user_vecs["_uid"], "left")
+              .join(item_vecs, base["item_id"] == item_vecs["_kid"], "left")
               .withColumn("_ut", F.expr("element_at(_um, _target_cond)")))
     has = F.col("_um").isNotNull() & F.col("_ie").isNotNull()
     if similarity == "arrow":
@@ -236,7 +236,7 @@ def _arrow_similarity(joined: Any, conditions: list[str], dim: int) -> tuple[Any
     """(lum_match, lum_target_match) columns from the Arrow UDF of stages.join_similarity."""
     from pyspark.sql import functions as F
 
-    from stages.join_similarity import RESULT_TYPE, similarities
+    from stages.join_similarity import RESULT_TYPE, batch_function
 
     conds = _sql_list(conditions)
     n_cond = len(conditions)
@@ -244,10 +244,7 @@ def _arrow_similarity(joined: Any, conditions: list[str], dim: int) -> tuple[Any
                        f"array_repeat(CAST(0.0 AS FLOAT), {dim}))))")
     user_norms = F.expr(f"transform({conds}, c -> element_at(_um, c).n)")
 
-    def batch(uf, un, iu, te, tn):  # pyarrow arrays in, a StructArray out
-        return similarities(uf, un, iu, te, tn, n_cond=n_cond, dim=dim)
-
-    udf = F.arrow_udf(batch, RESULT_TYPE, F.ArrowUDFType.SCALAR)
+    udf = F.arrow_udf(batch_function(n_cond, dim), RESULT_TYPE)
     result = udf(F.when(F.col("_um").isNotNull(), user_flat), user_norms, F.col("_iu"),
                  F.col("_ut.e"), F.col("_ut.n"))
     return result.getField("lum_match"), result.getField("lum_target_match")

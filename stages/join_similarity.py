@@ -59,3 +59,13 @@ def similarities(user_flat: pa.Array, user_norms: pa.Array, item_unit: pa.Array,
         tsim = np.where(tnorm > 0, tdot / np.where(tnorm > 0, tnorm, 1.0), 0.0)
     target = pa.array(tsim.astype(np.float32), mask=~(t_ok & row_ok))
     return pa.StructArray.from_arrays([match, target], names=["lum_match", "lum_target_match"])
+
+
+def batch_function(n_cond: int, dim: int):
+    """The Arrow UDF body for ``n_cond`` conditions of width ``dim`` (type hints tell Spark it is scalar)."""
+
+    def lum_similarities(user_flat: pa.Array, user_norms: pa.Array, item_unit: pa.Array, target_vec: pa.Array,
+                         target_norm: pa.Array) -> pa.Array:
+        return similarities(user_flat, user_norms, item_unit, target_vec, target_norm, n_cond=n_cond, dim=dim)
+
+    return lum_similarities

@@ -3,9 +3,10 @@
 A consumer (a ranking model's training table) is described by data, not code:
 
 ```toml
-# stages/specs/<name>.toml, or any file given as  lum run join --set spec=path/to/spec.toml
+# stages/specs/<name>.toml (then: --set spec=<name>) or any file: lum run join --ds D --set spec=path.toml
+# (or a --config file holding  [join]  spec = "path.toml"  lag_days = 2 ...)
 name = "dlrm"
-samples_table = "dlrm_samples"      # partitioned by ds; must have user_id, item_id
+samples_table = "dlrm_samples"      # a registered ds table with the dlrm_samples columns (user_id, item_id, ts ...)
 output_table = "dlrm_training"      # samples columns + the LUM columns (a registered schema)
 conditions = []                     # lum_match order; [] = "category=<c>" for every items.category, sorted
 target_feature = "category"         # the target item's condition is "<target_feature>=<items.<target_feature>>"
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.config import from_mapping
@@ -42,9 +43,6 @@ class JoinSpec:
     target_feature: str = "category"  # items column naming the target item's own condition value
     features: tuple[str, ...] = LUM_FEATURES  # LUM columns to fill; the rest are null (schema is fixed)
     lag_days: int = 1  # knowledge_ds <= ds - lag_days; 1 = yesterday's inference, never today's
-    user_column: str = "user_id"  # samples column joined to user_knowledge.user_id
-    item_column: str = "item_id"  # samples column joined to item_knowledge.item_id / items.item_id
-    extra: dict[str, str] = field(default_factory=dict)  # free-form notes copied into the table metadata
 
     def __post_init__(self) -> None:
         if not isinstance(self.lag_days, int) or self.lag_days < 1:
@@ -65,14 +63,6 @@ class JoinSpec:
 DEFAULT_SPEC = JoinSpec()
 
 
-def _coerce(mapping: dict) -> dict:
-    out = dict(mapping)
-    for key in ("conditions", "features"):
-        if key in out and isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
-
-
 def load_spec(ref: str | None) -> JoinSpec:
     """A spec from a built-in name, ``stages/specs/<name>.toml`` or a TOML/JSON file path."""
     if ref is None or ref == DEFAULT_SPEC.name:
@@ -87,4 +77,4 @@ def load_spec(ref: str | None) -> JoinSpec:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"join spec {path} is not valid: {exc}") from None
-    return from_mapping(JoinSpec, _coerce(data))
+    return from_mapping(JoinSpec, data)

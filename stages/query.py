@@ -82,7 +82,9 @@ def query_table(warehouse: str, table: str, *, user_ids: Sequence[int], ds: str 
     out = restore_types(table, read_users(delta, ds, ids, extra))
     keys = [("user_id", "ascending")] + ([("condition", "ascending")] if table == "user_knowledge" else
                                          [("item_id", "ascending"), ("ts", "ascending")])
-    return out.sort_by(keys)
+    out = out.sort_by(keys)  # the resolved day and version travel as schema metadata (for the summary)
+    return out.replace_schema_metadata({**(out.schema.metadata or {}), b"lum.ds": ds.encode(),
+                                        b"lum.version": str(delta.version()).encode()})
 
 
 def query_user_knowledge(warehouse: str, *, user_ids: Sequence[int], ds: str | None = None,
@@ -113,6 +115,6 @@ def cli(args: argparse.Namespace, *, warehouse: str) -> dict[str, Any]:
         print(format_table([{k: _display(v) for k, v in rec.items()} for rec in records]))
     else:
         print(f"(no rows for user_id {', '.join(map(str, args.user_ids))})", file=sys.stderr)
-    days = rows.column("ds").unique().to_pylist() if rows.num_rows else []
+    meta = rows.schema.metadata or {}
     return {"table": table_name, "rows": rows.num_rows, "users": len(set(rows.column("user_id").to_pylist())),
-            "ds": days[0] if days else args.ds, "version": args.version}
+            "ds": meta.get(b"lum.ds", b"").decode() or args.ds, "version": int(meta.get(b"lum.version", b"-1"))}

@@ -56,7 +56,8 @@ def test_nan_poisoned_output_fully_overwritten(edge_batch):
     result = triton_grouped_attention(q, k, v, cu, pl, out=out)
     assert result.data_ptr() == out.data_ptr()
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), reference_attention(q, k, v, cu, pl).double(), atol=2e-5, rtol=2e-5)
+    expected = reference_attention(q, k, v, cu, pl).double()
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
 
 def test_nan_in_one_sequence_does_not_leak(edge_batch):
@@ -90,3 +91,32 @@ def test_prune_keeps_valid_configs():
     big = prune_configs(_configs(), {"SEQLEN_BUCKET": 1024, "PREFIX_BUCKET": 512, "BLOCK_D": 64})
     assert {c.kwargs["BLOCK_M"] for c in big} == {64, 128}
     assert all(c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0 for c in big)
+
+
+def test_invisible_keys_are_never_loaded():
+    """NaN in k/v of a late history token and of one condition token: rows whose tiles cannot see them
+    stay finite (the explicit-mask reference would turn every row of the sequence NaN through 0 * NaN),
+    so those key blocks were never loaded and condition tokens never read each other."""
+    q, k, v, cu, pl = jagged_batch([210], [200], heads=2, head_dim=32)
+    for x in (k, v):
+        x[190] = float("nan")  # history token 190: first visible to rows in the 128..199 sub-tiles
+        x[205] = float("nan")  # condition token 205: visible to itself only
+    out = grouped_query_attention(q, k, v, cu, pl, backend="triton")
+    finite = torch.isfinite(out).all(dim=(1, 2))
+    assert finite[:128].all()  # rows 0..127: key blocks [0, 128) only
+    assert not finite[190:200].any() and not finite[205]  # they do see a NaN key
+    assert not finite[200:210].any()  # conditions see the history, which holds NaN at 190
+    clean_k, clean_v = k.clone(), v.clone()
+    clean_k[190:], clean_v[190:] = 0.0, 0.0
+    expected = reference_attention(q, clean_k, clean_v, cu, pl)
+    torch.testing.assert_close(out[:128].double(), expected[:128].double(), atol=2e-5, rtol=2e-5)
+
+
+def test_condition_tokens_never_read_each_other():
+    """A NaN condition token poisons only itself: the other condition tiles never load its k/v."""
+    q, k, v, cu, pl = jagged_batch([80, 75], [66, 70], heads=2, head_dim=32)
+    for x in (k, v):
+        x[70] = float("nan")  # a condition token of sequence 0
+    out = grouped_query_attention(q, k, v, cu, pl, backend="triton")
+    finite = torch.isfinite(out).all(dim=(1, 2))
+    assert not finite[70] and finite[:70].all() and finite[71:].all()

@@ -92,7 +92,8 @@ def test_evaluate_lift_is_positive_when_only_lum_carries_signal(warehouse, tmp_p
     assert summary["train_rows"] == 2100 and summary["test_rows"] == 1400
     assert summary["auc_with_lum"] > 0.7
     assert abs(summary["auc_without_lum"] - 0.5) < 0.08
-    assert summary["lift"] > 0.1
+    assert summary["lift"] > 0.1 and summary["lift_with_knowledge"] > 0.1
+    assert 0.9 < summary["test_with_knowledge"] < 1.0  # 5% of the rows have no knowledge
     report = json.load(open(os.path.join(out, "evaluate.json")))
     assert report["lift"] == pytest.approx(report["with_lum"]["auc"] - report["without_lum"]["auc"])
     assert report["with_lum"]["dense_dim"] == 1 + 3 + 4 + 4 + 1

@@ -170,3 +170,12 @@ def test_opens_only_files_whose_user_range_matches(warehouse):
     assert query_user_knowledge(warehouse, user_ids=[2], ds="2000-01-01").num_rows == 3
     with pytest.raises(Exception):
         query_user_knowledge(warehouse, user_ids=[5], ds="2000-01-01")
+
+
+def test_cli_summary_names_resolved_day_and_version(kwh, capsys):
+    assert main(["query", "--warehouse", kwh, "--user-id", "424242"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 0 and summary["ds"] == "2000-01-02" and summary["version"] == 1
+    assert main(["query", "--warehouse", kwh, "--user-id", "1", "--version", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ds"] == "2000-01-01" and summary["version"] == 0 and summary["rows"] == 3
