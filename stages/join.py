@@ -16,9 +16,10 @@ Columns (see schemas/dlrm_training.py): ``lum_user`` = o_q under the target item
 ``lum_item`` = e_i, ``lum_match[j]`` = sim(o_q, e_i) under the j-th configured condition (order stored
 as JSON in the table metadata key ``lum.conditions``; null where the user has no knowledge under that
 condition), ``lum_target_match`` = sim under the target's own condition. sim is the cosine similarity
-dot(u, e) / (|u| |e|), 0.0 when either vector is all zeros; computed in the JVM with Spark's array
-functions (``zip_with`` + ``aggregate``): no Python worker, no pickling; ~N*D multiply-adds per row,
-norms precomputed once per (user, condition) and per item.
+dot(u, e) / (|u| |e|), 0.0 when either vector is all zeros. Norms are computed once per (user,
+condition) and per item; the N*D multiply-adds per row run either in an Arrow UDF (``similarity=
+"arrow"``, default: one numpy einsum per batch, stages/join_similarity.py) or in Spark's array lambdas
+(``"sql"``: ``zip_with`` + ``aggregate``, no Python worker). Both are tested against numpy.
 
 Fallbacks and errors (``dlrm_training`` is untouched by every error):
 - no knowledge partition <= D - lag (the first day of a backfill): rows are written with null LUM
@@ -199,6 +200,13 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
                           .otherwise(F.col("embedding")).alias("_iu"))
     if broadcast_items:
         item_vecs = F.broadcast(item_vecs)
+    if similarity == "arrow":  # per user, once: the N condition vectors flattened in lum_match order
+        conds = _sql_list(conditions)
+        user_vecs = user_vecs.select(
+            "_uid", "_um",
+            F.expr(f"flatten(transform({conds}, c -> coalesce(element_at(_um, c).e, "
+                   f"array_repeat(CAST(0.0 AS FLOAT), {dim}))))").alias("_uflat"),
+            F.expr(f"transform({conds}, c -> element_at(_um, c).n)").alias("_unorm"))
 
     joined = (base
               .join(target, base["item_id"] == target["_iid"], "left")
@@ -207,7 +215,7 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
               .withColumn("_ut", F.expr("element_at(_um, _target_cond)")))
     has = F.col("_um").isNotNull() & F.col("_ie").isNotNull()
     if similarity == "arrow":
-        match, target_match = _arrow_similarity(joined, conditions, dim)
+        match, target_match = _arrow_similarity(len(conditions), dim)
     elif similarity == "sql":
         looked_up = f"transform({_sql_list(conditions)}, c -> element_at(_um, c))"
         match = F.expr(f"transform({looked_up}, v -> {_SIM.format(v='v')})")
@@ -232,21 +240,14 @@ def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, i
     )
 
 
-def _arrow_similarity(joined: Any, conditions: list[str], dim: int) -> tuple[Any, Any]:
+def _arrow_similarity(n_cond: int, dim: int) -> tuple[Any, Any]:
     """(lum_match, lum_target_match) columns from the Arrow UDF of stages.join_similarity."""
     from pyspark.sql import functions as F
 
     from stages.join_similarity import RESULT_TYPE, batch_function
 
-    conds = _sql_list(conditions)
-    n_cond = len(conditions)
-    user_flat = F.expr(f"flatten(transform({conds}, c -> coalesce(element_at(_um, c).e, "
-                       f"array_repeat(CAST(0.0 AS FLOAT), {dim}))))")
-    user_norms = F.expr(f"transform({conds}, c -> element_at(_um, c).n)")
-
     udf = F.arrow_udf(batch_function(n_cond, dim), RESULT_TYPE)
-    result = udf(F.when(F.col("_um").isNotNull(), user_flat), user_norms, F.col("_iu"),
-                 F.col("_ut.e"), F.col("_ut.n"))
+    result = udf(F.col("_uflat"), F.col("_unorm"), F.col("_iu"), F.col("_ut.e"), F.col("_ut.n"))
     return result.getField("lum_match"), result.getField("lum_target_match")
 
 

@@ -10,8 +10,10 @@ Every table lives at ``<warehouse>/<name>`` and is a Delta table written by delt
 - ``read_spark`` / ``write_spark_partition`` (``stages.warehouse_spark``): Spark reads and writes the
   data files, delta-rs makes the commit (the delta-spark jars are not installable here, ENV.md).
 - ``read`` opens only the files of the requested partitions (file pruning on the Delta log's
-  partition values, then parquet predicate pushdown for ``filters``), restores ``ds`` and casts back
-  to the schema types (Delta stores ``fixed_size_list`` embeddings as ``array<float>``).
+  partition values), and of those only the files whose log min/max/nullCount statistics may match
+  ``filters`` (delta-rs >= 1.x puts them in each fragment's expression; every commit path records
+  them, ``stages.warehouse_stats``), then pushes ``filters`` down to the parquet scan, restores ``ds``
+  and casts back to the schema types (Delta stores ``fixed_size_list`` embeddings as ``array<float>``).
 
 Table metadata: ``write_partition(..., metadata={...})`` stores each key in the Delta table's
 configuration (``table_metadata(name)`` reads it back; e.g. ``dlrm_training``'s condition order under
@@ -112,7 +114,9 @@ class Warehouse:
 
         ``ds`` (one day) or ``start``/``end`` (inclusive) select partitions from the Delta log; only
         their files are opened. ``filters``: ``(column, op, value)`` with op in ``== != < <= > >= in``,
-        ANDed and pushed down to the parquet scan. Known tables come back in their schema's types.
+        ANDed. delta-rs gives each file's fragment an expression built from its partition value AND
+        its log min/max/nullCount, so files whose statistics rule a filter out are never opened;
+        the other files get parquet row-group pushdown. Known tables come back in their schema's types.
         """
         table = self.delta_table(name, version)
         pruning = _partition_filters(ds, start, end)

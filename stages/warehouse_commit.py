@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from stages.warehouse_stats import footer_stats
+
 log = logging.getLogger(__name__)
 
 TXN_VERSION = 1  # one commit per app_id: any recorded version means "already applied"
@@ -51,7 +53,9 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def add_action(fs: pafs.FileSystem, table_path: str, item: DataFile) -> AddAction:
-    """An ``AddAction`` for one file; ``numRecords`` stats come from the parquet footer."""
+    """An ``AddAction`` for one file, with Delta stats (numRecords, min/max, nullCount of top-level
+    primitive columns) from the parquet footer (``stages.warehouse_stats.footer_stats``), so readers
+    skip files by value range from the log alone (``Warehouse.read`` filters, ``stages.query_scan``)."""
     full = f"{table_path}/{item.relpath}"
     info = fs.get_file_info(full)
     if info.type != pafs.FileType.File:
@@ -59,30 +63,9 @@ def add_action(fs: pafs.FileSystem, table_path: str, item: DataFile) -> AddActio
     with fs.open_input_file(full) as handle:
         meta = pq.read_metadata(handle)
     mtime_ms = int((info.mtime_ns or time.time_ns()) // 1_000_000)
-    stats = json.dumps({"numRecords": meta.num_rows, **int_column_stats(meta)})
+    stats = json.dumps(footer_stats(meta, exclude=("ds",)), allow_nan=False)
     return AddAction(path=item.relpath, size=int(info.size), partition_values={"ds": item.ds},
                      modification_time=mtime_ms, data_change=True, stats=stats)
-
-
-def int_column_stats(meta: pq.FileMetaData) -> dict:
-    """Delta ``minValues``/``maxValues``/``nullCount`` of top-level int64 columns (user_id, item_id ...)
-    from the footer, so readers skip files by key range from the log alone (``stages.query_scan``).
-    A column is left out when any row group lacks min/max statistics."""
-    lo: dict[str, int] = {}
-    hi: dict[str, int] = {}
-    nulls: dict[str, int] = {}
-    for i in range(meta.num_columns):
-        column = meta.schema.column(i)
-        if column.path != column.name or column.physical_type != "INT64" or column.logical_type.type not in (
-                "NONE", "INT"):
-            continue  # nested, non-integer, or a timestamp (Delta wants those as ISO strings)
-        chunks = [meta.row_group(g).column(i).statistics for g in range(meta.num_row_groups)]
-        if not chunks or any(st is None or not st.has_min_max for st in chunks):
-            continue
-        lo[column.name] = int(min(st.min for st in chunks))
-        hi[column.name] = int(max(st.max for st in chunks))
-        nulls[column.name] = int(sum(st.null_count or 0 for st in chunks))
-    return {"minValues": lo, "maxValues": hi, "nullCount": nulls} if lo else {}
 
 
 def check_files(files: Sequence[DataFile], ds: str, name: str) -> None:

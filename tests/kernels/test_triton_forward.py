@@ -120,3 +120,16 @@ def test_condition_tokens_never_read_each_other():
     out = grouped_query_attention(q, k, v, cu, pl, backend="triton")
     finite = torch.isfinite(out).all(dim=(1, 2))
     assert not finite[70] and finite[:70].all() and finite[71:].all()
+
+
+def test_prune_through_the_autotuner():
+    """The Autotuner hands prune_configs positional args (SEQLEN_BUCKET ...) and constexpr kwargs."""
+    from kernels.triton_grouped import _fwd_tuned
+
+    args = [None] * 8 + [0] * 9 + [1.0, 64, 16]  # pointers, strides, qk_scale, SEQLEN_BUCKET, PREFIX_BUCKET
+    _fwd_tuned.nargs = dict(zip(_fwd_tuned.arg_names, args))
+    try:
+        kept = _fwd_tuned.prune_configs({"HEAD_DIM": 64, "BLOCK_D": 64, "GROUP": 1, "TILE_ROWS": TILE})
+    finally:
+        _fwd_tuned.nargs = None
+    assert kept and {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept} == {(64, 32)}

@@ -60,3 +60,21 @@ def test_metrics_match_brute_force():
     assert math.isclose(got["ndcg@10"], round(nd / n, 4), abs_tol=1e-4)
     assert math.isclose(got["target_cond_hr@10"], round(thr / n, 4))
     assert math.isclose(got["target_cond_ndcg@10"], round(tnd / n, 4), abs_tol=1e-4)
+
+
+def test_candidate_rows_restrict_the_ranking():
+    vocab = Vocab.build(range(1, 26), [f"g{i % 3}" for i in range(25)])
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=8,
+                                    d_item=8, d_feature=4), vocab).eval()
+    icond = vocab.item_conditions()
+    rng = np.random.default_rng(1)
+    cases = [(h, icond[h], int(t), int(icond[t])) for h, t in
+             ((rng.integers(1, 26, size=4), rng.integers(1, 9)) for _ in range(12))]  # targets in 1..8
+    full = evaluate(model, vocab, cases)
+    only = evaluate(model, vocab, cases, candidate_rows=np.unique([c[2] for c in cases]))
+    assert full["users"] == only["users"] == 12
+    # fewer competitors: every target ranks at least as high
+    assert only["hr@10"] >= full["hr@10"] and only["ndcg@10"] >= full["ndcg@10"]
+    assert only["hr@10"] == 1.0  # <= 8 candidates: every target is in the top 10
+    assert full["hr@10"] < 1.0
