@@ -18,7 +18,8 @@ for day D has the data interval [D 00:00, D+1 00:00) UTC, its logical date is D,
 D+1 00:00, i.e. only after D is complete. Every task takes `ds` from the **data interval start**, so a
 manual trigger (whose interval is the last complete day) never processes a partial day.
 (Airflow 3's default cron timetable dates a run at the moment it fires, which would make "the run
-for D" process D-1; hence the explicit data-interval timetable.)
+for D" process D-1; hence the explicit data-interval timetable.) For late-landing events use
+`"0 2 * * *"`: the interval still starts on day D (so ds = D) and the run fires at D+1 02:00.
 
 **Order.** `max_active_runs=1`: day D warm-starts from the model trained through D-1 and joins the
 knowledge of D-1, so days run one at a time, in date order. `catchup=False`: enabling the DAG

@@ -47,7 +47,7 @@ def generate(wh: Any, *, samples: int, users: int, items: int, categories: int, 
         "categories": pa.array([[cats[i % categories]] for i in item_ids], pa.list_(pa.string())),
     }))
     # Samples: unique (user, item, ts) by construction (ts = a distinct microsecond per row).
-    start = dt.datetime.fromisoformat(DAY).replace(tzinfo=dt.timezone.utc)
+    start = dt.datetime.fromisoformat(DAY).replace(tzinfo=dt.UTC)
     offsets = np.sort(rng.choice(86_400_000_000, size=samples, replace=False)).astype(np.int64)
     ts = pa.array(int(start.timestamp() * 1_000_000) + offsets, pa.timestamp("us", tz="UTC"))
     rating = rng.integers(1, 6, samples).astype(np.float32)

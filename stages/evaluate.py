@@ -236,7 +236,7 @@ def train_and_score(train: Features, test: Features, vocab_sizes: list[int], cfg
         return torch.from_numpy(f.sparse), torch.from_numpy(f.history), dense, torch.from_numpy(f.label)
 
     xs, xh, xd, y = tensors(train)
-    ts_, th, td, ty = tensors(test)
+    ts_, th, td, _ = tensors(test)
     covered = test.dense[:, -1] > 0 if test.dense.shape[1] else np.zeros(test.label.size, bool)
     gen = torch.Generator().manual_seed(cfg.seed)  # same batch order in both runs
     epochs, started = [], time.perf_counter()
@@ -301,6 +301,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
         ep = [e["epoch"] for e in run["epochs"]]
         ax2.plot(ep, [e["test_auc"] for e in run["epochs"]], style, marker="o",
                  label=f"test AUC {'with' if run is lum else 'without'} LUM")
+    ax2.set_xticks([e["epoch"] for e in base["epochs"]])
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("test AUC")
     ax2.legend()

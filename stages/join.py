@@ -44,7 +44,7 @@ from typing import Any
 import schemas
 from schemas import dlrm_training
 from stages.dates import check_ds, parse_ds
-from stages.join_spec import LUM_FEATURES, JoinSpec, load_spec
+from stages.join_spec import JoinSpec, load_spec
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,11 @@ NOT filtered out; ties count against the target (rank = number of items scoring 
 
 Two numbers, because the condition token reveals the next item's category:
 - ``hr@10`` / ``ndcg@10`` (the comparable ones): one grouped query per category (``encode_grouped``
-  with every category condition), then score(i) = <o(category of i), e_i> for every item i. Nothing
-  about the target is used.
+  with every category condition), s(i) = scale * <o(category of i), e_i> for every item i, made comparable
+  across categories: score(i) = log p(c(i) | history) + log_softmax_j s_c(i)(j) - the model's item
+  distribution under each condition, times an add-1 smoothed category frequency of the user's history.
+  Nothing about the target is used. ``raw_own_cond_*`` ranks the raw <o(c(i)), e_i> (uncalibrated across
+  categories: measured 0.017 HR@10 on ML-1M after 1 epoch, against 0.16 target-conditioned).
 - ``target_cond_hr@10`` / ``..._ndcg@10``: one query under the target item's own condition, all items
   scored with that o. It knows the category of the answer, so it is reported separately.
 Cost: U users x C conditions queries (ML-1M: 6,040 x 18) and one (U, n_items) score matrix per chunk.
@@ -41,13 +44,15 @@ def split_leave_last_out(items: list[np.ndarray], conds: list[np.ndarray]):
 
 @torch.no_grad()
 def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]], *, k: int = 10,
-             chunk_users: int = 256, backend: str = "auto", candidate_rows: np.ndarray | None = None) -> dict:
+             chunk_users: int = 256, backend: str = "auto", candidate_rows: np.ndarray | None = None,
+             prior_alpha: float = 1.0) -> dict:
     """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
 
     candidate_rows: item rows that take part in the ranking (default: every vocabulary item). Pretrain
     passes the items that occur in the data set (ML-1M: the 3,706 rated of 3,883 movies, as in SASRec).
 
-    Returns {"users", "hr@10", "ndcg@10", "target_cond_hr@10", "target_cond_ndcg@10"} (k in the names).
+    prior_alpha: add-alpha smoothing of the history's category counts (the p(c | history) prior).
+    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*"} (k in the names).
     """
     model.eval()
     dev = next(model.parameters()).device
@@ -64,7 +69,7 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         excluded[:] = False
     else:
         excluded[torch.as_tensor(candidate_rows, dtype=torch.long, device=dev) - 1] = False
-    hits = ndcg = t_hits = t_ndcg = 0.0
+    hits = ndcg = t_hits = t_ndcg = raw_hits = raw_ndcg = 0.0
     n = 0
     for start in range(0, len(cases), chunk_users):
         chunk = cases[start:start + chunk_users]
@@ -82,19 +87,38 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         cu_q = torch.arange(0, (n_c + 1) * B + 1, n_c + 1, dtype=torch.int32, device=dev)
         o = model.encode_grouped(hi, hc, cu_h, q, cu_q, backend=backend).float().view(B, n_c + 1, -1)
         # comparable: item i scored under its own category's query
-        per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:])            # (B, C, n_items)
-        scores = per_cond.gather(1, item_col[1:].clamp(min=0)[None, None, :].expand(B, 1, -1)).squeeze(1)
-        r = _rank(scores.masked_fill(excluded, float("-inf")), targets - 1)
+        scale = model.logit_scale.float()
+        per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:]) * scale    # (B, C, n_items)
+        per_cond = per_cond.masked_fill(excluded, float("-inf"))
+        own = item_col[1:].clamp(min=0)[None, None, :].expand(B, 1, -1)
+        raw = per_cond.gather(1, own).squeeze(1)
+        r = _rank(raw, targets - 1)
+        raw_hits += float((r < k).sum())
+        raw_ndcg += float(_ndcg(r, k).sum())
+        # calibrated: log p(c(i) | history) + log p(i | c(i), history)
+        log_p_item = torch.log_softmax(per_cond, dim=2).gather(1, own).squeeze(1)
+        hist_cols = item_col[hi].clamp(min=0)
+        user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
+        counts = torch.zeros(B, n_c, device=dev).index_put_((user_of, hist_cols), torch.ones_like(hi, dtype=torch.float),
+                                                             accumulate=True)
+        log_prior = torch.log((counts + prior_alpha) / (counts.sum(1, keepdim=True) + prior_alpha * n_c))
+        scores = log_prior.gather(1, item_col[1:].clamp(min=0)[None, :].expand(B, -1)) + log_p_item
+        r = _rank(scores, targets - 1)
         hits += float((r < k).sum())
-        ndcg += float(torch.where(r < k, 1.0 / torch.log2(r.float() + 2), torch.zeros_like(r, dtype=torch.float)).sum())
+        ndcg += float(_ndcg(r, k).sum())
         t_scores = o[:, n_c] @ E[1:].t()
         tr = _rank(t_scores.masked_fill(excluded, float("-inf")), targets - 1)
         t_hits += float((tr < k).sum())
-        t_ndcg += float(torch.where(tr < k, 1.0 / torch.log2(tr.float() + 2), torch.zeros_like(tr, dtype=torch.float)).sum())
+        t_ndcg += float(_ndcg(tr, k).sum())
         n += B
     d = max(n, 1)
     return {"users": n, f"hr@{k}": round(hits / d, 4), f"ndcg@{k}": round(ndcg / d, 4),
-            f"target_cond_hr@{k}": round(t_hits / d, 4), f"target_cond_ndcg@{k}": round(t_ndcg / d, 4)}
+            f"target_cond_hr@{k}": round(t_hits / d, 4), f"target_cond_ndcg@{k}": round(t_ndcg / d, 4),
+            f"raw_own_cond_hr@{k}": round(raw_hits / d, 4), f"raw_own_cond_ndcg@{k}": round(raw_ndcg / d, 4)}
+
+
+def _ndcg(rank: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
 
 
 def _rank(scores: torch.Tensor, target_cols: torch.Tensor) -> torch.Tensor:

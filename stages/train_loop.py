@@ -126,6 +126,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         gen.set_state(state["neg_rng"])
         start = int(state["step"])
         log.info("resumed from %s at step %d of %d", ckpt_path, start, total)
+    elif init_state is not None and init_state.get("optimizer") and not _same_shapes(init_state["optimizer"], opt):
+        log.info("warm start: parent optimizer state does not fit (vocabulary grew); fresh AdamW")
     elif init_state is not None and init_state.get("optimizer"):
         try:
             opt.load_state_dict(init_state["optimizer"])
@@ -186,6 +188,19 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             "pack_fill": round(float(np.mean(fills)), 4) if fills else None,
             "logit_scale": float(model.logit_scale.detach()), "steps_per_epoch": steps_per_epoch,
             "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict()}
+
+
+def _same_shapes(saved: dict, opt) -> bool:
+    """Whether a saved AdamW state matches the new optimizer's parameter shapes one to one."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = saved.get("state", {})
+    if len(saved.get("param_groups", [])) != len(opt.param_groups):
+        return False
+    for i, p in enumerate(params):
+        s = state.get(i)
+        if s is not None and "exp_avg" in s and tuple(s["exp_avg"].shape) != tuple(p.shape):
+            return False
+    return True
 
 
 def _local_loss(model, out, targets, candidates, log_q):

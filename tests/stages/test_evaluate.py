@@ -55,7 +55,7 @@ def _synthetic_training(rng, day: int, n: int, dim: int = 4, n_cond: int = 3) ->
     cos = (lum_user * lum_item).sum(1) / np.linalg.norm(lum_user, axis=1) / np.linalg.norm(lum_item, axis=1)
     label = (rng.random(n) < 1 / (1 + np.exp(-6 * cos))).astype(np.int32)
     match = np.stack([cos, rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)][:n_cond], 1).astype(np.float32)
-    base = dt.datetime(D0.year, D0.month, D0.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=day)
+    base = dt.datetime(D0.year, D0.month, D0.day, tzinfo=dt.UTC) + dt.timedelta(days=day)
     ts = [base + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 86_399, n)]
     no_knowledge = rng.random(n) < 0.05
     return pa.table({
@@ -94,7 +94,8 @@ def test_evaluate_lift_is_positive_when_only_lum_carries_signal(warehouse, tmp_p
     assert abs(summary["auc_without_lum"] - 0.5) < 0.08
     assert summary["lift"] > 0.1 and summary["lift_with_knowledge"] > 0.1
     assert 0.9 < summary["test_with_knowledge"] < 1.0  # 5% of the rows have no knowledge
-    report = json.load(open(os.path.join(out, "evaluate.json")))
+    with open(os.path.join(out, "evaluate.json")) as fh:
+        report = json.load(fh)
     assert report["lift"] == pytest.approx(report["with_lum"]["auc"] - report["without_lum"]["auc"])
     assert report["with_lum"]["dense_dim"] == 1 + 3 + 4 + 4 + 1
     assert os.path.getsize(os.path.join(out, "evaluate.png")) > 1000

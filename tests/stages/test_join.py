@@ -19,7 +19,7 @@ ITEM_CAT = {1: "A", 2: "B", 3: "C", 4: "A", 5: "B", 6: "C", 7: None}
 
 def _utc(day: str, seconds: int) -> dt.datetime:
     d = dt.date.fromisoformat(day)
-    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
 
 
 def samples_table(day: str, seed: int = 0) -> pa.Table:

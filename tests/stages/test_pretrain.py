@@ -105,3 +105,23 @@ def test_cli_eval_reports_metrics(warehouse, capsys):
     assert meta["metrics"]["test"]["users"] == sum(1 for u in range(24) if 1 + u % 5 >= 3)
     assert meta["metrics"]["test"]["hr@10"] == summary["hr@10"]
     assert meta["metrics"]["train_sequences"] == 24  # single-behaviour users are kept for training
+
+
+def test_warm_start_with_new_items_extends_the_vocabulary(warehouse):
+    import pyarrow as pa
+
+    from stages.warehouse import Warehouse
+
+    d1, d2 = make_warehouse(warehouse, days=2)
+    pretrain.run(_cfg(), ds=d1, warehouse=warehouse)
+    wh = Warehouse(warehouse)
+    items = wh.read("items")
+    new = pa.table({"item_id": pa.array([99], pa.int64()), "title": ["new"], "category": ["g_new"],
+                    "categories": [["g_new"]]})
+    base = items.select(new.column_names)
+    wh.write_table("items", pa.concat_tables([base, new.cast(base.schema)]))
+    s = pretrain.run(_cfg(), ds=d2, warehouse=warehouse)
+    assert s["parent"] == "lum-" + d1
+    old, grown = model_store.load(warehouse, "lum-" + d1), model_store.load(warehouse, "lum-" + d2)
+    assert grown.vocab.n_item_rows == old.vocab.n_item_rows + 1
+    assert "category=g_new" in grown.vocab.conditions

@@ -36,7 +36,7 @@ def test_metrics_match_brute_force():
         cases.append((hist, icond[hist], target, int(icond[target])))
     got = evaluate(model, vocab, cases, k=10, chunk_users=4)
     E = model.item_embeddings().detach()
-    hr = nd = thr = tnd = 0.0
+    hr = nd = thr = tnd = rhr = rnd = 0.0
     with torch.no_grad():
         for hist, hc, target, tc in cases:
             hist, hc = hist[-8:], hc[-8:]
@@ -48,8 +48,17 @@ def test_metrics_match_brute_force():
 
             scores = torch.stack([o_for(int(icond[i])) @ E[i] for i in range(1, 26)])
             rank = int((scores >= scores[target - 1]).sum()) - 1
-            hr += rank < 10
-            nd += ndcg_at(rank)
+            rhr += rank < 10
+            rnd += ndcg_at(rank)
+            # calibrated: log p(c | history) (add-1 category counts) + log softmax over items under c
+            conds = sorted(set(icond[1:].tolist()))
+            logp = {c: torch.log_softmax(model.logit_scale * (E[1:] @ o_for(c)), 0) for c in conds}
+            cnt = {c: sum(int(icond[h]) == c for h in hist) for c in conds}
+            prior = {c: math.log((cnt[c] + 1) / (len(hist) + len(conds))) for c in conds}
+            cal = torch.stack([prior[int(icond[i])] + logp[int(icond[i])][i - 1] for i in range(1, 26)])
+            crank = int((cal >= cal[target - 1]).sum()) - 1
+            hr += crank < 10
+            nd += ndcg_at(crank)
             ts = E[1:] @ o_for(tc)
             trank = int((ts >= ts[target - 1]).sum()) - 1
             thr += trank < 10
@@ -60,6 +69,8 @@ def test_metrics_match_brute_force():
     assert math.isclose(got["ndcg@10"], round(nd / n, 4), abs_tol=1e-4)
     assert math.isclose(got["target_cond_hr@10"], round(thr / n, 4))
     assert math.isclose(got["target_cond_ndcg@10"], round(tnd / n, 4), abs_tol=1e-4)
+    assert math.isclose(got["raw_own_cond_hr@10"], round(rhr / n, 4))
+    assert math.isclose(got["raw_own_cond_ndcg@10"], round(rnd / n, 4), abs_tol=1e-4)
 
 
 def test_candidate_rows_restrict_the_ranking():
