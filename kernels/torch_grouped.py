@@ -2,10 +2,11 @@
 
 Each sequence's prefix (history) is attended once, causally; its condition tokens then attend to that
 prefix plus themselves. Vectorised over the batch: sequences are grouped into buckets of similar
-(prefix, conditions) size (next power of two of each). Per bucket, q, k and v are padded ONCE each,
-per sequence as [prefix (P_max rows) | conditions (N_max rows)], by one ``index_select`` of the
-token-major (T, heads*D) row view with a precomputed token index (2 ms vs 36 ms for advanced indexing
-of a transposed view at 64 x 4 x 264 x 64, fp32, 1 thread, measured). Two SDPA calls use views of it:
+(prefix, conditions) size (each rounded up to 4 steps per octave, see ``_bucket``). Per bucket, q, k
+and v are padded ONCE each, per sequence as [prefix (P_max rows) | conditions (N_max rows)], by one
+``index_select`` of the token-major (T, heads*D) row view with a precomputed token index (2 ms vs 36 ms
+for advanced indexing of a transposed view at 64 x 4 x 264 x 64, fp32, 1 thread, measured). Two SDPA
+calls use views of it:
   * prefix part: ``is_causal=True`` on the first P_max rows (padding sits after every real row, so the
     causal mask alone is exact; no mask tensor, the fused kernel is used);
   * condition part: the last N_max query rows against all P_max + N_max keys with a boolean mask
@@ -18,9 +19,9 @@ are contiguous already) and no GQA repeat (SDPA's ``enable_gqa``).
 
 Padding positions read the sequence's own last token (masked out by causality or the mask, never another
 sequence's data), so a NaN in one sequence cannot reach another through 0 * NaN. Fully differentiable
-(autograd through index_select/SDPA/index_copy). Bucketing bounds the padding waste at < 2x per bucket
-even with one very long sequence among short ones; the number of SDPA calls is at most
-2 x (#distinct prefix buckets x #distinct condition buckets), ~2 x log2(max_len).
+(autograd through index_select/SDPA/index_copy). Bucketing bounds the padding at < 25% extra rows per
+bucket even with one very long sequence among short ones; the number of SDPA calls is at most
+2 x (#distinct prefix buckets x #distinct condition buckets), each at most ~4 x log2(max_len).
 """
 
 from __future__ import annotations

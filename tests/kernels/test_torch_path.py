@@ -81,3 +81,48 @@ def test_backward_vs_reference_autograd(prefixes):
 def test_empty_batch():
     q, k, v, cu, pl = jagged_batch([0, 0], [0, 0])
     assert grouped_query_attention(q, k, v, cu, pl).shape == (0, 2, 32)
+
+
+def test_bucket_padding_bound():
+    """Buckets never shrink a length and pad by < 25% beyond 8 (exact up to 8)."""
+    from kernels.torch_grouped import _bucket
+
+    for n in range(3000):
+        b = _bucket(n)
+        assert b >= n
+        assert b == n if n <= 8 else b < 1.25 * n
+
+
+def test_layout_cached_across_calls_and_shared_by_training():
+    """The second call with the same lengths reuses the cached layout; a layout first built under
+    inference_mode still serves an autograd call (index tensors must not be inference tensors)."""
+    from kernels.torch_grouped import _layout
+
+    lengths, prefixes = [7, 30, 0, 12, 3], [5, 22, 0, 12, 1]
+    q, k, v, cu, pl = jagged_batch(lengths, prefixes, heads=4, kv_heads=2, head_dim=16, dtype=torch.float64,
+                                   seed=3)
+    _layout.cache_clear()
+    with torch.inference_mode():
+        first = grouped_query_attention(q, k, v, cu, pl, backend="torch")
+    assert _layout.cache_info().misses == 1
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    out = grouped_query_attention(qg, kg, vg, cu, pl, backend="torch")
+    assert _layout.cache_info().hits == 1
+    torch.testing.assert_close(out.detach(), first, atol=0, rtol=0)
+    grad_out = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    got = torch.autograd.grad(out, (qg, kg, vg), grad_out)
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, k, v))
+    want = torch.autograd.grad(reference_attention(qr, kr, vr, cu, pl), (qr, kr, vr), grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+
+
+def test_many_buckets_and_non_contiguous_inputs():
+    """Prefixes spread over several length buckets; q/k/v given as non-contiguous views."""
+    lengths, prefixes = random_lengths(40, max_prefix=300, max_cond=20, seed=7)
+    q, k, v, cu, pl = jagged_batch(lengths, prefixes, heads=2, head_dim=24, seed=7)
+    qs, ks, vs = (torch.stack([x, x], dim=-1)[..., 0] for x in (q, k, v))  # same values, stride 2
+    assert not qs.is_contiguous()
+    out = torch_grouped_attention(qs, ks, vs, cu, pl)
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, cu, pl).double(), atol=2e-5,
+                               rtol=2e-5)
