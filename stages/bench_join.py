@@ -7,8 +7,9 @@ choose it, ``keep=true`` to keep it), never into the user's warehouse. Knowledge
 ``knowledge_coverage`` of the users (default 0.9) so the null path is exercised too.
 
 Timed: ``join.run`` for one day, Spark session already started (start-up is reported separately);
-``similarity=arrow|sql`` picks the join's similarity path. Measured here (2 shared cores, load ~9):
-1M samples / 100k users / 8 conditions / D 32: arrow 6.1k rows/s (163 s), see the report for sql.
+``similarity=sql|arrow`` picks the join's similarity path. Measured here (2 shared cores, load 6-9):
+1M samples / 100k users / 8 conditions / D 32: sql 6.3k rows/s (159 s), arrow 6.1k (163 s);
+300k samples / 30k users / 18 conditions / D 64: sql 2.4k rows/s, arrow 2.2k.
 Data sizes: user_knowledge = users x conditions x D x 4 B (full: 1.0 GB), samples ~40 B/row.
 Memory/disk at full size: ~3 GB of parquet under /tmp, Spark driver 4g (``LUM_SPARK_DRIVER_MEMORY``).
 """
@@ -97,7 +98,7 @@ def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict[str, Any]:
     root = opts.pop("dir", None)
     coverage = float(opts.pop("knowledge_coverage", 0.9))
     seed = int(opts.pop("seed", 0))
-    similarity = str(opts.pop("similarity", "arrow"))
+    similarity = str(opts.pop("similarity", "sql"))
     for key in list(opts):
         if key not in sizes:
             raise ValueError(f"bench join: unknown option {key!r}; known: {', '.join(sorted(sizes))}, "
