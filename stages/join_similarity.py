@@ -69,3 +69,82 @@ def batch_function(n_cond: int, dim: int):
         return similarities(user_flat, user_norms, item_unit, target_vec, target_norm, n_cond=n_cond, dim=dim)
 
     return lum_similarities
+
+
+# ---- the fused path (similarity="numpy", default): every LUM column of a joined batch in one call ----
+def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present).
+
+    Entries with an index outside 0..n_ext-1 are an error (the join maps conditions to indexes).
+    """
+    if isinstance(user_list, pa.ChunkedArray):
+        user_list = user_list.combine_chunks()
+    n = len(user_list)
+    users = np.zeros((n, n_ext, dim), np.float32)
+    norms = np.zeros((n, n_ext), np.float64)
+    present = np.zeros((n, n_ext), bool)
+    flat = pc.list_flatten(user_list)
+    if len(flat):
+        rows = np.asarray(pc.list_parent_indices(user_list).to_numpy(zero_copy_only=False), np.int64)
+        idx = np.asarray(pc.struct_field(flat, "i").to_numpy(zero_copy_only=False), np.int64)
+        vecs = pc.list_flatten(pc.struct_field(flat, "e")).to_numpy(zero_copy_only=False).astype(np.float32)
+        if vecs.size != len(flat) * dim:
+            raise ValueError(f"user vectors: {vecs.size} values for {len(flat)} entries of width {dim}")
+        if idx.size and (idx.min() < 0 or idx.max() >= n_ext):
+            raise ValueError(f"user condition index out of 0..{n_ext - 1}: {idx.min()}..{idx.max()}")
+        vecs = vecs.reshape(-1, dim)
+        users[rows, idx] = vecs
+        norms[rows, idx] = np.sqrt(np.einsum("kd,kd->k", vecs, vecs, dtype=np.float64))
+        present[rows, idx] = True
+    return users, norms, present
+
+
+def _list_column(matrix: np.ndarray, null_rows: np.ndarray, null_values: np.ndarray | None = None) -> pa.ListArray:
+    """(n, w) float matrix -> list<float> of width w; rows / elements masked where the masks are True."""
+    n, w = matrix.shape
+    offsets = pa.array(np.arange(0, n * w + 1, w, dtype=np.int32))
+    mask = None if null_values is None else null_values.ravel()
+    values = pa.array(matrix.astype(np.float32, copy=False).ravel(), mask=mask)
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(null_rows))
+
+
+def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array, *, n_cond: int, n_ext: int,
+                dim: int, knowledge_ds: str, model_version: str, wanted: frozenset[str]) -> dict[str, pa.Array]:
+    """The six LUM columns of one batch of joined samples (B rows), numpy only.
+
+    Inputs per row: ``user_list`` = the user's knowledge as list<struct<i, e>> (i = 0-based index into the
+    n_ext extended conditions: the n_cond configured ones first, then target conditions not configured;
+    null: user has no knowledge), ``target_index`` (int, null: item has no target condition or it is not
+    in the list), ``item_vec`` (list<float> D raw e_i, null: no item knowledge). Memory: B x n_ext x D x 4
+    bytes (10k rows x 18 x 64: 46 MB). Same values and nulls as the SQL path: sim = dot(o_q, e_i/|e_i|)/|o_q|,
+    0.0 when either norm is 0; a column not in ``wanted`` (the spec's features) is all null.
+    """
+    users, norms, present = _entries(user_list, n_ext, dim)
+    items, i_ok = _matrix(item_vec, dim, np.float32)
+    n = len(items)
+    u_ok = np.asarray(user_list.is_valid().to_numpy(zero_copy_only=False), bool)
+    row_ok = u_ok & i_ok
+    inorm = np.sqrt(np.einsum("nd,nd->n", items, items, dtype=np.float64))
+    unit = items / np.where(inorm > 0, inorm, 1.0)[:, None]
+    dots = np.einsum("nkd,nd->nk", users, unit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sims = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    tidx = np.asarray(pc.fill_null(target_index, -1).to_numpy(zero_copy_only=False), np.int64)
+    has_t = (tidx >= 0) & (tidx < n_ext)
+    safe = np.where(has_t, tidx, 0)
+    rows = np.arange(n)
+    t_ok = has_t & row_ok & present[rows, safe]
+    none = np.ones(n, bool)
+    out = {
+        "lum_match": _list_column(sims[:, :n_cond], ~row_ok if "lum_match" in wanted else none,
+                                  ~present[:, :n_cond]),
+        "lum_target_match": pa.array(sims[rows, safe].astype(np.float32),
+                                     mask=~t_ok if "lum_target_match" in wanted else none),
+        "lum_user": _list_column(users[rows, safe], ~t_ok if "lum_user" in wanted else none),
+        "lum_item": _list_column(items, ~row_ok if "lum_item" in wanted else none),
+        "lum_knowledge_ds": pc.if_else(pa.array(row_ok), pa.scalar(knowledge_ds, pa.string()),
+                                       pa.scalar(None, pa.string())),
+        "lum_model_version": pc.if_else(pa.array(row_ok), pa.scalar(model_version, pa.string()),
+                                        pa.scalar(None, pa.string())),
+    }
+    return out

@@ -97,7 +97,7 @@ def run_join(wh, **cfg):
     return run(Config(**cfg), ds=D, warehouse=wh.uri)
 
 
-@pytest.mark.parametrize("similarity", ["arrow", "sql"])
+@pytest.mark.parametrize("similarity", ["numpy", "arrow", "sql"])
 def test_join_values_match_numpy_reference(spark, warehouse, similarity):
     from schemas.dlrm_training import CONDITIONS_KEY, decode_conditions
 
