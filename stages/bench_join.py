@@ -98,7 +98,7 @@ def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict[str, Any]:
     root = opts.pop("dir", None)
     coverage = float(opts.pop("knowledge_coverage", 0.9))
     seed = int(opts.pop("seed", 0))
-    similarity = str(opts.pop("similarity", "sql"))
+    similarity = str(opts.pop("similarity", "numpy"))
     for key in list(opts):
         if key not in sizes:
             raise ValueError(f"bench join: unknown option {key!r}; known: {', '.join(sorted(sizes))}, "

@@ -17,14 +17,12 @@ Columns (see schemas/dlrm_training.py): ``lum_user`` = o_q under the target item
 as JSON in the table metadata key ``lum.conditions``; null where the user has no knowledge under that
 condition), ``lum_target_match`` = sim under the target's own condition. sim is the cosine similarity
 dot(u, e) / (|u| |e|), 0.0 when either vector is all zeros. Norms are computed once per (user,
-condition) and per item; the N*D multiply-adds per row run in Spark's array lambdas (``similarity=
-"sql"``, default: ``zip_with`` + ``aggregate``, no Python worker) or in an Arrow UDF (``"arrow"``: one
-numpy einsum per batch, stages/join_similarity.py). Both are tested against numpy.
+condition) and per item. ``similarity="numpy"`` (default) groups user_knowledge once into one row per
+user (list of (condition index, vector)), shuffle-joins it to the samples, broadcasts items and
+item_knowledge, and computes all LUM columns per Arrow batch with numpy (join_similarity.lum_columns).
+``"sql"`` (Spark array lambdas per row) and ``"arrow"`` (einsum UDF) are the older paths, kept and tested.
 
-Throughput (``lum bench join``, local[2] on 2 shared cores): ~6k rows/s at 1M samples, 100k users,
-N=8, D=32; ~2.4k rows/s at N=18, D=64. The bound is data movement: every sample row carries its
-user's N x D vectors through the shuffle join (N*D*4 bytes/row). Next step if it matters: repartition
-samples by user and compute per user group, so each user's vectors cross once.
+Throughput (``lum bench join``, local[2] on 2 shared cores, load 5-7): see stages/bench_join.py.
 
 Fallbacks and errors (``dlrm_training`` is untouched by every error):
 - no knowledge partition <= D - lag (the first day of a backfill): rows are written with null LUM
@@ -64,9 +62,9 @@ class Config:
     lag_days: int | None = None  # overrides the spec's lag; None = the spec's (default 1)
     require_knowledge: bool = False  # True: no knowledge partition is an error instead of null LUM columns
     broadcast_items: bool = True  # item_knowledge to every task (1M items x D=64 is 256 MB); False: shuffle join
-    # "sql": Spark array lambdas, no Python workers; "arrow": numpy einsum per Arrow batch. Measured equal
-    # (1M rows, N 8, D 32: sql 6.3k vs arrow 6.1k rows/s; N 18, D 64: 2.4k vs 2.2k): the cost is moving
-    # each user's N x D vectors with every sample row, not the multiply-adds. So the simpler one.
+    # "numpy" (default): one narrow list row per user, joined once, all LUM columns from one mapInArrow
+    # numpy pass (no lambdas). "sql": Spark array lambdas per row; "arrow": lambdas + einsum UDF. Kept
+    # as references (tested equal). The cost at 200k rows is fixed overhead (jobs, stats, write), not math.
     similarity: str = "numpy"
 
 
@@ -178,7 +176,7 @@ _SIM = ("CASE WHEN {v} IS NULL OR _iu IS NULL THEN NULL WHEN {v}.n > 0 THEN "
 def build_training_frame(spark: Any, samples: Any, items: Any, uk: Any | None, ik: Any | None, *,
                          spec: JoinSpec, conditions: list[str], knowledge_ds: str | None,
                          model_version: str | None, dim: int, broadcast_items: bool = True,
-                         similarity: str = "sql") -> Any:
+                         similarity: str = "numpy") -> Any:
     """The dlrm_training DataFrame of one day (lazy). ``uk``/``ik`` None: null LUM columns.
 
     Plan: samples -> broadcast items (target condition) -> shuffle join with one row per user (its
