@@ -7,9 +7,10 @@ choose it, ``keep=true`` to keep it), never into the user's warehouse. Knowledge
 ``knowledge_coverage`` of the users (default 0.9) so the null path is exercised too.
 
 Timed: ``join.run`` for one day, Spark session already started (start-up is reported separately);
-``similarity=sql|arrow`` picks the join's similarity path. Measured here (2 shared cores, load 6-9):
-1M samples / 100k users / 8 conditions / D 32: sql 6.3k rows/s (159 s), arrow 6.1k (163 s);
-300k samples / 30k users / 18 conditions / D 64: sql 2.4k rows/s, arrow 2.2k.
+``similarity=numpy|sql|arrow`` picks the join's similarity path (default numpy). Measured here (2 shared
+cores, load 5-18, so +-30%): 1M samples / 100k users / 8 conditions / D 32: numpy 9.5k rows/s (106 s),
+earlier sql 6.3k (159 s), arrow 6.1k (163 s); 200k / 20k: numpy 3.9k, sql 2.8k-4.1k (fixed costs dominate:
+Spark jobs, the knowledge checks, the persisted check pass and the write).
 Data sizes: user_knowledge = users x conditions x D x 4 B (full: 1.0 GB), samples ~40 B/row.
 Memory/disk at full size: ~3 GB of parquet under /tmp, Spark driver 4g (``LUM_SPARK_DRIVER_MEMORY``).
 """

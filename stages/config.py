@@ -31,7 +31,8 @@ def load_config_file(path: str | None, section: str | None = None) -> dict[str, 
         raise ValueError(f"--config file {path} is not valid {p.suffix or 'TOML'}: {exc}") from None
     if section and isinstance(data.get(section), dict):
         return dict(data[section])
-    return dict(data)
+    # Other stages' tables ([infer], [join] ...) are theirs; a stage without a table takes the flat keys only.
+    return {k: v for k, v in data.items() if not isinstance(v, dict)}
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -9,6 +9,11 @@ plus ``sampled`` extra items. Optional logQ correction subtracts log q(j) (the i
 events, the probability that it shows up as an in-batch or popularity-sampled negative) from every
 candidate's logit (Yi et al. 2019, "Sampling-bias-corrected neural modeling"). Positions are only the
 condition tokens: callers pass the condition-position outputs (N,) and their targets, never item tokens.
+
+Auxiliary next-condition loss (`next_condition_loss`, weight ModelConfig.cond_loss_weight): the output at
+item token i_{l-1} predicts c_l by cross-entropy over each condition feature's values, inside one sequence.
+The training loop adds weight * (sum of its CE terms) to the InfoNCE sum and divides both by the number of
+condition positions of the global batch, so the total does not depend on packing or on the DDP split.
 """
 
 from __future__ import annotations
@@ -63,3 +68,28 @@ def popularity_log_q(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c[0] = 1.0
     probs = c / c.sum()
     return probs.to(torch.float32), probs.log().to(torch.float32)
+
+
+def next_condition_loss(logits: list[torch.Tensor], conds: torch.Tensor, cond_features: torch.Tensor,
+                        cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-condition cross-entropies: the item token i_n predicts the condition c_{n+1} of the SAME
+    sequence; the last behaviour of each sequence has no target (so packing never leaks across sequences).
+
+    logits: per condition feature k, (N, n_values_k) from the item-token hidden states (LUM.cond_logits);
+    conds: (N,) condition ids of the packed behaviours; cond_features: (n_conditions, K) value index per
+    feature; cu_seqlens: (B+1,) behaviour offsets. Each target position adds sum_k CE(logits_k, f_k(c_{n+1})).
+    Returns (sum over target positions, number of target positions = N - B for non-empty sequences).
+    """
+    N = conds.shape[0]
+    if any(lg.shape[0] != N for lg in logits):
+        raise ValueError(f"next_condition_loss: logits rows {[lg.shape[0] for lg in logits]} != conds {N}")
+    cu = cu_seqlens.to(device=conds.device, dtype=torch.long)
+    has_next = torch.ones(N, dtype=torch.bool, device=conds.device)
+    ends = cu[1:][cu[1:] > cu[:-1]] - 1
+    has_next[ends] = False
+    src = torch.nonzero(has_next).squeeze(1)
+    tgt = cond_features.to(conds.device)[conds[src + 1]]              # (P, K)
+    total = logits[0].new_zeros((), dtype=torch.float32) if logits else torch.zeros(())
+    for k, lg in enumerate(logits):
+        total = total + F.cross_entropy(lg[src].float(), tgt[:, k], reduction="sum")
+    return total, int(src.numel())

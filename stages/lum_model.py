@@ -9,6 +9,11 @@ each kind is linearly projected to d_model. Learned absolute positions restart a
 (max 2*max_len + 1: the +1 is the query slot right after a full history). User Encoder: n_layers pre-norm
 blocks (LN -> attention -> residual, LN -> GELU MLP -> residual), final LN, a linear head.
 
+Next-condition head (cfg.cond_loss_weight > 0): the final-LN state at item token i_{l-1} predicts c_l,
+one small Linear(d_model, d_feature) per condition feature tied to that feature's embedding table (logits
+over its values); log p(c | history) sums the features' log-probs. It is the learned p(category | history)
+of stages.retrieval_eval; models without it (weight 0, older versions) have no `cond_heads` weights.
+
 Output space: ``o`` (condition-token outputs) and ``e`` (item embeddings) are both L2-normalised, so
 <o, e> is a cosine in [-1, 1]; the logit is ``logit_scale * <o, e>`` (stages.losses).
 
@@ -54,6 +59,9 @@ class ModelConfig:
     d_feature: int = 16          # width of each categorical feature embedding (category, scenario)
     temperature: float = 0.05    # initial/fixed temperature of the cosine logits (HSTU uses 0.05)
     learn_temperature: bool = True  # learn 1/temperature (clamped to <= 100) instead of fixing it
+    cond_loss_weight: float = 0.2   # > 0: next-condition head (item token i_{l-1} -> c_l) trained with this
+                                    # weight next to InfoNCE; it gives the eval's p(category | history).
+                                    # 0: no head (old models; the eval falls back to the frequency prior)
 
     def check(self) -> None:
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
@@ -63,6 +71,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.cond_loss_weight < 0:
+            raise ValueError(f"cond_loss_weight must be >= 0, got {self.cond_loss_weight}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -154,6 +164,11 @@ class LUM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.d_model)
+        # next-condition head, one small projection per condition feature, tied to that feature's
+        # embedding table: logits_k = W_k h @ cond_embs[k].weight.T. Tying keeps the parameter shapes
+        # independent of the vocabulary (daily warm starts remap cond_embs rows by value).
+        self.cond_heads = (nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_feature) for _ in feature_sizes)
+                           if cfg.cond_loss_weight > 0 else None)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
                                       requires_grad=cfg.learn_temperature)
         self.attention_backend = "auto"   # "auto" | "sdpa_mask" | "kernel" | "varlen" (training path)
@@ -188,11 +203,31 @@ class LUM(nn.Module):
         return F.normalize(self._item_tokens(item_rows), dim=-1)
 
     # ---- User Encoder -------------------------------------------------------------------------
-    def _run_blocks(self, x: torch.Tensor, attend) -> torch.Tensor:
+    def _hidden(self, x: torch.Tensor, attend) -> torch.Tensor:
         x = self.emb_drop(x)
         for block in self.blocks:
             x = block(x, attend)
-        return F.normalize(self.head(self.ln_f(x)), dim=-1)
+        return self.ln_f(x)
+
+    @property
+    def has_cond_head(self) -> bool:
+        return self.cond_heads is not None
+
+    def cond_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Next-condition logits from item-token hidden states h (P, d_model): one (P, n_values_k) tensor per
+        condition feature k (value indices of stages.tokenize.Vocab.cond_features)."""
+        if self.cond_heads is None:
+            raise ValueError("cond_logits: model has no next-condition head (cond_loss_weight = 0)")
+        return [head(h) @ emb.weight.t().to(h.dtype) for head, emb in zip(self.cond_heads, self.cond_embs)]
+
+    def condition_log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """(P, n_conditions) log p(c | history) from hidden states h (P, d_model): the features are predicted
+        independently, log p(c) = sum_k log p(f_k(c)); not renormalised over the condition ids."""
+        f = self.cond_features                                                 # (n_conditions, K)
+        out = h.new_zeros(h.shape[0], f.shape[0], dtype=torch.float32)
+        for k, logits in enumerate(self.cond_logits(h)):
+            out = out + torch.log_softmax(logits.float(), dim=-1)[:, f[:, k]]
+        return out
 
     def _training_attend(self, cu_tok, prefix, row_of_seq, row_tokens):
         backend = self.attention_backend
@@ -219,10 +254,13 @@ class LUM(nn.Module):
         return lambda q, k, v: masked_attention(q, k, v, cu_tok, prefix, layout=layout)
 
     def encode_packed(self, items: torch.Tensor, conds: torch.Tensor, cu_seqlens: torch.Tensor,
-                      row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None) -> torch.Tensor:
+                      row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None,
+                      with_item_hidden: bool = False):
         """Training forward. items/conds (N,) behaviours of B packed sequences, cu_seqlens (B+1,) behaviour
         offsets, row_of_seq (B,) packed row per sequence (None: one row each; used by "sdpa_mask" only).
-        Returns (N, d_model) unit outputs at the condition tokens: row n predicts items[n]."""
+        Returns (N, d_model) unit outputs at the condition tokens: row n predicts items[n].
+        with_item_hidden: also return the (N, d_model) final-LN hidden states at the item tokens (row n is
+        the state after i_n; the next-condition head turns it into a prediction of conds[n + 1])."""
         cu = cu_seqlens.to(torch.long)
         n_beh = cu[1:] - cu[:-1]
         if n_beh.numel() and int(n_beh.max()) > self.cfg.max_len:
@@ -233,14 +271,17 @@ class LUM(nn.Module):
         pos = torch.arange(T, device=items.device) - 2 * cu[:-1][seq]
         x = interleave(self._cond_tokens(conds), self._item_tokens(items)) + self.pos_emb(pos)
         attend = self._training_attend(cu_tok, (2 * n_beh).to(torch.int32), row_of_seq, row_tokens)
-        return self._run_blocks(x, attend)[0::2]
+        h = self._hidden(x, attend)
+        out = F.normalize(self.head(h[0::2]), dim=-1)
+        return (out, h[1::2]) if with_item_hidden else out
 
-    def forward(self, items, conds, cu_seqlens, row_of_seq=None, row_tokens=None):  # DDP calls forward
-        return self.encode_packed(items, conds, cu_seqlens, row_of_seq, row_tokens)
+    def forward(self, items, conds, cu_seqlens, row_of_seq=None, row_tokens=None,
+                with_item_hidden=False):  # DDP calls forward
+        return self.encode_packed(items, conds, cu_seqlens, row_of_seq, row_tokens, with_item_hidden)
 
     def encode_grouped(self, hist_item_rows: torch.Tensor, hist_cond_ids: torch.Tensor,
                        cu_seqlens_hist: torch.Tensor, query_cond_ids: torch.Tensor,
-                       cu_queries: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+                       cu_queries: torch.Tensor, *, backend: str = "auto", with_next_cond: bool = False):
         """Query N_b conditions per user against its history, the history encoded once.
 
         hist_item_rows/hist_cond_ids: (sum L_b,) behaviours, oldest first; cu_seqlens_hist: (B+1,) int32
@@ -250,6 +291,9 @@ class LUM(nn.Module):
         layer). Histories longer than max_len keep their last max_len behaviours; an empty history is
         allowed (queries see only themselves). Returns (sum N_b, d_model) unit-norm o_q.
         ``backend`` is passed to the kernel ("auto": triton on CUDA, torch reference elsewhere).
+        with_next_cond: also return (B, n_conditions) log p(next condition | history) from the hidden state
+        at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
+        Needs the next-condition head (raises ValueError without it).
         """
         from kernels import grouped_query_attention
 
@@ -290,9 +334,19 @@ class LUM(nn.Module):
         x = x + self.pos_emb(pos)
         cu32, prefix = cu_tok.to(torch.int32), (2 * L).to(torch.int32)
         _log_once("kernel-grouped", f"kernels.grouped_query_attention backend={backend}")
-        out = self._run_blocks(x, lambda q, k, v: grouped_query_attention(
+        h = self._hidden(x, lambda q, k, v: grouped_query_attention(
             q.contiguous(), k.contiguous(), v.contiguous(), cu32, prefix, backend=backend))
-        return out[q_slot]
+        out = F.normalize(self.head(h[q_slot]), dim=-1)
+        if not with_next_cond:
+            return out
+        if not self.has_cond_head:
+            raise ValueError("encode_grouped(with_next_cond=True): model has no next-condition head")
+        log_p = torch.zeros(B, self.cond_features.shape[0], device=dev)
+        has = L > 0
+        if bool(has.any()):
+            last_item = cu_tok[:-1][has] + 2 * L[has] - 1
+            log_p[has] = self.condition_log_probs(h[last_item])
+        return out, log_p
 
 
 def _varlen_fn():

@@ -111,7 +111,9 @@ def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
         raise ValueError(f"model version {version!r} not found under {store_root(warehouse)} (have: {have[-3:]})")
     meta = json.loads((path / "meta.json").read_text())
     vocab = Vocab.from_json((path / "vocab.json").read_text())
-    model = build_model(ModelConfig(**meta["model_config"]), vocab)
+    mc = dict(meta["model_config"])
+    mc.setdefault("cond_loss_weight", 0.0)  # versions before the next-condition head have no head weights
+    model = build_model(ModelConfig(**mc), vocab)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.to(device).eval()
     return LoadedModel(version=version, model=model, meta=meta, vocab=vocab, path=path)

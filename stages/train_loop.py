@@ -12,6 +12,8 @@ the union over ranks (targets are all-gathered), every rank samples the same ext
 generator), and the local loss is scaled by world/P_global so DDP's gradient average equals the gradient
 of the single-process loss on the same global batch (test_pretrain_ddp).
 GPU: bf16 autocast for the forward; the attention path is chosen and logged by stages.lum_model.
+Next-condition head (model.cfg.cond_loss_weight > 0): loss = (InfoNCE sum + w * next-condition CE sum) /
+condition positions of the global batch; "loss" reports that total, "cond_loss" the last step's mean CE.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.losses import info_nce_loss, popularity_log_q, sample_negatives
+from stages.losses import info_nce_loss, next_condition_loss, popularity_log_q, sample_negatives
 from stages.packing import Sequences, best_fit_pack, make_batch, pack_fill
 from stages.progress import Progress
 
@@ -137,8 +139,9 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         except (ValueError, KeyError) as exc:
             log.info("warm start: parent optimizer state not reusable (%s); fresh AdamW", exc)
     use_bf16 = device.type == "cuda"
+    cond_w = float(getattr(model.cfg, "cond_loss_weight", 0.0)) if getattr(model, "has_cond_head", False) else 0.0
     progress = Progress("pretrain", total - start, unit="steps", every_s=cfg.log_every_s, logger=log)
-    tokens, t0, loss_val, acc = 0, time.perf_counter(), float("nan"), 0.0
+    tokens, t0, loss_val, acc, cond_val = 0, time.perf_counter(), float("nan"), 0.0, float("nan")
     fills = []
     rows_cache: tuple[int, list[list[int]]] | None = None
     net.train()
@@ -155,7 +158,12 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         items = batch.items.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = net(items, batch.conds.to(device), batch.cu_seqlens.to(device),
-                      batch.row_of_seq.to(device), cfg.row_tokens)
+                      batch.row_of_seq.to(device), cfg.row_tokens, with_item_hidden=cond_w > 0)
+        cond_sum = None
+        if cond_w > 0:
+            out, item_h = out
+            cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
+                                              model.cond_features, batch.cu_seqlens.to(device))
         all_targets, n_global = _gather_targets(items, dist)
         sampled = (sample_negatives(cfg.sampled_negatives,
                                     probs if cfg.negative_sampling == "popularity" else None,
@@ -163,6 +171,9 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
                    if cfg.sampled_negatives > 0 else None)
         extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
         loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None)
+        if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
+            loss_sum = loss_sum + cond_w * cond_sum
+            cond_val = float(cond_sum.detach()) / max(1, n_cond)  # this rank's mean next-condition CE
         loss = loss_sum * world / max(1, n_global)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -184,6 +195,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     seconds = time.perf_counter() - t0
     progress.done(loss=loss_val)
     return {"steps": total, "resumed_from": start, "loss": loss_val, "accuracy": acc, "tokens": tokens,
+            "cond_loss": cond_val if cond_w > 0 else None,
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
             "pack_fill": round(float(np.mean(fills)), 4) if fills else None,
             "logit_scale": float(model.logit_scale.detach()), "steps_per_epoch": steps_per_epoch,

@@ -57,6 +57,7 @@ def test_config_file_sections_and_overrides(tmp_path):
     path = tmp_path / "lum.toml"
     path.write_text('[pretrain]\nn_layers = 3\n[infer]\nmode = "naive"\n')
     assert load_config_file(str(path), "pretrain") == {"n_layers": 3}
+    assert load_config_file(str(path), "evaluate") == {}, "another stage's table must not leak in"
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"lr": 0.1}))
     assert load_config_file(str(flat), "pretrain") == {"lr": 0.1}

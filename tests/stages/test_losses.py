@@ -65,3 +65,22 @@ def test_sample_negatives_never_oov():
     assert s.min() >= 1 and s.max() <= 5
     probs = torch.tensor([0.0, 0.0, 1.0])
     assert sample_negatives(20, probs, 3, g).eq(2).all()
+
+
+def test_next_condition_loss_matches_hand_computed_cross_entropy():
+    """Item n predicts cond n+1 of the same sequence; the last item of each sequence has no target."""
+    from stages.losses import next_condition_loss
+
+    g = torch.Generator().manual_seed(3)
+    cond_features = torch.tensor([[0, 0], [1, 2], [2, 1], [3, 0]])      # 4 conditions, 2 features (4 and 3 values)
+    conds = torch.tensor([1, 2, 3, 2, 1, 3])                           # sequences [1,2,3] [2] [1,3]
+    cu = torch.tensor([0, 3, 4, 6])
+    logits = [torch.randn(6, 4, generator=g), torch.randn(6, 3, generator=g)]
+    total, n = next_condition_loss(logits, conds, cond_features, cu)
+    expect = 0.0
+    for src, nxt in [(0, 1), (1, 2), (4, 5)]:                          # (item position, next position)
+        for k, lg in enumerate(logits):
+            p = torch.softmax(lg[src], 0)
+            expect += -math.log(float(p[int(cond_features[conds[nxt], k])]))
+    assert n == 3
+    assert math.isclose(float(total), expect, rel_tol=1e-5)

@@ -97,3 +97,55 @@ def test_masked_attention_matches_kernel_reference():
     ours = masked_attention(q, k, v, cu, prefix)
     ref = grouped_query_attention(q, k, v, cu, prefix, backend="torch")
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("features", [("category",), ("category", "scenario")])
+def test_next_condition_log_probs_from_the_last_history_item(features):
+    """encode_grouped(with_next_cond) = the head on the packed history's last item token; per-feature
+    log-probs add up; an empty history gets zeros."""
+    vocab = _vocab(features)
+    model = _model(vocab)
+    assert model.has_cond_head and len(model.cond_heads) == len(features)
+    rng = np.random.default_rng(1)
+    lens = [4, 0, 7]
+    items = [torch.from_numpy(rng.integers(1, 31, size=n)) for n in lens]
+    conds = [torch.from_numpy(rng.integers(1, vocab.n_conditions, size=n)) for n in lens]
+    cu_h = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32)
+    q_ids = torch.tensor([1, 2, 1])
+    cu_q = torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    with torch.no_grad():
+        _, log_p = model.encode_grouped(torch.cat(items), torch.cat(conds), cu_h, q_ids, cu_q, with_next_cond=True)
+        assert log_p.shape == (3, vocab.n_conditions)
+        assert torch.equal(log_p[1], torch.zeros(vocab.n_conditions))
+        f = vocab.cond_features()
+        for b in (0, 2):
+            _, h = model.encode_packed(items[b], conds[b], torch.tensor([0, lens[b]], dtype=torch.int32),
+                                       with_item_hidden=True)
+            lps = [torch.log_softmax(lg[-1], 0) for lg in model.cond_logits(h)]
+            expect = torch.tensor([sum(float(lps[k][f[c, k]]) for k in range(len(features)))
+                                   for c in range(vocab.n_conditions)])
+            torch.testing.assert_close(log_p[b], expect.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_model_without_cond_head_and_old_versions_load(tmp_path):
+    """cond_loss_weight 0 builds no head; a stored version from before the head (no cond_loss_weight in
+    its model_config, no head weights) still loads, without a head."""
+    import json
+
+    from stages import model_store
+
+    vocab = _vocab()
+    old = _model(vocab, cond_loss_weight=0.0)
+    assert not old.has_cond_head and not any(k.startswith("cond_heads") for k in old.state_dict())
+    with pytest.raises(ValueError, match="next-condition head"):
+        old.encode_grouped(torch.tensor([1]), torch.tensor([1]), torch.tensor([0, 1], dtype=torch.int32),
+                           torch.tensor([1]), torch.tensor([0, 1], dtype=torch.int32), with_next_cond=True)
+    mc = {k: v for k, v in old.cfg.__dict__.items() if k != "cond_loss_weight"}
+    model_store.publish(str(tmp_path), "lum-2000-01-01", {
+        "model.pt": old.state_dict(), "vocab.json": vocab.to_json(),
+        "meta.json": json.dumps({"version": "lum-2000-01-01", "model_config": mc})})
+    loaded = model_store.load(str(tmp_path), "lum-2000-01-01")
+    assert not loaded.model.has_cond_head
+    torch.testing.assert_close(loaded.model.item_embeddings(), old.item_embeddings())
+    with pytest.raises(ValueError, match="cond_loss_weight"):
+        ModelConfig(cond_loss_weight=-0.1).check()

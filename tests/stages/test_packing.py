@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.losses import info_nce_loss
+from stages.losses import info_nce_loss, next_condition_loss
 from stages.lum_model import ModelConfig, build_model
 from stages.packing import Sequences, best_fit_pack, dense_layout, make_batch, pack_fill, packed_step_batches
 from stages.tokenize import Vocab
@@ -57,8 +57,12 @@ def _tiny(seed: int = 0):
 
 
 def _loss(model, batch):
-    out = model.encode_packed(batch.items, batch.conds, batch.cu_seqlens, batch.row_of_seq, batch.row_tokens)
-    return info_nce_loss(out, batch.items, model.item_embeddings, scale=model.logit_scale)[0], out
+    """InfoNCE mean + cond_loss_weight * next-condition CE sum / positions (as stages.train_loop does)."""
+    out, h = model.encode_packed(batch.items, batch.conds, batch.cu_seqlens, batch.row_of_seq, batch.row_tokens,
+                                 with_item_hidden=True)
+    nce = info_nce_loss(out, batch.items, model.item_embeddings, scale=model.logit_scale)[0]
+    cond_sum, _ = next_condition_loss(model.cond_logits(h), batch.conds, model.cond_features, batch.cu_seqlens)
+    return nce + model.cfg.cond_loss_weight * cond_sum / batch.items.numel(), out
 
 
 def test_packed_loss_and_grads_equal_unpacked():
@@ -70,14 +74,20 @@ def test_packed_loss_and_grads_equal_unpacked():
     loss_p, out_p = _loss(model, packed)
     grads_p = torch.autograd.grad(loss_p, [p for p in model.parameters() if p.requires_grad])
 
-    # unpacked: one sequence at a time (own row each), same candidate set -> same loss
-    outs = []
+    # unpacked: one sequence at a time (own row each), same candidate set -> same loss; the
+    # next-condition term of each sequence is computed on its own (no target across sequences)
+    outs, cond_sum = [], 0.0
     for s in ids:
         one = make_batch(seqs, [s], None, None)
-        outs.append(model.encode_packed(one.items, one.conds, one.cu_seqlens))
+        o, h = model.encode_packed(one.items, one.conds, one.cu_seqlens, with_item_hidden=True)
+        outs.append(o)
+        cond_sum = cond_sum + next_condition_loss(model.cond_logits(h), one.conds, model.cond_features,
+                                                  one.cu_seqlens)[0]
     out_u = torch.cat(outs)
     torch.testing.assert_close(out_u, out_p, atol=1e-5, rtol=1e-4)
     loss_u = info_nce_loss(out_u, packed.items, model.item_embeddings, scale=model.logit_scale)[0]
+    loss_u = loss_u + model.cfg.cond_loss_weight * cond_sum / packed.items.numel()
+    assert model.cfg.cond_loss_weight > 0 and float(cond_sum) > 0  # the new term really takes part
     grads_u = torch.autograd.grad(loss_u, [p for p in model.parameters() if p.requires_grad])
     torch.testing.assert_close(loss_u, loss_p, atol=1e-6, rtol=1e-5)
     for gu, gp in zip(grads_u, grads_p):

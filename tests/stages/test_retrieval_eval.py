@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from stages.lum_model import ModelConfig, build_model
@@ -22,11 +23,15 @@ def test_split_leave_last_out():
     assert s[2][0][0].tolist() == [7]
 
 
-def test_metrics_match_brute_force():
+@pytest.mark.parametrize("prior", ["frequency", "learned"])
+def test_metrics_match_brute_force(prior):
     vocab = Vocab.build(range(1, 26), [f"g{i % 3}" for i in range(25)])
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=8,
                                     d_item=8, d_feature=4), vocab).eval()
+    if prior == "learned":  # a random head is near uniform; sharpen it so the prior really moves the ranking
+        with torch.no_grad():
+            model.cond_heads[0].weight.mul_(200.0)
     rng = np.random.default_rng(0)
     icond = vocab.item_conditions()
     cases = []
@@ -34,7 +39,8 @@ def test_metrics_match_brute_force():
         hist = rng.integers(1, 26, size=n)
         target = int(rng.integers(1, 26))
         cases.append((hist, icond[hist], target, int(icond[target])))
-    got = evaluate(model, vocab, cases, k=10, chunk_users=4)
+    got = evaluate(model, vocab, cases, k=10, chunk_users=4, prior=prior)
+    assert got["prior"] == prior
     E = model.item_embeddings().detach()
     hr = nd = thr = tnd = rhr = rnd = 0.0
     with torch.no_grad():
@@ -55,6 +61,14 @@ def test_metrics_match_brute_force():
             logp = {c: torch.log_softmax(model.logit_scale * (E[1:] @ o_for(c)), 0) for c in conds}
             cnt = {c: sum(int(icond[h]) == c for h in hist) for c in conds}
             prior = {c: math.log((cnt[c] + 1) / (len(hist) + len(conds))) for c in conds}
+            if got["prior"] == "learned":  # head at the last history item token, softmax over the categories
+                it, cd = torch.from_numpy(hist).long(), torch.from_numpy(hc).long()
+                _, h_items = model.encode_packed(it, cd, torch.tensor([0, it.numel()], dtype=torch.int32),
+                                                 with_item_hidden=True)
+                logits = model.cond_logits(h_items[-1:])[0][0]                # over category values
+                fvals = [int(model.cond_features[c, 0]) for c in conds]
+                lp = torch.log_softmax(logits[fvals], 0)
+                prior = {c: float(lp[j]) for j, c in enumerate(conds)}
             cal = torch.stack([prior[int(icond[i])] + logp[int(icond[i])][i - 1] for i in range(1, 26)])
             crank = int((cal >= cal[target - 1]).sum()) - 1
             hr += crank < 10
@@ -89,3 +103,27 @@ def test_candidate_rows_restrict_the_ranking():
     assert only["hr@10"] >= full["hr@10"] and only["ndcg@10"] >= full["ndcg@10"]
     assert only["hr@10"] == 1.0  # <= 8 candidates: every target is in the top 10
     assert full["hr@10"] < 1.0
+
+
+def test_learned_prior_differs_and_old_models_fall_back():
+    """The learned head changes the comparable ranking; a model without a head (cond_loss_weight 0) uses
+    the frequency prior under "auto" and refuses "learned"."""
+    vocab = Vocab.build(range(1, 26), [f"g{i % 3}" for i in range(25)])
+    icond = vocab.item_conditions()
+    rng = np.random.default_rng(2)
+    cases = [(h, icond[h], int(t), int(icond[t])) for h, t in
+             ((rng.integers(1, 26, size=5), rng.integers(1, 26)) for _ in range(16))]
+    cfg = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=8, d_item=8, d_feature=4)
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(**cfg), vocab).eval()
+    with torch.no_grad():
+        model.cond_heads[0].weight.mul_(500.0)
+    learned, freq = evaluate(model, vocab, cases), evaluate(model, vocab, cases, prior="frequency")
+    assert learned["prior"] == "learned" and freq["prior"] == "frequency"
+    assert learned["target_cond_hr@10"] == freq["target_cond_hr@10"]
+    assert (learned["hr@10"], learned["ndcg@10"]) != (freq["hr@10"], freq["ndcg@10"])
+    old = build_model(ModelConfig(**cfg, cond_loss_weight=0.0), vocab).eval()
+    assert not old.has_cond_head
+    assert evaluate(old, vocab, cases)["prior"] == "frequency"
+    with pytest.raises(ValueError, match="next-condition head"):
+        evaluate(old, vocab, cases, prior="learned")
