@@ -9,7 +9,7 @@ choose it, ``keep=true`` to keep it), never into the user's warehouse. Knowledge
 Timed: ``join.run`` for one day, Spark session already started (start-up is reported separately);
 ``similarity=numpy|sql|arrow`` picks the join's similarity path (default numpy). Measured here (2 shared
 cores, load 5-18, so +-30%): 1M samples / 100k users / 8 conditions / D 32: numpy 9.5k rows/s (106 s),
-earlier sql 6.3k (159 s), arrow 6.1k (163 s); 200k / 20k: numpy 3.9k, sql 2.8k-4.1k (fixed costs dominate:
+sql 5.6k (178 s; earlier 6.3k), arrow 6.1k (163 s); 200k / 20k: numpy 3.9k, sql 2.8k-4.1k (fixed costs dominate:
 Spark jobs, the knowledge checks, the persisted check pass and the write).
 Data sizes: user_knowledge = users x conditions x D x 4 B (full: 1.0 GB), samples ~40 B/row.
 Memory/disk at full size: ~3 GB of parquet under /tmp, Spark driver 4g (``LUM_SPARK_DRIVER_MEMORY``).
