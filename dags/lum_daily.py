@@ -65,7 +65,7 @@ def _day(env: str, default: str | None) -> dt.datetime | None:
     value = os.environ.get(env) or default
     if value is None:
         return None
-    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
 def _settings() -> dict:

@@ -19,8 +19,8 @@ Delta stores them as ``array<float>``, so ``dim`` is taken from the data when no
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from stages.config import from_mapping, load_config_file, parse_overrides
 from stages.settings import resolve_warehouse

@@ -20,8 +20,8 @@ string, which is part of the ``user_knowledge`` key.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 
 def parse_condition(text: str) -> dict[str, str]:

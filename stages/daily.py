@@ -17,7 +17,8 @@ import datetime as dt
 import importlib
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stages.config import from_mapping, load_config_file
 from stages.dates import check_ds
@@ -35,7 +36,7 @@ def ds_of(moment: dt.datetime | str | None) -> str:
     if isinstance(moment, str):
         return check_ds(moment[:10], name="data_interval_start")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.timezone.utc)
+        moment = moment.astimezone(dt.UTC)
     return moment.date().isoformat()
 
 

@@ -42,4 +42,4 @@ def next_day(ds: str) -> str:
 def day_end(ds: str) -> dt.datetime:
     """The first instant after day ``ds`` (UTC): events of day ds have ts < day_end(ds)."""
     d = parse_ds(ds)
-    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC) + dt.timedelta(days=1)

@@ -102,7 +102,7 @@ def _meta(warehouse: str, ds: str) -> dict[str, Any]:
 
 def _dag_run(dag: Any, ds: str) -> dict[str, Any]:
     """One dag.test run processing day ``ds``; returns per-task wall seconds and states."""
-    logical = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+    logical = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
     run = dag.test(logical_date=logical)  # the data interval is the day before logical_date: ds
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     failed = [t for t, ti in tis.items() if ti.state != "success"]

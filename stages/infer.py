@@ -61,8 +61,15 @@ import numpy as np
 import pyarrow as pa
 
 from stages.conditions import ConditionSet, parse_spec
-from stages.infer_batching import (JaggedBatch, ShardSpec, build_batch, pack_by_budget, parse_shard,
-                                   shard_of, user_ordered_chunks)
+from stages.infer_batching import (
+    JaggedBatch,
+    ShardSpec,
+    build_batch,
+    pack_by_budget,
+    parse_shard,
+    shard_of,
+    user_ordered_chunks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +128,7 @@ def check_condition_features(vocab: Any, history_conditions: list[str], version:
                              f"but user_sequences has condition {cond!r} (a model from a different config)")
 
 
-def encode(model: Any, batch: JaggedBatch, mode: str) -> "Any":
+def encode(model: Any, batch: JaggedBatch, mode: str) -> Any:
     """(sum N_b, D) float32 outputs o_q for one jagged batch, in user-then-condition order."""
     import torch
 
@@ -132,7 +139,7 @@ def encode(model: Any, batch: JaggedBatch, mode: str) -> "Any":
         return encode_naive(model, batch)
 
 
-def encode_naive(model: Any, batch: JaggedBatch) -> "Any":
+def encode_naive(model: Any, batch: JaggedBatch) -> Any:
     """Baseline: for j = 0..max N-1, one forward of every user that has a j-th condition with its full
     history plus that single condition token (plain causal attention; the history is recomputed N times)."""
     import torch

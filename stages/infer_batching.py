@@ -19,8 +19,8 @@ in numpy uint64 arithmetic, so every process, machine and Python version puts a 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -118,11 +118,11 @@ class JaggedBatch:
     """Model inputs for B users (torch tensors on the target device) and where their rows go."""
 
     users: slice  # the users of the chunk in this batch
-    hist_item_rows: "object"  # LongTensor (sum L,)
-    hist_cond_ids: "object"  # LongTensor (sum L, ...) condition ids of each behaviour
-    cu_hist: "object"  # IntTensor (B+1,)
-    query_cond_ids: "object"  # LongTensor (sum N, ...)
-    cu_queries: "object"  # IntTensor (B+1,)
+    hist_item_rows: object  # LongTensor (sum L,)
+    hist_cond_ids: object  # LongTensor (sum L, ...) condition ids of each behaviour
+    cu_hist: object  # IntTensor (B+1,)
+    query_cond_ids: object  # LongTensor (sum N, ...)
+    cu_queries: object  # IntTensor (B+1,)
     n_tokens: int  # 2 * sum L + sum N (grouped cost)
 
 
@@ -139,7 +139,7 @@ def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.
     if any(n == 0 for n in query_lens):
         raise ValueError("build_batch: every user needs >= 1 query condition (filter users first)")
 
-    def cat(parts: list[np.ndarray]) -> "torch.Tensor":
+    def cat(parts: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(device)
 
     return JaggedBatch(
@@ -158,7 +158,7 @@ def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.
 MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks / 256) chunks
 
 
-def user_ordered_chunks(dataset: "object", columns: list[str], chunk_users: int,
+def user_ordered_chunks(dataset: object, columns: list[str], chunk_users: int,
                         shard: ShardSpec | None = None, spill_dir: str | None = None):
     """Yield tables of <= ``chunk_users`` users, sorted by user_id, chunks in increasing user_id order.
 
@@ -207,13 +207,11 @@ def user_ordered_chunks(dataset: "object", columns: list[str], chunk_users: int,
     bounds = ids[per_bucket * chunk_users::per_bucket * chunk_users]  # bucket b: bounds[b-1] <= id < bounds[b]
     with tempfile.TemporaryDirectory(prefix="lum-infer-spill-", dir=spill_dir) as tmp:
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        schema = None
         try:
             for batch in dataset.to_batches(columns=columns, batch_size=chunk_users):
                 batch = mine(batch)
                 if not batch.num_rows:
                     continue
-                schema = batch.schema
                 bucket = np.searchsorted(bounds, batch.column("user_id").to_numpy(), side="right")
                 for b in np.unique(bucket).tolist():
                     if b not in writers:

@@ -17,7 +17,8 @@ Returns the matching rows with ``ds`` restored, in the file's column types (cast
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -61,9 +62,7 @@ def _read_file(path: str, ids: np.ndarray, id_array: pa.Array) -> pa.Table | Non
     groups = []
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            groups.append(i)
-        elif np.searchsorted(ids, stats.min, "left") < np.searchsorted(ids, stats.max, "right"):
+        if stats is None or not stats.has_min_max or np.searchsorted(ids, stats.min, "left") < np.searchsorted(ids, stats.max, "right"):
             groups.append(i)
     parts = []
     for i in groups:

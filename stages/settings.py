@@ -52,7 +52,7 @@ class SparkSettings:
     conf: dict[str, str] = field(default_factory=dict)  # extra spark.* settings, applied last
 
     @classmethod
-    def from_env(cls) -> "SparkSettings":
+    def from_env(cls) -> SparkSettings:
         conf: dict[str, str] = {}
         for pair in filter(None, (os.environ.get("LUM_SPARK_CONF") or "").split(";")):
             if "=" not in pair:

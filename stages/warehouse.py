@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,7 +40,8 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 import schemas
 from stages.dates import check_ds
-from stages.settings import resolve_warehouse, storage_options as env_storage_options
+from stages.settings import resolve_warehouse
+from stages.settings import storage_options as env_storage_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from stages.warehouse_staging import PartitionStager
@@ -206,7 +208,7 @@ class Warehouse:
 
     # ---- staged and Spark writes, maintenance (implemented in helper modules) ----------------------
     def stage_partition(self, name: str, *, ds: str, run_id: str, shard: str | None = None,
-                        dim: int | None = None) -> "PartitionStager":
+                        dim: int | None = None) -> PartitionStager:
         from stages.warehouse_staging import PartitionStager
 
         return PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim)

@@ -53,7 +53,7 @@ def _normalize_key(key: str) -> str:
 _SAFE_REL = re.compile(r"^[A-Za-z0-9._=/-]+$")  # relative paths Hadoop leaves unescaped
 
 
-def snapshot_files(wh: "Warehouse", name: str, *, ds: str | None = None, start: str | None = None,
+def snapshot_files(wh: Warehouse, name: str, *, ds: str | None = None, start: str | None = None,
                    end: str | None = None, version: int | None = None) -> list[tuple[str, str | None]]:
     """(path relative to the table root, ds) of every file in the selected partitions of the snapshot.
 
@@ -74,7 +74,7 @@ def snapshot_files(wh: "Warehouse", name: str, *, ds: str | None = None, start: 
     return out
 
 
-def read_spark(wh: "Warehouse", spark, name: str, *, ds: str | None = None, start: str | None = None,
+def read_spark(wh: Warehouse, spark, name: str, *, ds: str | None = None, start: str | None = None,
                end: str | None = None, version: int | None = None):
     """A DataFrame over the snapshot's files (partitions ``ds`` or ``start..end``), ``ds`` restored.
 
@@ -137,7 +137,7 @@ def _list_written(fs: pafs.FileSystem, folder: str, folder_rel: str) -> list[Dat
     return sorted(out, key=lambda f: f.relpath)
 
 
-def write_spark_partition(wh: "Warehouse", name: str, df, *, ds: str, app_id: str | None = None,
+def write_spark_partition(wh: Warehouse, name: str, df, *, ds: str, app_id: str | None = None,
                           metadata: dict[str, str] | None = None) -> int:
     """Write ``df`` (Spark) as partition ``ds`` of table ``name`` with ONE delta-rs commit.
 

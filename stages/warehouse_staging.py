@@ -54,7 +54,7 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-def staging_dir(wh: "Warehouse", name: str, ds: str, run_id: str) -> str:
+def staging_dir(wh: Warehouse, name: str, ds: str, run_id: str) -> str:
     return f"{wh.uri}/_staging/{name}/{ds}/{run_id.replace(':', '_')}"
 
 
@@ -65,7 +65,7 @@ def app_id_for(name: str, ds: str, run_id: str) -> str:
 class PartitionStager:
     """Writes validated chunks of one shard of partition ``ds`` as parquet files, then a manifest."""
 
-    def __init__(self, wh: "Warehouse", name: str, *, ds: str, run_id: str, shard: str | None = None,
+    def __init__(self, wh: Warehouse, name: str, *, ds: str, run_id: str, shard: str | None = None,
                  dim: int | None = None):
         self.spec = schemas.get(name).SPEC
         if "ds" not in self.spec.partition_by:
@@ -118,7 +118,7 @@ class PartitionStager:
                  self.n_shards, len(self.files), self.rows)
 
 
-def read_manifests(wh: "Warehouse", name: str, ds: str, run_id: str) -> list[dict]:
+def read_manifests(wh: Warehouse, name: str, ds: str, run_id: str) -> list[dict]:
     fs, root = filesystem_for(staging_dir(wh, name, ds, run_id))
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     out = []
@@ -129,7 +129,7 @@ def read_manifests(wh: "Warehouse", name: str, ds: str, run_id: str) -> list[dic
     return out
 
 
-def commit_staged(wh: "Warehouse", name: str, *, ds: str, run_id: str, shards: int | None = None,
+def commit_staged(wh: Warehouse, name: str, *, ds: str, run_id: str, shards: int | None = None,
                   metadata: dict[str, str] | None = None) -> int:
     """ONE overwrite commit of partition ``ds`` with every shard's files; returns the table version."""
     check_ds(ds)

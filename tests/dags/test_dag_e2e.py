@@ -18,7 +18,7 @@ DAYS = ("1998-03-10", "1998-03-11")
 
 def logical_date_for(ds: str) -> dt.datetime:
     """dag.test infers the data interval as the day before ``logical_date``: pass D+1 00:00 to process D."""
-    return dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+    return dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
 
 
 @pytest.mark.slow

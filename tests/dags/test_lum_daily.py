@@ -14,7 +14,7 @@ from airflow.timetables.base import DataInterval, TimeRestriction
 
 DAGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "dags")
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HEAVY = ("torch", "pyspark", "deltalake", "pyarrow", "pandas", "numpy", "stages", "triton", "kernels")
 
 

@@ -11,7 +11,7 @@ import schemas
 from schemas import dlrm_training, events, items, user_knowledge, user_sequences
 from schemas._base import to_spark_struct
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAY = "2000-12-01"
 
 
@@ -41,7 +41,7 @@ def _error(fn, *args, **kwargs) -> str:
 @pytest.mark.parametrize("name", schemas.TABLES)
 def test_every_table_has_a_consistent_contract(name):
     mod = schemas.get(name)
-    assert mod.NAME == name
+    assert name == mod.NAME
     sch = mod.schema(8)
     assert set(mod.KEY) <= set(sch.names)
     assert mod.PARTITION_BY in (("ds",), ())

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from stages.infer import encode
-from stages.infer_batching import (build_batch, offsets, pack_by_budget, parse_shard, shard_of,
-                                   stable_hash64)
+from stages.infer_batching import build_batch, offsets, pack_by_budget, parse_shard, shard_of, stable_hash64
 from stages.lum_model import ModelConfig, build_model
 from stages.tokenize import Vocab
 

@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_infer import DS, publish_model, read_sorted, write_items, write_sequences
 
 from stages.infer import Config, run
 from stages.infer_batching import shard_of
 from stages.warehouse import Warehouse
-from test_infer import DS, publish_model, read_sorted, write_items, write_sequences
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import pandas as pd
 import pyarrow.compute as pc
 import pytest
 
-from tests.stages.ingest_helpers import canonical, tree_snapshot
 from stages import cli
 from stages.ingest import run_source
 from stages.ingest_movielens import locate_movielens, read_atomic
 from stages.warehouse import Warehouse
+from tests.stages.ingest_helpers import canonical, tree_snapshot
 
 KEYS = {"events": ["user_id", "item_id", "ts", "scenario"], "items": ["item_id"], "users": ["user_id"],
         "dlrm_samples": ["user_id", "item_id", "ts"]}
@@ -73,7 +73,7 @@ def test_ml100k_event_order_ds_and_labels(ml100k_warehouse):
     assert events.column("event_idx").to_pylist() == list(range(events.num_rows))
     ts = events.column("ts").to_pylist()
     assert all(a <= b for a, b in zip(ts, ts[1:]))  # event_idx is chronological with a stable tie-break
-    assert events.column("ds").to_pylist() == [t.astimezone(dt.timezone.utc).date().isoformat() for t in ts]
+    assert events.column("ds").to_pylist() == [t.astimezone(dt.UTC).date().isoformat() for t in ts]
     assert set(events.column("scenario").to_pylist()) == {"rating"}
     samples = wh.read("dlrm_samples")
     labels = samples.column("label").to_pylist()

@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.stages.ingest_helpers import canonical, tree_snapshot
 from stages import cli
 from stages.ingest import run_source
 from stages.ingest_events import parse_ts
 from stages.warehouse import Warehouse
+from tests.stages.ingest_helpers import canonical, tree_snapshot
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 KEYS = {"events": ["user_id", "item_id", "ts", "scenario"], "items": ["item_id"], "users": ["user_id"],
         "dlrm_samples": ["user_id", "item_id", "ts"]}
 

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.stages.ingest_helpers import tree_snapshot
 from stages.ingest import dlrm_samples_from_events, run_source, validate_tables
 from stages.ingest_synthetic import SyntheticConfig, generate
 from stages.warehouse import Warehouse
+from tests.stages.ingest_helpers import tree_snapshot
 
 CFG = SyntheticConfig(users=1_500, items=400, categories=12, days=20, seed=3, start="2001-03-01",
                       chunk_users=500)

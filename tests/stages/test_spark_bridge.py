@@ -12,7 +12,7 @@ from deltalake import DeltaTable
 
 from stages.warehouse import Warehouse
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def events_of(day: str, users: list[int]) -> pa.Table:

@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from schemas.dlrm_training import CONDITIONS_KEY, decode_conditions, encode_conditions
 from stages.warehouse import Warehouse
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def events_of(day: str, users: list[int], rating: float = 4.0) -> pa.Table:
