@@ -55,7 +55,7 @@ def write_sequences(warehouse: str, n_users: int = 30, *, ds: str = DS, seed: in
     """user_sequences partition ds: users 1..n_users (written in shuffled order), 1..20 behaviours each."""
     rng = np.random.default_rng(seed)
     rows = []
-    t0 = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     for uid in rng.permutation(np.arange(1, n_users + 1)).tolist():
         length = 0 if uid in empty_users else int(rng.integers(1, 21))
         items = rng.choice(ITEM_IDS, size=length).tolist()
