@@ -263,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     summary = dict(summary or {})
     summary.setdefault("seconds", round(time.perf_counter() - started, 3))
-    print(json.dumps(summary, default=str, separators=(",", ":")))
+    # One write() of the whole line: under torchrun several ranks share stdout, and print() may split a
+    # line into two writes that interleave; a single write below PIPE_BUF (4 KiB) is atomic on a pipe.
+    sys.stdout.write(json.dumps(summary, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
     return 0
 
 
