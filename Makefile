@@ -19,14 +19,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The venv's bin goes first on PATH: `airflow standalone` and torchrun start `airflow`/python subprocesses.
 demo: install
-	$(BIN)/lum demo
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/lum demo
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/python -m ruff check stages kernels schemas dags tests

@@ -57,6 +57,9 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
         "LUM_CONFIG": TINY_CONFIG,
         "LUM_DAG_END_DATE": DAYS[-1],
         "PYTHONPATH": os.pathsep.join([str(Path(DAGS).parent), os.environ.get("PYTHONPATH", "")]),
+        # standalone starts its components as `airflow ...` subprocesses found on PATH: the venv's bin
+        # must be there even when pytest runs as `.venv/bin/python -m pytest` without an activated venv.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     log = open(tmp_path / "standalone.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
