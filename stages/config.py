@@ -25,15 +25,20 @@ def load_config_file(path: str | None, section: str | None = None) -> dict[str, 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--config file not found: {path}")
-    text = p.read_text()
-    try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"--config file {path} is not valid {p.suffix or 'TOML'}: {exc}") from None
+    data = read_toml_or_json(p, what="--config file")
     if section and isinstance(data.get(section), dict):
         return dict(data[section])
     # Other stages' tables ([infer], [join] ...) are theirs; a stage without a table takes the flat keys only.
     return {k: v for k, v in data.items() if not isinstance(v, dict)}
+
+
+def read_toml_or_json(path: Path, *, what: str) -> dict[str, Any]:
+    """Parse ``path`` as JSON (``.json``) or TOML (anything else); a parse error names ``what`` and the file."""
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{what} {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

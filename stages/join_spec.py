@@ -21,12 +21,10 @@ path to a TOML/JSON file; unknown keys are an error naming the key.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.config import from_mapping
+from stages.config import from_mapping, read_toml_or_json
 
 LUM_FEATURES = ("lum_match", "lum_target_match", "lum_user", "lum_item")
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -72,9 +70,4 @@ def load_spec(ref: str | None) -> JoinSpec:
         path = SPECS_DIR / f"{ref}.toml"
     if not path.is_file():
         raise ValueError(f"join spec {ref!r} is neither a built-in spec nor a file")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"join spec {path} is not valid: {exc}") from None
-    return from_mapping(JoinSpec, data)
+    return from_mapping(JoinSpec, read_toml_or_json(path, what="join spec"))
