@@ -24,9 +24,15 @@ HEALTH_TIMEOUT_S = 240  # standalone is healthy in 12-20 s on an idle machine (E
 RUNS_TIMEOUT_S = 1200  # two days of four real tasks, each a fresh process (Spark starts twice per day)
 
 
-def _airflow(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def _airflow(env: dict, *args: str, timeout: float = 180, retries: int = 0) -> subprocess.CompletedProcess:
+    """Run one `airflow` CLI command; retry it when SQLite was locked past the busy timeout."""
     cmd = [str(Path(sys.executable).with_name("airflow")), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    for _ in range(retries + 1):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode == 0 or "database is locked" not in out.stderr:
+            break
+        time.sleep(5)  # Airflow rolls back (and for backfills deletes) what a lock error half-wrote
+    return out
 
 
 def _runs(env: dict) -> list[dict]:
@@ -53,6 +59,9 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # scheduler, dag processor, api server and the CLI share one SQLite file: wait for its lock
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stages.airflow_db.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "stages.airflow_db.SQLITE_CONNECT_ARGS_ASYNC",
         "LUM_WAREHOUSE": wh,
         "LUM_CONFIG": TINY_CONFIG,
         "LUM_DAG_END_DATE": DAYS[-1],
@@ -74,10 +83,10 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
             time.sleep(5)
         else:
             pytest.fail("lum_daily was not parsed by airflow standalone in time")
-        pool = _airflow(env, "pools", "set", "lum_gpu", "1", "one slot per GPU")
+        pool = _airflow(env, "pools", "set", "lum_gpu", "1", "one slot per GPU", retries=2)
         assert pool.returncode == 0, pool.stderr[-2000:]
         created = _airflow(env, "backfill", "create", "--dag-id", "lum_daily", "--from-date", DAYS[0],
-                           "--to-date", DAYS[-1], "--max-active-runs", "1")
+                           "--to-date", DAYS[-1], "--max-active-runs", "1", retries=2)
         assert created.returncode == 0, created.stderr[-2000:]
         deadline = time.time() + RUNS_TIMEOUT_S
         states: dict[str, str] = {}
