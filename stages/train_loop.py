@@ -152,6 +152,12 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             fills.append(pack_fill(2 * seqs.lengths, rows_cache[1], cfg.row_tokens))
         step_rows = rows_cache[1][k * cfg.rows_per_step:(k + 1) * cfg.rows_per_step]
         mine = step_rows[rank::world]
+        # fewer rows than ranks (a small last step): a rank without a row runs the step's first row with its
+        # loss multiplied by 0, so DDP's gradient all-reduce still sees every parameter from every rank;
+        # its targets stay out of the shared candidates and the counts, so the result equals 1 process
+        idle = not mine
+        if idle:
+            mine = step_rows[:1]
         ids = [s for r in mine for s in r]
         row_of = [j for j, r in enumerate(mine) for _ in r]
         batch = make_batch(seqs, ids, row_of, cfg.row_tokens)
@@ -164,7 +170,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             out, item_h = out
             cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
                                               model.cond_features, batch.cu_seqlens.to(device))
-        all_targets, n_global = _gather_targets(items, dist)
+        all_targets, n_global = _gather_targets(items[:0] if idle else items, dist)
         sampled = (sample_negatives(cfg.sampled_negatives,
                                     probs if cfg.negative_sampling == "popularity" else None,
                                     model.item_id_emb.num_embeddings, gen).to(device)
@@ -174,6 +180,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
             loss_sum = loss_sum + cond_w * cond_sum
             cond_val = float(cond_sum.detach()) / max(1, n_cond)  # this rank's mean next-condition CE
+        if idle:
+            loss_sum = loss_sum * 0.0
         loss = loss_sum * world / max(1, n_global)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,6 +3,7 @@ anything imports triton or airflow."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="lum-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)  # the test session's Airflow DB and logs
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))

@@ -1,6 +1,7 @@
 """Worker for test_pretrain_ddp: train a tiny LUM on fixed synthetic sequences, save weights and loss.
 
-Run as ``torchrun --nproc_per_node 2 tests/stages/ddp_worker.py OUT`` (DDP, gloo) or plainly (1 process).
+Run as ``torchrun --nproc_per_node 2 tests/stages/ddp_worker.py OUT [ROWS_PER_STEP]`` (DDP, gloo) or plainly
+(1 process). ROWS_PER_STEP (default 4) = 1 leaves rank 1 without a row in every step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stages.packing import Sequences
 from stages.tokenize import Vocab
 
 
-def main(out: str) -> None:
+def main(out: str, rows_per_step: int = 4) -> None:
     torch.set_num_threads(1)
     train_loop.init_distributed()
     _, rank, world = train_loop._dist()
@@ -32,7 +33,7 @@ def main(out: str) -> None:
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_len=12,
                                     d_item=8, d_feature=4), vocab)
     counts = torch.from_numpy(np.bincount(seqs.items, minlength=41).astype(np.float64))
-    cfg = train_loop.TrainConfig(epochs=2, row_tokens=24, rows_per_step=4, warmup_steps=2, sampled_negatives=6,
+    cfg = train_loop.TrainConfig(epochs=2, row_tokens=24, rows_per_step=rows_per_step, warmup_steps=2, sampled_negatives=6,
                                  logq=True, log_every_s=1000)
     stats = train_loop.train(model, seqs, cfg, item_counts=counts, ckpt_path=None)
     if rank == 0:
@@ -44,4 +45,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 4)

@@ -14,19 +14,22 @@ import torch
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _run(cmd: list[str], out: Path) -> dict:
+def _run(cmd: list[str], out: Path, rows_per_step: int) -> dict:
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd + [str(out)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    proc = subprocess.run(cmd + [str(out), str(rows_per_step)], capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "stats.json").read_text())
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path):
-    one = _run([sys.executable, str(WORKER)], tmp_path / "one")
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                str(WORKER)], tmp_path / "two")
+@pytest.mark.parametrize("rows_per_step", [4, 1], ids=["rows-split", "fewer-rows-than-ranks"])
+def test_ddp_two_processes_match_one(tmp_path, rows_per_step):
+    """rows_per_step 1: rank 1 has no row of its own in any step and must neither hang nor change the result."""
+    one = _run([sys.executable, str(WORKER)], tmp_path / "one", rows_per_step)
+    port = str(29533 + rows_per_step)
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                str(WORKER)], tmp_path / "two", rows_per_step)
     assert one["world"] == 1 and two["world"] == 2 and one["steps"] == two["steps"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     w1 = torch.load(tmp_path / "one" / "weights.pt")
