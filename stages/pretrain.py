@@ -63,8 +63,9 @@ class Config:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    sampled_negatives: int = 1024    # extra negatives per step (uniform by default)
-    negative_sampling: str = "uniform"
+    sampled_negatives: int = 1024    # extra negatives per step when negatives are sampled
+    negative_sampling: str = "uniform"  # "all" (exact softmax over the catalog) | "uniform" | "popularity" |
+                                        # "auto" ("all" up to 20k items); see stages.train_loop.TrainConfig
     logq: bool = False               # logQ correction of candidate logits
     seed: int = 0
     checkpoint_every: int = 200      # steps between checkpoints (resume point)
@@ -75,8 +76,13 @@ class Config:
     def check(self) -> None:
         if 2 * self.max_len > self.row_tokens:
             raise ValueError(f"row_tokens {self.row_tokens} must be >= 2 * max_len ({2 * self.max_len})")
-        if self.negative_sampling not in ("uniform", "popularity"):
-            raise ValueError(f"negative_sampling must be uniform|popularity, got {self.negative_sampling!r}")
+        from stages.train_loop import NEGATIVE_SAMPLINGS
+
+        if self.negative_sampling not in NEGATIVE_SAMPLINGS:
+            raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, "
+                             f"got {self.negative_sampling!r}")
+        if self.logq and self.negative_sampling == "all":
+            raise ValueError("logq corrects sampled candidates; negative_sampling='all' samples none")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
         self.model_config().check()

@@ -48,7 +48,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.05     # cosine floor as a fraction of lr
     grad_clip: float = 1.0         # global grad-norm clip
     sampled_negatives: int = 1024  # extra negatives per step on top of in-batch ones
-    negative_sampling: str = "uniform"  # "uniform" | "popularity" source of the extra negatives
+    negative_sampling: str = "uniform"  # "uniform" | "popularity" source of the extra negatives | "all": every
+                                        # item is a candidate (exact softmax; no sampling bias; sampled_negatives
+                                        # is ignored). "auto": "all" up to ALL_ITEMS_MAX item rows, else "uniform"
     logq: bool = False             # subtract log popularity from candidate logits (sampling-bias correction)
     seed: int = 0                  # seeds init, data order, dropout and negatives
     checkpoint_every: int = 200    # steps between checkpoints (0 = only at the end)
@@ -62,6 +64,19 @@ def epoch_rows(seqs: Sequences, cfg: TrainConfig, epoch: int) -> list[list[int]]
     rows = best_fit_pack(2 * seqs.lengths[order], cfg.row_tokens)
     rows = [[int(order[i]) for i in r] for r in rows]
     return [rows[i] for i in rng.permutation(len(rows))]
+
+
+ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size (ML-1M: 3,706; P x 20k logits/step)
+NEGATIVE_SAMPLINGS = ("auto", "all", "uniform", "popularity")
+
+
+def resolve_negative_sampling(mode: str, n_item_rows: int) -> str:
+    """The candidate scheme a run uses: "all" | "uniform" | "popularity" ("auto" picks by catalog size)."""
+    if mode not in NEGATIVE_SAMPLINGS:
+        raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, got {mode!r}")
+    if mode == "auto":
+        return "all" if n_item_rows - 1 <= ALL_ITEMS_MAX else "uniform"
+    return mode
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
@@ -138,6 +153,10 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             log.info("warm start: optimizer state restored from the parent version")
         except (ValueError, KeyError) as exc:
             log.info("warm start: parent optimizer state not reusable (%s); fresh AdamW", exc)
+    sampling = resolve_negative_sampling(cfg.negative_sampling, model.item_id_emb.num_embeddings)
+    all_items = torch.arange(1, model.item_id_emb.num_embeddings, device=device) if sampling == "all" else None
+    log.info("negatives: %s", "every item (exact softmax)" if all_items is not None else
+             f"in-batch + {cfg.sampled_negatives} {sampling}-sampled per step")
     use_bf16 = device.type == "cuda"
     cond_w = float(getattr(model.cfg, "cond_loss_weight", 0.0)) if getattr(model, "has_cond_head", False) else 0.0
     progress = Progress("pretrain", total - start, unit="steps", every_s=cfg.log_every_s, logger=log)
@@ -171,10 +190,12 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
                                               model.cond_features, batch.cu_seqlens.to(device))
         all_targets, n_global = _gather_targets(items[:0] if idle else items, dist)
-        sampled = (sample_negatives(cfg.sampled_negatives,
-                                    probs if cfg.negative_sampling == "popularity" else None,
-                                    model.item_id_emb.num_embeddings, gen).to(device)
-                   if cfg.sampled_negatives > 0 else None)
+        if all_items is not None:
+            sampled = all_items
+        else:
+            sampled = (sample_negatives(cfg.sampled_negatives, probs if sampling == "popularity" else None,
+                                        model.item_id_emb.num_embeddings, gen).to(device)
+                       if cfg.sampled_negatives > 0 else None)
         extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
         loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None)
         if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
