@@ -32,6 +32,7 @@ EPILOG = """examples:
   lum run pretrain --ds 2000-12-01 --set max_steps=200
   lum run infer --ds 2000-12-01 --mode grouped
   lum run join --ds 2000-12-02
+  lum run join --start 2000-12-01 --end 2000-12-31     # many days, one Spark job per knowledge partition
   lum backfill --start 2000-12-01 --end 2000-12-07
   lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
   lum bench kernels --out reports/bench_kernels.json
@@ -79,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one daily stage for one day",
                        description="Run one stage of the daily pipeline for day --ds. Reads partitions <= ds, "
-                       "writes partition ds; rerunning replaces it.")
+                       "writes partition ds; rerunning replaces it. `join` also takes --start/--end instead "
+                       "of --ds: every day of the range, one Spark job and one commit per knowledge partition, "
+                       "the same rows as one run per day (days without samples are skipped).")
     p.add_argument("stage", choices=RUN_STAGES)
-    p.add_argument("--ds", required=True, help="the day, YYYY-MM-DD (UTC)")
+    p.add_argument("--ds", help="the day, YYYY-MM-DD (UTC); required unless join --start/--end")
+    p.add_argument("--start", help="join only: first day of a range (with --end, instead of --ds)")
+    p.add_argument("--end", help="join only: last day of a range, inclusive")
     p.add_argument("--mode", choices=("grouped", "naive"), help="infer: grouped query (default) or naive baseline")
     p.add_argument("--shard", help="infer: process shard i of n users, as i/n (publish with --shard commit/n)")
     p.add_argument("--model-version", help="infer: use this model version instead of the newest")
@@ -91,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backfill", help="run the daily pipeline for a range of days, in order",
                        description="Run the daily DAG's tasks for every day from --start to --end in order. "
-                       "Days already complete are skipped unless --force.")
+                       "Days already complete are skipped unless --force. Consecutive days that need only "
+                       "the join (e.g. --stages join) are joined by one range join (as lum run join --start "
+                       "--end).")
     p.add_argument("--start", required=True)
     p.add_argument("--end", required=True)
     p.add_argument("--stages", nargs="+", choices=RUN_STAGES, help="subset of stages (default: all)")
@@ -161,10 +168,29 @@ def cmd_ingest(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
     return ingest.run_source(args.source, vars(args), warehouse=warehouse)
 
 
-def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+def _check_run_days(args: argparse.Namespace) -> bool:
+    """True for a join range (--start/--end), False for one day (--ds); UsageError otherwise."""
     from stages.dates import check_ds
 
-    check_ds(args.ds, name="--ds")
+    ranged = args.start is not None or args.end is not None
+    if ranged and args.stage != "join":
+        raise UsageError("--start/--end apply to `lum run join` only; use --ds (or lum backfill)")
+    if ranged and args.ds is not None:
+        raise UsageError("give either --ds or --start/--end, not both")
+    if ranged and (args.start is None or args.end is None):
+        raise UsageError("--start and --end go together")
+    if not ranged and args.ds is None:
+        raise UsageError("--ds is required" + (" (or --start and --end)" if args.stage == "join" else ""))
+    if ranged:
+        check_ds(args.start, name="--start")
+        check_ds(args.end, name="--end")
+    else:
+        check_ds(args.ds, name="--ds")
+    return ranged
+
+
+def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    ranged = _check_run_days(args)
     extra: dict[str, Any] = {}
     if args.stage == "infer":
         extra.update(mode=args.mode, shard=args.shard, model_version=args.model_version)
@@ -176,6 +202,10 @@ def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
         raise UsageError("--retrain applies to `lum run pretrain` only")
     module = importlib.import_module(f"stages.{args.stage}")
     cfg = _stage_config(module, args, extra)
+    if ranged:
+        from stages.join_range import run_range
+
+        return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
     return module.run(cfg, ds=args.ds, warehouse=warehouse)
 
 

@@ -23,6 +23,8 @@ item_knowledge, and computes all LUM columns per Arrow batch with numpy (join_si
 ``"sql"`` (Spark array lambdas per row) and ``"arrow"`` (einsum UDF) are the older paths, kept and tested.
 
 Throughput (``lum bench join``, local[2] on 2 shared cores, load 5-7): see stages/bench_join.py.
+Many days: ``stages.join_range.run_range`` reuses ``prepare`` / ``join_days`` / ``check_days`` below
+for one Spark job and one commit per group of days sharing a knowledge partition (same rows per day).
 
 Fallbacks and errors (``dlrm_training`` is untouched by every error):
 - no knowledge partition <= D - lag (the first day of a backfill): rows are written with null LUM
@@ -74,14 +76,23 @@ def _dates_minus(ds: str, days: int) -> str:
     return (parse_ds(ds) - dt.timedelta(days=days)).isoformat()
 
 
-def choose_knowledge_ds(wh: Any, cutoff: str) -> tuple[str | None, str | None]:
-    """(knowledge ds, fallback) for the newest user+item knowledge partition <= ``cutoff``.
+def knowledge_days(wh: Any) -> tuple[list[str], list[str]]:
+    """(user_knowledge days, item_knowledge days), sorted; [] for a missing table."""
+    def days(name: str) -> list[str]:
+        return wh.partitions(name) if wh.exists(name) else []
+
+    return days("user_knowledge"), days("item_knowledge")
+
+
+def pick_knowledge_ds(user_days: list[str], item_days: list[str],
+                      cutoff: str) -> tuple[str | None, str | None]:
+    """(knowledge ds, fallback) for the newest user+item knowledge partition <= ``cutoff`` (pure).
 
     fallback is None (both tables' newest partitions agree), ``"common_partition"`` (they differ: the
     newest day both have) or ``"no_knowledge"`` (nothing usable).
     """
-    users = [d for d in (wh.partitions("user_knowledge") if wh.exists("user_knowledge") else []) if d <= cutoff]
-    items = [d for d in (wh.partitions("item_knowledge") if wh.exists("item_knowledge") else []) if d <= cutoff]
+    users = [d for d in user_days if d <= cutoff]
+    items = [d for d in item_days if d <= cutoff]
     if not users or not items:
         return None, "no_knowledge"
     if users[-1] == items[-1]:
@@ -89,9 +100,18 @@ def choose_knowledge_ds(wh: Any, cutoff: str) -> tuple[str | None, str | None]:
     common = sorted(set(users) & set(items))
     if not common:
         return None, "no_knowledge"
-    log.warning("user_knowledge newest <= %s is %s but item_knowledge's is %s: using %s, the newest "
-                "partition both have", cutoff, users[-1], items[-1], common[-1])
     return common[-1], "common_partition"
+
+
+def choose_knowledge_ds(wh: Any, cutoff: str) -> tuple[str | None, str | None]:
+    """``pick_knowledge_ds`` on the warehouse's knowledge partitions; logs the common-partition fallback."""
+    user_days, item_days = knowledge_days(wh)
+    k_ds, fallback = pick_knowledge_ds(user_days, item_days, cutoff)
+    if fallback == "common_partition":
+        log.warning("user_knowledge newest <= %s is %s but item_knowledge's is %s: using %s, the newest "
+                    "partition both have", cutoff, max(d for d in user_days if d <= cutoff),
+                    max(d for d in item_days if d <= cutoff), k_ds)
+    return k_ds, fallback
 
 
 def check_samples_schema(wh: Any, spec: JoinSpec) -> None:
@@ -341,101 +361,165 @@ def resolve_conditions(spec: JoinSpec, items: Any) -> list[str]:
     return [spec.target_condition_prefix() + str(v) for v in sorted(values)]
 
 
-def sample_rows(spark: Any, wh: Any, spec: JoinSpec, ds: str, samples: Any) -> int:
-    """Rows of the samples partition from the Delta log's file stats (free); a Spark count without them."""
+def sample_rows_by_day(wh: Any, spec: JoinSpec, days: list[str], samples: Any) -> dict[str, int]:
+    """Rows per samples partition of ``days`` from the Delta log's file stats (free); a Spark count
+    grouped by ds when some file has no ``num_records``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     actions = pa.table(wh.delta_table(spec.samples_table).get_add_actions(flatten=True))
-    mine = actions.filter(pc.equal(actions.column("partition.ds"), ds))
+    mine = actions.filter(pc.is_in(actions.column("partition.ds"), value_set=pa.array(days, pa.string())))
     counts = mine.column("num_records") if "num_records" in mine.column_names else None
     if counts is not None and counts.null_count == 0:
-        return int(pc.sum(counts).as_py() or 0)
-    return int(samples.count())
+        out = dict.fromkeys(days, 0)
+        for day, n in zip(mine.column("partition.ds").to_pylist(), counts.to_pylist()):
+            out[day] += int(n)
+        return out
+    counted = {r["ds"]: int(r["count"]) for r in samples.groupBy("ds").count().collect()}
+    return {d: counted.get(d, 0) for d in days}
 
 
-def _check_and_write(wh: Any, spec: JoinSpec, out: Any, *, ds: str, n_samples: int,
-                     conditions: list[str]) -> tuple[int, int]:
-    """Assert rows == samples, unique non-null keys; then ONE commit. Returns (version, rows without knowledge)."""
+def sample_rows(spark: Any, wh: Any, spec: JoinSpec, ds: str, samples: Any) -> int:
+    """Rows of the samples partition from the Delta log's file stats (free); a Spark count without them."""
+    return sample_rows_by_day(wh, spec, [ds], samples)[ds]
+
+
+def check_days(out: Any, spec: JoinSpec, expected: dict[str, int]) -> dict[str, int]:
+    """ONE Spark job: per ds of ``out``, rows == ``expected[ds]``, keys non-null and unique.
+
+    Returns rows without knowledge per day. Raises ValueError naming the day and the column (null
+    keys, duplicated keys, fan-out, or rows of a day not in ``expected``).
+    """
     from pyspark.sql import functions as F
 
     key = list(dlrm_training.KEY)
     aggs = [F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"),
             F.sum(F.col("lum_knowledge_ds").isNull().cast("long")).alias("without")]
     aggs += [F.sum(F.col(k).isNull().cast("long")).alias(f"null_{k}") for k in key]
-    row = out.agg(*aggs).first()
-    for k in key:
-        if row[f"null_{k}"]:
-            raise ValueError(f"{spec.samples_table}[{ds}]: column {k} has {row[f'null_{k}']} null value(s)")
-    if row["keys"] != row["rows"]:
-        raise ValueError(f"{spec.samples_table}[{ds}]: key ({', '.join(key)}) has "
-                         f"{row['rows'] - row['keys']} duplicated row(s)")
-    if row["rows"] != n_samples:
-        raise ValueError(f"join fan-out: {row['rows']} output rows for {n_samples} samples of {ds}")
-    metadata = {dlrm_training.CONDITIONS_KEY: dlrm_training.encode_conditions(conditions),
-                "lum.join_spec": spec.name}
-    # No app_id: a rerun must replace the partition (its inputs may have changed); the overwrite of
-    # partition ds makes a rerun with the same inputs give the same rows.
-    version = wh.write_spark_partition(spec.output_table, out, ds=ds, metadata=metadata)
-    return version, int(row["without"] or 0)
+    found = {row["ds"]: row for row in out.groupBy("ds").agg(*aggs).collect()}
+    extra = sorted(set(found) - set(expected), key=str)
+    if extra:
+        raise ValueError(f"join output has rows of ds={extra[0]}, outside the days being written")
+    without = {}
+    for ds, n_samples in sorted(expected.items()):
+        row = found.get(ds)
+        rows = row["rows"] if row is not None else 0
+        for k in key:
+            if row is not None and row[f"null_{k}"]:
+                raise ValueError(f"{spec.samples_table}[{ds}]: column {k} has {row[f'null_{k}']} null value(s)")
+        if row is not None and row["keys"] != rows:
+            raise ValueError(f"{spec.samples_table}[{ds}]: key ({', '.join(key)}) has "
+                             f"{rows - row['keys']} duplicated row(s)")
+        if rows != n_samples:
+            raise ValueError(f"join fan-out: {rows} output rows for {n_samples} samples of {ds}")
+        without[ds] = int(row["without"] or 0) if row is not None else 0
+    return without
 
 
-def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
-    """Write partition ``ds`` of the spec's output table; returns a JSON-able summary."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+def output_metadata(spec: JoinSpec, conditions: list[str]) -> dict[str, str]:
+    """Table metadata written with every dlrm_training commit (the lum_match order, the spec)."""
+    return {dlrm_training.CONDITIONS_KEY: dlrm_training.encode_conditions(conditions),
+            "lum.join_spec": spec.name}
 
-    from stages.spark import get_spark
-    from stages.warehouse import Warehouse
 
-    check_ds(ds)
+@dataclass(frozen=True)
+class Prepared:
+    """What every day of a join shares: the spec, the lag, the warehouse, Spark, items and conditions."""
+
+    spec: JoinSpec
+    lag: int  # knowledge partition <= ds - lag
+    wh: Any  # stages.warehouse.Warehouse
+    spark: Any
+    items: Any  # broadcast Spark DataFrame (item_id, <target_feature>)
+    conditions: list[str]  # the lum_match order
+
+
+def check_config(cfg: Config) -> tuple[JoinSpec, int]:
+    """(spec, lag) of ``cfg``; ValueError on an unknown similarity or lag < 1."""
     if cfg.similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {cfg.similarity!r}")
-    started = time.perf_counter()
     spec = load_spec(cfg.spec)
     lag = spec.lag_days if cfg.lag_days is None else cfg.lag_days
     if lag < 1:
         raise ValueError(f"lag_days must be >= 1 (knowledge strictly before ds), got {lag}")
+    return spec, lag
+
+
+def prepare(spec: JoinSpec, lag: int, wh: Any) -> Prepared:
+    """Start Spark, check the samples table schema, read items and resolve the condition order."""
+    from pyspark.sql import functions as F
+
+    from stages.spark import get_spark
+
+    spark = get_spark()
+    check_samples_schema(wh, spec)
+    items_table = read_items(wh, spec)
+    conditions = resolve_conditions(spec, items_table)
+    items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
+                                              f"item_id long, {spec.target_feature} string"))
+    return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions)
+
+
+def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int],
+              k_ds: str | None) -> tuple[Any, dict[str, int], str | None, int]:
+    """Build and check the training rows of ``samples`` (one or many days) with knowledge ``k_ds``.
+
+    Returns (persisted DataFrame: the caller writes it then unpersists it, rows without knowledge per
+    day, model version, dim). The checks fill the disk cache, the write reads it (computed once).
+    """
+    from pyspark import StorageLevel
+
+    uk = ik = None
+    version, dim = None, 1
+    if k_ds is not None:
+        uk, ik, version, dim = _knowledge_frames(prep.spark, prep.wh, k_ds)
+    out = build_training_frame(prep.spark, samples, prep.items, uk, ik, spec=prep.spec,
+                               conditions=prep.conditions, knowledge_ds=k_ds, model_version=version, dim=dim,
+                               broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)
+    out = out.persist(StorageLevel.DISK_ONLY)
+    try:
+        without = check_days(out, prep.spec, expected)
+    except BaseException:
+        out.unpersist()
+        raise
+    return out, without, version, dim
+
+
+def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
+    """Write partition ``ds`` of the spec's output table; returns a JSON-able summary."""
+    from stages.warehouse import Warehouse
+
+    check_ds(ds)
+    spec, lag = check_config(cfg)
+    started = time.perf_counter()
     wh = Warehouse(warehouse)
     if not wh.exists(spec.samples_table) or ds not in wh.partitions(spec.samples_table):
         raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
-    spark = get_spark()
     cutoff = _dates_minus(ds, lag)
     k_ds, fallback = choose_knowledge_ds(wh, cutoff)
     if k_ds is None and cfg.require_knowledge:
         raise ValueError(f"no user_knowledge/item_knowledge partition <= {cutoff} (ds {ds} - lag {lag}) "
                          "and require_knowledge is set")
-
-    check_samples_schema(wh, spec)
-    samples = wh.read_spark(spark, spec.samples_table, ds=ds)
-    n_samples = sample_rows(spark, wh, spec, ds, samples)
-    items_table = read_items(wh, spec)
-    conditions = resolve_conditions(spec, items_table)
-    items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
-                                              f"item_id long, {spec.target_feature} string"))
-
-    uk = ik = None
-    version, dim = None, 1
-    if k_ds is not None:
-        uk, ik, version, dim = _knowledge_frames(spark, wh, k_ds)
-    else:
+    prep = prepare(spec, lag, wh)
+    samples = wh.read_spark(prep.spark, spec.samples_table, ds=ds)
+    n_samples = sample_rows(prep.spark, wh, spec, ds, samples)
+    if k_ds is None:
         log.warning("no knowledge partition <= %s: writing %s[%s] with null LUM columns", cutoff,
                     spec.output_table, ds)
-    out = build_training_frame(spark, samples, items, uk, ik, spec=spec, conditions=conditions,
-                               knowledge_ds=k_ds, model_version=version, dim=dim,
-                               broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)
-    # Computed once: the checks below fill the disk cache, the write reads it.
-    out = out.persist(StorageLevel.DISK_ONLY)
+    out, without, version, dim = join_days(cfg, prep, samples, {ds: n_samples}, k_ds)
     try:
-        written, without = _check_and_write(wh, spec, out, ds=ds, n_samples=n_samples, conditions=conditions)
+        # No app_id: a rerun must replace the partition (its inputs may have changed); the overwrite of
+        # partition ds makes a rerun with the same inputs give the same rows.
+        written = wh.write_spark_partition(spec.output_table, out, ds=ds,
+                                           metadata=output_metadata(spec, prep.conditions))
     finally:
         out.unpersist()
     seconds = time.perf_counter() - started
     summary = {
         "table": spec.output_table, "ds": ds, "rows": n_samples,
-        "rows_without_knowledge": without,
+        "rows_without_knowledge": without[ds],
         "knowledge_ds": k_ds, "model_version": version, "fallback": fallback, "dim": dim if k_ds else None,
-        "conditions": len(conditions), "spec": spec.name, "lag_days": lag,
+        "conditions": len(prep.conditions), "spec": spec.name, "lag_days": lag,
         "version": written, "seconds": round(seconds, 3),
         "rows_per_s": round(n_samples / max(seconds, 1e-9), 1),
     }
