@@ -10,7 +10,9 @@ Features (all built point-in-time correct from the rows themselves and the dimen
   weekday of ts. Vocabularies come from the TRAIN rows only; unseen test values map to index 0.
 - history (DIN): the user's last ``history_len`` items with ts strictly before the sample's ts, taken
   from the loaded window (train + test days: a test sample may look at earlier test-day behaviour, never
-  at its own or later). History before ``train_start`` is not loaded.
+  at its own or later) and from ``events`` of the ``history_days`` days before ``train_start`` (default
+  365), so the baseline sees the same past behaviour the LUM was pretrained on: the comparison measures
+  what the LUM adds, not access to history. ``history_days = 0``: only the loaded window.
 - dense LUM (with-LUM run only): lum_target_match (1), lum_match (N), lum_user (D), lum_item (D) and a
   has-knowledge flag; null -> 0. ``rating`` is never a feature (label = rating >= 4).
 
@@ -65,6 +67,7 @@ class Config:
     mlp_hidden: tuple[int, ...] = (128, 64)  # top MLP
     dropout: float = 0.1  # top MLP dropout
     history_len: int = 20  # DIN history length; 0 disables the attention
+    history_days: int = 365  # DIN history also reads events of this many days before train_start; 0 = none
     lum_columns: tuple[str, ...] = LUM_COLUMNS  # dense LUM inputs of the with-LUM run
     threads: int = 1  # torch intra-op threads (the machine has 2 cores shared by everyone)
 
@@ -177,8 +180,11 @@ def _vocab_index(train_values: np.ndarray, values: np.ndarray) -> tuple[np.ndarr
 
 
 def build_features(train: pa.Table, test: pa.Table, users: pa.Table | None, items: pa.Table | None,
-                   cfg: Config) -> tuple[Features, Features, list[int], int]:
-    """Train/test model inputs; returns (train, test, vocab sizes per sparse field, dense width K)."""
+                   cfg: Config, prior: pa.Table | None = None) -> tuple[Features, Features, list[int], int]:
+    """Train/test model inputs; returns (train, test, vocab sizes per sparse field, dense width K).
+
+    prior: history-only behaviours (user_id, item_id, ts) from before the train window (never rows of the
+    model, only DIN history; items outside the train vocabulary become padding 0)."""
     import pandas as pd
 
     n_train = train.num_rows
@@ -204,9 +210,20 @@ def build_features(train: pa.Table, test: pa.Table, users: pa.Table | None, item
         sizes.append(size)
     sparse_m = np.stack(sparse, axis=1)
     ts_us = ts.astype("int64").to_numpy()
-    history = _history(df["user_id"].to_numpy(), ts_us, sparse_m[:, ITEM_FIELD], cfg.history_len)
-    widths = {c: _width(both.column(c)) for c in ("lum_match", "lum_user", "lum_item")}
-    dense = dense_lum(both, tuple(cfg.lum_columns), widths) if cfg.lum_columns else np.zeros((len(df), 0), np.float32)
+    h_users, h_ts, h_items = df["user_id"].to_numpy(), ts_us, sparse_m[:, ITEM_FIELD]
+    n_prior = prior.num_rows if prior is not None and cfg.history_len else 0
+    if n_prior:
+        p = prior.select(["user_id", "item_id", "ts"]).to_pandas()
+        p_items, _ = _vocab_index(df["item_id"].astype(str).to_numpy()[:n_train], p["item_id"].astype(str).to_numpy())
+        h_users = np.concatenate([p["user_id"].to_numpy(), h_users])
+        h_ts = np.concatenate([pd.to_datetime(p["ts"], utc=True).astype("int64").to_numpy(), h_ts])
+        h_items = np.concatenate([p_items, h_items])
+    history = _history(h_users, h_ts, h_items, cfg.history_len)[n_prior:]
+    if cfg.lum_columns:
+        widths = {c: _width(both.column(c)) for c in ("lum_match", "lum_user", "lum_item") if c in cfg.lum_columns}
+        dense = dense_lum(both, tuple(cfg.lum_columns), widths)
+    else:
+        dense = np.zeros((len(df), 0), np.float32)
     labels = df["label"].fillna(0).to_numpy().astype(np.float32)
 
     def part(sl: slice) -> Features:
@@ -332,7 +349,17 @@ def run_evaluate(cfg: Config, *, train_start: str, train_end: str, test_end: str
             raise ValueError(f"dlrm_training has no {name} rows with both labels in that window")
     users = wh.read("users") if wh.exists("users") else None
     items = wh.read("items") if wh.exists("items") else None
-    tr, te, sizes, k = build_features(train, test, users, items, cfg)
+    prior = None
+    if cfg.history_days > 0 and cfg.history_len > 0 and wh.exists("events"):
+        import datetime as dt
+
+        from stages.dates import parse_ds
+
+        first = (parse_ds(train_start) - dt.timedelta(days=cfg.history_days)).isoformat()
+        prior = wh.read("events", start=first, end=(parse_ds(train_start) - dt.timedelta(days=1)).isoformat(),
+                        columns=["user_id", "item_id", "ts"])
+        log.info("evaluate: DIN history also from %d events of %s..%s", prior.num_rows, first, train_start)
+    tr, te, sizes, k = build_features(train, test, users, items, cfg, prior=prior)
     if cfg.lum_columns and not te.dense[:, -1].any():
         raise ValueError(f"dlrm_training has no LUM features in test days after {train_end}; run infer and join")
     base = train_and_score(tr, te, sizes, cfg, use_lum=False)

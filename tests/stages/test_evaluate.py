@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.evaluate import Config, _history, auc, run_evaluate
+from stages.evaluate import Config, _history, auc, build_features, run_evaluate
 
 
 def brute_auc(labels, scores) -> float:
@@ -37,6 +37,28 @@ def test_history_uses_only_strictly_earlier_rows_of_the_same_user():
     items = np.array([11, 12, 13, 14, 21, 22])
     h = _history(users, ts, items, 2)
     assert h.tolist() == [[0, 0], [0, 11], [0, 11], [12, 13], [0, 0], [0, 21]]
+
+
+def test_prior_events_extend_the_history_only():
+    """Events from before the train window feed the DIN history (never rows); unseen items become 0."""
+    t = pa.timestamp("us", tz="UTC")
+
+    def rows(users, items, secs, label=1):
+        base = dt.datetime(2001, 1, 2, tzinfo=dt.UTC)
+        return pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                         "ts": pa.array([base + dt.timedelta(seconds=x) for x in secs], t),
+                         "label": pa.array([label] * len(users), pa.int32()), "scenario": ["rating"] * len(users)})
+
+    train, test = rows([1, 2], [10, 11], [0, 0]), rows([1], [11], [100], label=0)
+    prior = rows([1, 1, 2], [11, 99, 10], [-86_400, -3_600, -60])  # day before; item 99 not in train
+    cfg = Config(history_len=3, lum_columns=())
+    tr, te, _, _ = build_features(train, test, None, None, cfg, prior=prior)
+    assert tr.sparse.shape[0] == 2 and te.sparse.shape[0] == 1   # prior rows are not model rows
+    i10, i11 = tr.sparse[0, 1], tr.sparse[1, 1]                   # train vocabulary indices of items 10, 11
+    assert tr.history.tolist() == [[0, i11, 0], [0, 0, i10]]      # user 1: 11 then 99 (unseen -> 0)
+    assert te.history.tolist() == [[i11, 0, i10]]                 # + its train row, strictly earlier
+    tr0, te0, _, _ = build_features(train, test, None, None, cfg)
+    assert tr0.history.tolist() == [[0, 0, 0], [0, 0, 0]] and te0.history.tolist() == [[0, 0, i10]]
 
 
 D0 = dt.date(2001, 1, 1)
