@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -98,10 +99,21 @@ def commit_partition_files(table_uri: str, name: str, *, ds: str, files: Sequenc
     ``applied`` is False when ``app_id`` was already committed (nothing changes).
     """
     check_files(files, ds, name)
+    return commit_overwrite(table_uri, name, files=files, schema=schema, app_id=app_id,
+                            storage_options=storage_options, metadata=metadata,
+                            partition_filter=("ds", "=", ds), what=f"ds={ds}")
+
+
+def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], schema: pa.Schema, app_id: str,
+                     storage_options: dict | None, metadata: dict[str, str] | None,
+                     partition_filter: tuple[str, str, Any], what: str) -> tuple[int, bool]:
+    """ONE overwrite commit of already-checked ``files`` replacing the partitions ``partition_filter``
+    selects (``("ds", "=", day)`` or ``("ds", "in", days)``), recording ``app_id`` as an app transaction;
+    creates the table when it does not exist. Returns (version, applied); applied is False (and nothing
+    changes) when ``app_id`` was already committed. ``what`` names the partitions in log lines."""
     if already_committed(table_uri, app_id, storage_options):
         version = DeltaTable(table_uri, storage_options=storage_options).version()
-        log.info("%s ds=%s: app transaction %s already committed (version %d); skipping", name, ds,
-                 app_id, version)
+        log.info("%s %s: app transaction %s already committed (version %d); skipping", name, what, app_id, version)
         return version, False
     fs, table_path = filesystem_for(table_uri)
     actions = [add_action(fs, table_path, item) for item in files]
@@ -110,7 +122,7 @@ def commit_partition_files(table_uri: str, name: str, *, ds: str, files: Sequenc
     if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
         table = DeltaTable(table_uri, storage_options=storage_options)
         table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
-                                       partition_filters=[("ds", "=", ds)], commit_properties=props)
+                                       partition_filters=[partition_filter], commit_properties=props)
     else:
         from deltalake import Schema
 
@@ -119,5 +131,5 @@ def commit_partition_files(table_uri: str, name: str, *, ds: str, files: Sequenc
                                       commit_properties=props)
     version = DeltaTable(table_uri, storage_options=storage_options).version()
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
-    log.info("committed %s ds=%s: %d files, %d rows, version %d", name, ds, len(actions), rows, version)
+    log.info("committed %s %s: %d files, %d rows, version %d", name, what, len(actions), rows, version)
     return version, True

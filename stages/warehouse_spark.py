@@ -30,17 +30,14 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-from deltalake.transaction import create_table_with_add_actions
 
 import schemas
 from stages.dates import check_ds
 from stages.warehouse_commit import (
-    TXN_VERSION,
     DataFile,
-    add_action,
     already_committed,
     check_files,
+    commit_overwrite,
     commit_partition_files,
     filesystem_for,
 )
@@ -258,27 +255,9 @@ def commit_days_files(table_uri: str, name: str, *, days: Sequence[str], files: 
                          f"not one of the {len(days)} days {days[0]}..{days[-1]} being replaced; refusing the commit")
     for day in days:
         check_files([f for f in files if f.ds == day], day, name)
-    if already_committed(table_uri, app_id, storage_options):
-        version = DeltaTable(table_uri, storage_options=storage_options).version()
-        log.info("%s ds=%s..%s: app transaction %s already committed (version %d); skipping", name, days[0],
-                 days[-1], app_id, version)
-        return version, False
-    fs, table_path = filesystem_for(table_uri)
-    actions = [add_action(fs, table_path, item) for item in files]
-    props = CommitProperties(custom_metadata=dict(metadata or {}),
-                             app_transactions=[Transaction(app_id, TXN_VERSION)])
-    if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
-        table = DeltaTable(table_uri, storage_options=storage_options)
-        table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
-                                       partition_filters=[("ds", "in", days)], commit_properties=props)
-    else:
-        create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",
-                                      partition_by=["ds"], storage_options=storage_options,
-                                      commit_properties=props)
-    version = DeltaTable(table_uri, storage_options=storage_options).version()
-    log.info("committed %s ds=%s..%s (%d days): %d files, version %d", name, days[0], days[-1], len(days),
-             len(actions), version)
-    return version, True
+    return commit_overwrite(table_uri, name, files=files, schema=schema, app_id=app_id,
+                            storage_options=storage_options, metadata=metadata,
+                            partition_filter=("ds", "in", days), what=f"ds={days[0]}..{days[-1]} ({len(days)} days)")
 
 
 def _remove_quietly(fs: pafs.FileSystem, folder: str) -> None:
