@@ -59,7 +59,7 @@ class ModelConfig:
     d_feature: int = 16          # width of each categorical feature embedding (category, scenario)
     temperature: float = 0.05    # initial/fixed temperature of the cosine logits (HSTU uses 0.05)
     learn_temperature: bool = True  # learn 1/temperature (clamped to <= 100) instead of fixing it
-    cond_loss_weight: float = 0.2   # > 0: next-condition head (item token i_{l-1} -> c_l) trained with this
+    cond_loss_weight: float = 1.0   # > 0: next-condition head (item token i_{l-1} -> c_l) trained with this
                                     # weight next to InfoNCE; it gives the eval's p(category | history).
                                     # 0: no head (old models; the eval falls back to the frequency prior)
 

@@ -50,8 +50,9 @@ class Config:
     d_feature: int = 16
     temperature: float = 0.05
     learn_temperature: bool = True
-    cond_loss_weight: float = 0.2    # next-condition head loss weight (item i_{l-1} -> c_l); gives the eval's learned
-                                     # p(category | history). 0: no head, eval uses the history frequency prior
+    cond_loss_weight: float = 1.0    # next-condition head loss weight (item i_{l-1} -> c_l); gives the eval's learned
+                                     # p(category | history). 0: no head, eval uses the history frequency prior.
+                                     # ML-1M, 10 epochs: 1.0 -> HR@10 0.1449 (valid 0.1477), 0.2 -> 0.1301 (0.1343)
     epochs: float = 10.0             # scratch runs: passes over the data. ML-1M: 1.3M tokens per pass, measured
                                      # 8.4k tokens/s on the 2-core box when idle -> ~26 min for 10 passes
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
