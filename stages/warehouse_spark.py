@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -157,17 +157,8 @@ def write_spark_partition(wh: Warehouse, name: str, df, *, ds: str, app_id: str 
     """
     spec = _partitioned_spec(name)
     check_ds(ds)
-    table_uri = wh.table_uri(name)
-    txn = f"lum/{name}/{ds}/{app_id or 'spark-' + uuid.uuid4().hex}"
-    if app_id is not None and already_committed(table_uri, txn, wh.storage_options or None):
-        log.info("%s ds=%s: app_id %s already committed; nothing to do", name, ds, app_id)
-        return wh.version(name)
-
-    def commit(files: list[DataFile]) -> tuple[int, bool]:
-        return commit_partition_files(table_uri, name, ds=ds, files=files, schema=spec.build_schema(1),
-                                      app_id=txn, storage_options=wh.storage_options or None, metadata=metadata)
-
-    return _write_then_commit(wh, name, conform(df, name, ds), commit, metadata)
+    return _write_days(wh, name, conform(df, name, ds), spec=spec, days=[ds], label=ds, app_id=app_id,
+                       metadata=metadata)
 
 
 def write_spark_partitions(wh: Warehouse, name: str, df, *, days: Sequence[str], app_id: str | None = None,
@@ -188,17 +179,8 @@ def write_spark_partitions(wh: Warehouse, name: str, df, *, days: Sequence[str],
         raise ValueError(f"table {name}: write_spark_partitions needs at least one day in days")
     if "ds" not in df.columns:
         raise ValueError(f"table {name}: write_spark_partitions needs a ds column in the DataFrame")
-    table_uri = wh.table_uri(name)
-    txn = f"lum/{name}/{days[0]}..{days[-1]}/{app_id or 'spark-' + uuid.uuid4().hex}"
-    if app_id is not None and already_committed(table_uri, txn, wh.storage_options or None):
-        log.info("%s ds=%s..%s: app_id %s already committed; nothing to do", name, days[0], days[-1], app_id)
-        return wh.version(name)
-
-    def commit(files: list[DataFile]) -> tuple[int, bool]:
-        return commit_days_files(table_uri, name, days=days, files=files, schema=spec.build_schema(1),
-                                 app_id=txn, storage_options=wh.storage_options or None, metadata=metadata)
-
-    return _write_then_commit(wh, name, conform(df, name, days[0]), commit, metadata)
+    return _write_days(wh, name, conform(df, name, days[0]), spec=spec, days=days,
+                       label=f"{days[0]}..{days[-1]}", app_id=app_id, metadata=metadata)
 
 
 def _partitioned_spec(name: str):
@@ -208,24 +190,31 @@ def _partitioned_spec(name: str):
     return spec
 
 
-def _write_then_commit(wh: Warehouse, name: str, conformed,
-                       commit: Callable[[list[DataFile]], tuple[int, bool]],
-                       metadata: dict[str, str] | None) -> int:
-    """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ``commit(files)``.
+def _write_days(wh: Warehouse, name: str, conformed, *, spec, days: list[str], label: str,
+                app_id: str | None, metadata: dict[str, str] | None) -> int:
+    """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
 
-    Any failure before or in the commit deletes the folder (the table is unchanged); a commit skipped
-    because its app transaction is already recorded deletes it too (our files are not referenced).
+    The commit records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id``
+    a write already recorded is skipped before Spark runs. Any failure before or in the commit deletes
+    the folder (the table is unchanged); a commit skipped because a concurrent retry recorded the
+    transaction first deletes it too (our files are not referenced).
     """
+    table_uri = wh.table_uri(name)
+    txn = f"lum/{name}/{label}/{app_id or 'spark-' + uuid.uuid4().hex}"
+    if app_id is not None and already_committed(table_uri, txn, wh.storage_options or None):
+        log.info("%s ds=%s: app_id %s already committed; nothing to do", name, label, app_id)
+        return wh.version(name)
     spark = conformed.sparkSession
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # what delta-rs reads
-    table_uri = wh.table_uri(name)
     fs, table_path = filesystem_for(table_uri)
     folder_rel = f"spark-{uuid.uuid4().hex}"
     folder = f"{table_path}/{folder_rel}"
     target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
     try:
         conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
-        version, applied = commit(_list_written(fs, folder, folder_rel))
+        version, applied = commit_days_files(table_uri, name, days=days, files=_list_written(fs, folder, folder_rel),
+                                             schema=spec.build_schema(1), app_id=txn,
+                                             storage_options=wh.storage_options or None, metadata=metadata)
     except BaseException:
         _remove_quietly(fs, folder)
         raise
