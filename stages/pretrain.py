@@ -53,8 +53,8 @@ class Config:
     cond_loss_weight: float = 1.0    # next-condition head loss weight (item i_{l-1} -> c_l); gives the eval's learned
                                      # p(category | history). 0: no head, eval uses the history frequency prior.
                                      # ML-1M, 10 epochs: 1.0 -> HR@10 0.1449 (valid 0.1477), 0.2 -> 0.1301 (0.1343)
-    epochs: float = 10.0             # scratch runs: passes over the data. ML-1M: 1.3M tokens per pass, measured
-                                     # 8.4k tokens/s on the 2-core box when idle -> ~26 min for 10 passes
+    epochs: float = 10.0             # scratch runs: passes over the data. ML-1M: 1.3M tokens per pass; 10 passes
+                                     # took 14-16 min with threads=1 on the shared 2-core box (README)
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
     max_steps: int = 0               # > 0 caps the steps (smoke tests)
     row_tokens: int = 400            # packed row budget (tokens); must be >= 2 * max_len (see TrainConfig)
@@ -77,13 +77,9 @@ class Config:
     def check(self) -> None:
         if 2 * self.max_len > self.row_tokens:
             raise ValueError(f"row_tokens {self.row_tokens} must be >= 2 * max_len ({2 * self.max_len})")
-        from stages.train_loop import NEGATIVE_SAMPLINGS
+        from stages.train_loop import resolve_negative_sampling
 
-        if self.negative_sampling not in NEGATIVE_SAMPLINGS:
-            raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, "
-                             f"got {self.negative_sampling!r}")
-        if self.logq and self.negative_sampling == "all":
-            raise ValueError("logq corrects sampled candidates; negative_sampling='all' samples none")
+        resolve_negative_sampling(self.negative_sampling, None, logq=self.logq)  # "auto" is resolved in training
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto|cpu|cuda, got {self.device!r}")
         self.model_config().check()
@@ -189,9 +185,6 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
         universe = universe[universe > 0]
         metrics["test"] = evaluate(model, vocab, cases, candidate_rows=universe)
         metrics["valid"] = evaluate(model, vocab, valid, candidate_rows=universe)
-        if metrics["test"]["prior"] == "learned":  # the same model under the old frequency prior, for comparison
-            freq = evaluate(model, vocab, cases, candidate_rows=universe, prior="frequency")
-            metrics["test"].update({"frequency_prior_hr@10": freq["hr@10"], "frequency_prior_ndcg@10": freq["ndcg@10"]})
         metrics["ranked_items"] = int(universe.size)
         metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
         log.info("eval test %s valid %s", metrics["test"], metrics["valid"])

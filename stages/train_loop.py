@@ -70,12 +70,17 @@ ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size (ML-1
 NEGATIVE_SAMPLINGS = ("auto", "all", "uniform", "popularity")
 
 
-def resolve_negative_sampling(mode: str, n_item_rows: int) -> str:
-    """The candidate scheme a run uses: "all" | "uniform" | "popularity" ("auto" picks by catalog size)."""
+def resolve_negative_sampling(mode: str, n_item_rows: int | None, *, logq: bool = False) -> str:
+    """The candidate scheme a run uses: "all" | "uniform" | "popularity" ("auto" picks by catalog size).
+
+    n_item_rows None (the catalog is not known yet, e.g. a config check): "auto" stays "auto". ValueError
+    for an unknown mode, and for logQ correction with "all" (it corrects sampled candidates; none are)."""
     if mode not in NEGATIVE_SAMPLINGS:
         raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, got {mode!r}")
-    if mode == "auto":
-        return "all" if n_item_rows - 1 <= ALL_ITEMS_MAX else "uniform"
+    if mode == "auto" and n_item_rows is not None:
+        mode = "all" if n_item_rows - 1 <= ALL_ITEMS_MAX else "uniform"
+    if logq and mode == "all":
+        raise ValueError("logq corrects sampled candidates; negative_sampling='all' samples none")
     return mode
 
 
@@ -153,7 +158,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             log.info("warm start: optimizer state restored from the parent version")
         except (ValueError, KeyError) as exc:
             log.info("warm start: parent optimizer state not reusable (%s); fresh AdamW", exc)
-    sampling = resolve_negative_sampling(cfg.negative_sampling, model.item_id_emb.num_embeddings)
+    sampling = resolve_negative_sampling(cfg.negative_sampling, model.item_id_emb.num_embeddings, logq=cfg.logq)
     all_items = torch.arange(1, model.item_id_emb.num_embeddings, device=device) if sampling == "all" else None
     log.info("negatives: %s", "every item (exact softmax)" if all_items is not None else
              f"in-batch + {cfg.sampled_negatives} {sampling}-sampled per step")
