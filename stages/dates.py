@@ -31,8 +31,13 @@ def day_range(start: str, end: str) -> list[str]:
     return [(a + dt.timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
 
 
+def days_before(ds: str, days: int) -> str:
+    """The day ``days`` days before ``ds`` (YYYY-MM-DD)."""
+    return (parse_ds(ds) - dt.timedelta(days=days)).isoformat()
+
+
 def prev_day(ds: str) -> str:
-    return (parse_ds(ds) - dt.timedelta(days=1)).isoformat()
+    return days_before(ds, 1)
 
 
 def next_day(ds: str) -> str:

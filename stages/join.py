@@ -48,7 +48,7 @@ from typing import Any
 
 import schemas
 from schemas import dlrm_training
-from stages.dates import check_ds, parse_ds
+from stages.dates import check_ds, days_before
 from stages.join_spec import JoinSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,6 @@ class Config:
     # numpy pass (no lambdas). "sql": Spark array lambdas per row; "arrow": lambdas + einsum UDF. Kept
     # as references (tested equal). The cost at 200k rows is fixed overhead (jobs, stats, write), not math.
     similarity: str = "numpy"
-
-
-def _dates_minus(ds: str, days: int) -> str:
-    import datetime as dt
-
-    return (parse_ds(ds) - dt.timedelta(days=days)).isoformat()
 
 
 def knowledge_days(wh: Any) -> tuple[list[str], list[str]]:
@@ -495,7 +489,7 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
     wh = Warehouse(warehouse)
     if not wh.exists(spec.samples_table) or ds not in wh.partitions(spec.samples_table):
         raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
-    cutoff = _dates_minus(ds, lag)
+    cutoff = days_before(ds, lag)
     k_ds, fallback = choose_knowledge_ds(wh, cutoff)
     if k_ds is None and cfg.require_knowledge:
         raise ValueError(f"no user_knowledge/item_knowledge partition <= {cutoff} (ds {ds} - lag {lag}) "

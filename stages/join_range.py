@@ -35,11 +35,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from stages.dates import day_range
+from stages.dates import day_range, days_before
 from stages.join import (
     Config,
     Prepared,
-    _dates_minus,
     check_config,
     join_days,
     knowledge_days,
@@ -65,7 +64,7 @@ def plan_groups(sample_days: list[str], user_days: list[str], item_days: list[st
     """Split ``sample_days`` (ascending) into runs with the same knowledge choice (pure function)."""
     groups: list[Group] = []
     for day in sample_days:
-        k_ds, fallback = pick_knowledge_ds(user_days, item_days, _dates_minus(day, lag))
+        k_ds, fallback = pick_knowledge_ds(user_days, item_days, days_before(day, lag))
         if groups and groups[-1].knowledge_ds == k_ds and groups[-1].fallback == fallback:
             last = groups[-1]
             groups[-1] = Group(knowledge_ds=k_ds, fallback=fallback, days=last.days + (day,))
