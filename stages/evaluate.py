@@ -202,10 +202,11 @@ def build_features(train: pa.Table, test: pa.Table, users: pa.Table | None, item
         df["age"] = df["gender"] = df["occupation"] = None
     ts = pd.to_datetime(df["ts"], utc=True)
     df["hour"], df["weekday"] = ts.dt.hour, ts.dt.weekday
-    sparse, sizes = [], []
+    sparse, sizes, train_values = [], [], {}
     for name in SPARSE_FIELDS:
         values = df[name].astype(str).to_numpy()
-        idx, size = _vocab_index(values[:n_train], values)
+        train_values[name] = values[:n_train]
+        idx, size = _vocab_index(train_values[name], values)
         sparse.append(idx)
         sizes.append(size)
     sparse_m = np.stack(sparse, axis=1)
@@ -214,7 +215,7 @@ def build_features(train: pa.Table, test: pa.Table, users: pa.Table | None, item
     n_prior = prior.num_rows if prior is not None and cfg.history_len else 0
     if n_prior:
         p = prior.select(["user_id", "item_id", "ts"]).to_pandas()
-        p_items, _ = _vocab_index(df["item_id"].astype(str).to_numpy()[:n_train], p["item_id"].astype(str).to_numpy())
+        p_items, _ = _vocab_index(train_values["item_id"], p["item_id"].astype(str).to_numpy())
         h_users = np.concatenate([p["user_id"].to_numpy(), h_users])
         h_ts = np.concatenate([pd.to_datetime(p["ts"], utc=True).astype("int64").to_numpy(), h_ts])
         h_items = np.concatenate([p_items, h_items])
@@ -351,13 +352,10 @@ def run_evaluate(cfg: Config, *, train_start: str, train_end: str, test_end: str
     items = wh.read("items") if wh.exists("items") else None
     prior = None
     if cfg.history_days > 0 and cfg.history_len > 0 and wh.exists("events"):
-        import datetime as dt
+        from stages.dates import days_before, prev_day
 
-        from stages.dates import parse_ds
-
-        first = (parse_ds(train_start) - dt.timedelta(days=cfg.history_days)).isoformat()
-        prior = wh.read("events", start=first, end=(parse_ds(train_start) - dt.timedelta(days=1)).isoformat(),
-                        columns=["user_id", "item_id", "ts"])
+        first = days_before(train_start, cfg.history_days)
+        prior = wh.read("events", start=first, end=prev_day(train_start), columns=["user_id", "item_id", "ts"])
         log.info("evaluate: DIN history also from %d events of %s..%s", prior.num_rows, first, train_start)
     tr, te, sizes, k = build_features(train, test, users, items, cfg, prior=prior)
     if cfg.lum_columns and not te.dense[:, -1].any():
