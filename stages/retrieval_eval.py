@@ -56,7 +56,8 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
 
     prior_alpha: add-alpha smoothing of the history's category counts (the frequency p(c | history)).
     prior: "auto" (learned head when the model has one, else frequency) | "learned" | "frequency".
-    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*", "prior"} (k in the names).
+    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*", "prior", "frequency_prior_*"}
+    (k in the names); ``frequency_prior_*`` ranks with the frequency p(c | history) in the same pass.
     """
     if prior not in ("auto", "learned", "frequency"):
         raise ValueError(f"prior must be auto|learned|frequency, got {prior!r}")
@@ -73,13 +74,14 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     col_of = torch.full((vocab.n_conditions,), -1, dtype=torch.long, device=dev)
     col_of[cat_conds] = torch.arange(n_c, device=dev)
     item_col = col_of[item_cond]                                          # (n_rows,) query column per item
+    own_col = item_col[1:].clamp(min=0)                                   # (n_items,) per candidate column
     E = model.item_embeddings().float()                                   # (n_rows, D)
     excluded = torch.ones(E.shape[0] - 1, dtype=torch.bool, device=dev)   # columns = rows 1..n
     if candidate_rows is None:
         excluded[:] = False
     else:
         excluded[torch.as_tensor(candidate_rows, dtype=torch.long, device=dev) - 1] = False
-    hits = ndcg = t_hits = t_ndcg = raw_hits = raw_ndcg = 0.0
+    hits = ndcg = t_hits = t_ndcg = raw_hits = raw_ndcg = f_hits = f_ndcg = 0.0
     n = 0
     for start in range(0, len(cases), chunk_users):
         chunk = cases[start:start + chunk_users]
@@ -104,23 +106,24 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         scale = model.logit_scale.float()
         per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:]) * scale    # (B, C, n_items)
         per_cond = per_cond.masked_fill(excluded, float("-inf"))
-        own = item_col[1:].clamp(min=0)[None, None, :].expand(B, 1, -1)
+        own = own_col[None, None, :].expand(B, 1, -1)
         raw = per_cond.gather(1, own).squeeze(1)
         r = _rank(raw, targets - 1)
         raw_hits += float((r < k).sum())
         raw_ndcg += float(_ndcg(r, k).sum())
         # calibrated: log p(c(i) | history) + log p(i | c(i), history)
         log_p_item = torch.log_softmax(per_cond, dim=2).gather(1, own).squeeze(1)
+        hist_cols = item_col[hi].clamp(min=0)
+        user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
+        counts = torch.zeros(B, n_c, device=dev).index_put_(
+            (user_of, hist_cols), torch.ones_like(hi, dtype=torch.float), accumulate=True)
+        freq_prior = torch.log((counts + prior_alpha) / (counts.sum(1, keepdim=True) + prior_alpha * n_c))
+        r = _rank(freq_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item, targets - 1)
+        f_hits += float((r < k).sum())
+        f_ndcg += float(_ndcg(r, k).sum())
         if learned:  # the head's distribution restricted to the category conditions, renormalised
             log_prior = torch.log_softmax(log_p_cond.float()[:, cat_conds], dim=1)
-        else:
-            hist_cols = item_col[hi].clamp(min=0)
-            user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
-            counts = torch.zeros(B, n_c, device=dev).index_put_(
-                (user_of, hist_cols), torch.ones_like(hi, dtype=torch.float), accumulate=True)
-            log_prior = torch.log((counts + prior_alpha) / (counts.sum(1, keepdim=True) + prior_alpha * n_c))
-        scores = log_prior.gather(1, item_col[1:].clamp(min=0)[None, :].expand(B, -1)) + log_p_item
-        r = _rank(scores, targets - 1)
+            r = _rank(log_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item, targets - 1)
         hits += float((r < k).sum())
         ndcg += float(_ndcg(r, k).sum())
         t_scores = o[:, n_c] @ E[1:].t()
@@ -132,7 +135,9 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     return {"users": n, f"hr@{k}": round(hits / d, 4), f"ndcg@{k}": round(ndcg / d, 4),
             f"target_cond_hr@{k}": round(t_hits / d, 4), f"target_cond_ndcg@{k}": round(t_ndcg / d, 4),
             f"raw_own_cond_hr@{k}": round(raw_hits / d, 4), f"raw_own_cond_ndcg@{k}": round(raw_ndcg / d, 4),
-            "prior": "learned" if learned else "frequency"}
+            "prior": "learned" if learned else "frequency",
+            # the same pass under the history-frequency prior (equal to hr/ndcg when that is the prior)
+            f"frequency_prior_hr@{k}": round(f_hits / d, 4), f"frequency_prior_ndcg@{k}": round(f_ndcg / d, 4)}
 
 
 def _ndcg(rank: torch.Tensor, k: int) -> torch.Tensor:

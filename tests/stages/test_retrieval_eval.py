@@ -122,6 +122,8 @@ def test_learned_prior_differs_and_old_models_fall_back():
     assert learned["prior"] == "learned" and freq["prior"] == "frequency"
     assert learned["target_cond_hr@10"] == freq["target_cond_hr@10"]
     assert (learned["hr@10"], learned["ndcg@10"]) != (freq["hr@10"], freq["ndcg@10"])
+    # the learned run also ranks under the frequency prior in the same pass
+    assert (learned["frequency_prior_hr@10"], learned["frequency_prior_ndcg@10"]) == (freq["hr@10"], freq["ndcg@10"])
     old = build_model(ModelConfig(**cfg, cond_loss_weight=0.0), vocab).eval()
     assert not old.has_cond_head
     assert evaluate(old, vocab, cases)["prior"] == "frequency"
