@@ -3,8 +3,13 @@
 Protocol (SASRec / HSTU ML-1M tables): per user with >= 3 behaviours, the last item is the test target and
 the second-to-last the validation target; training sees neither. Test history = everything before the
 last item (validation history = everything before the second-to-last), cut to the model's max_len.
-Every item that occurs in the data set is ranked (``candidate_rows``; never the OOV row); history items are
-NOT filtered out; ties count against the target (rank = number of items scoring >= it, minus itself).
+Every item that occurs in the data set is ranked (``candidate_rows``; never the OOV row); ties count against
+the target (rank = number of items scoring >= it, minus itself). Seen items are filtered as in the HSTU
+evaluation that produced the published ML-1M tables (generative-recommenders ``eval_metrics_v2_from_tensors``,
+``filter_invalid_ids=True``: "the entire corpus excluding all the items that users have seen in the past ...
+consistent with papers like SASRec"): the items of the history window the model reads (its last max_len
+behaviours) cannot be recommended; a target that is itself in that window counts as a miss.
+``unfiltered_hr@10`` / ``unfiltered_ndcg@10`` rank the same comparable scores without that filter.
 
 Two numbers, because the condition token reveals the next item's category:
 - ``hr@10`` / ``ndcg@10`` (the comparable ones): one grouped query per category (``encode_grouped``
@@ -48,7 +53,7 @@ def split_leave_last_out(items: list[np.ndarray], conds: list[np.ndarray]):
 @torch.no_grad()
 def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]], *, k: int = 10,
              chunk_users: int = 256, backend: str = "auto", candidate_rows: np.ndarray | None = None,
-             prior_alpha: float = 1.0, prior: str = "auto") -> dict:
+             prior_alpha: float = 1.0, prior: str = "auto", filter_seen: bool = True) -> dict:
     """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
 
     candidate_rows: item rows that take part in the ranking (default: every vocabulary item). Pretrain
@@ -56,8 +61,10 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
 
     prior_alpha: add-alpha smoothing of the history's category counts (the frequency p(c | history)).
     prior: "auto" (learned head when the model has one, else frequency) | "learned" | "frequency".
-    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*", "prior", "frequency_prior_*"}
-    (k in the names); ``frequency_prior_*`` ranks with the frequency p(c | history) in the same pass.
+    filter_seen: drop the history window's items from every ranking (the published protocol; see above).
+    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*", "prior", "frequency_prior_*",
+    "unfiltered_*"} (k in the names); ``frequency_prior_*`` ranks with the frequency p(c | history) in the
+    same pass; ``unfiltered_*`` ranks hr/ndcg's scores with the seen items left in.
     """
     if prior not in ("auto", "learned", "frequency"):
         raise ValueError(f"prior must be auto|learned|frequency, got {prior!r}")
@@ -81,7 +88,7 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         excluded[:] = False
     else:
         excluded[torch.as_tensor(candidate_rows, dtype=torch.long, device=dev) - 1] = False
-    hits = ndcg = t_hits = t_ndcg = raw_hits = raw_ndcg = f_hits = f_ndcg = 0.0
+    hits = ndcg = t_hits = t_ndcg = raw_hits = raw_ndcg = f_hits = f_ndcg = u_hits = u_ndcg = 0.0
     n = 0
     for start in range(0, len(cases), chunk_users):
         chunk = cases[start:start + chunk_users]
@@ -106,28 +113,39 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         scale = model.logit_scale.float()
         per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:]) * scale    # (B, C, n_items)
         per_cond = per_cond.masked_fill(excluded, float("-inf"))
+        user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
+        seen = torch.zeros(B, E.shape[0] - 1, dtype=torch.bool, device=dev)   # (B, n_items)
+        if filter_seen:
+            known = hi > 0                                                  # the OOV row is never a column
+            seen[user_of[known], hi[known] - 1] = True
         own = own_col[None, None, :].expand(B, 1, -1)
         raw = per_cond.gather(1, own).squeeze(1)
-        r = _rank(raw, targets - 1)
+        r = _rank(raw.masked_fill(seen, float("-inf")), targets - 1)
         raw_hits += float((r < k).sum())
         raw_ndcg += float(_ndcg(r, k).sum())
         # calibrated: log p(c(i) | history) + log p(i | c(i), history)
         log_p_item = torch.log_softmax(per_cond, dim=2).gather(1, own).squeeze(1)
         hist_cols = item_col[hi].clamp(min=0)
-        user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
         counts = torch.zeros(B, n_c, device=dev).index_put_(
             (user_of, hist_cols), torch.ones_like(hi, dtype=torch.float), accumulate=True)
         freq_prior = torch.log((counts + prior_alpha) / (counts.sum(1, keepdim=True) + prior_alpha * n_c))
-        r = _rank(freq_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item, targets - 1)
+        freq_scores = freq_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item
+        r = _rank(freq_scores.masked_fill(seen, float("-inf")), targets - 1)
         f_hits += float((r < k).sum())
         f_ndcg += float(_ndcg(r, k).sum())
         if learned:  # the head's distribution restricted to the category conditions, renormalised
             log_prior = torch.log_softmax(log_p_cond.float()[:, cat_conds], dim=1)
-            r = _rank(log_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item, targets - 1)
+            comparable = log_prior.gather(1, own_col[None, :].expand(B, -1)) + log_p_item
+        else:
+            comparable = freq_scores
+        r = _rank(comparable, targets - 1)
+        u_hits += float((r < k).sum())
+        u_ndcg += float(_ndcg(r, k).sum())
+        r = _rank(comparable.masked_fill(seen, float("-inf")), targets - 1)
         hits += float((r < k).sum())
         ndcg += float(_ndcg(r, k).sum())
         t_scores = o[:, n_c] @ E[1:].t()
-        tr = _rank(t_scores.masked_fill(excluded, float("-inf")), targets - 1)
+        tr = _rank(t_scores.masked_fill(excluded, float("-inf")).masked_fill(seen, float("-inf")), targets - 1)
         t_hits += float((tr < k).sum())
         t_ndcg += float(_ndcg(tr, k).sum())
         n += B
@@ -137,7 +155,8 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
             f"raw_own_cond_hr@{k}": round(raw_hits / d, 4), f"raw_own_cond_ndcg@{k}": round(raw_ndcg / d, 4),
             "prior": "learned" if learned else "frequency",
             # the same pass under the history-frequency prior (equal to hr/ndcg when that is the prior)
-            f"frequency_prior_hr@{k}": round(f_hits / d, 4), f"frequency_prior_ndcg@{k}": round(f_ndcg / d, 4)}
+            f"frequency_prior_hr@{k}": round(f_hits / d, 4), f"frequency_prior_ndcg@{k}": round(f_ndcg / d, 4),
+            f"unfiltered_hr@{k}": round(u_hits / d, 4), f"unfiltered_ndcg@{k}": round(u_ndcg / d, 4)}
 
 
 def _ndcg(rank: torch.Tensor, k: int) -> torch.Tensor:

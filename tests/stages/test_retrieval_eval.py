@@ -23,8 +23,8 @@ def test_split_leave_last_out():
     assert s[2][0][0].tolist() == [7]
 
 
-@pytest.mark.parametrize("prior", ["frequency", "learned"])
-def test_metrics_match_brute_force(prior):
+@pytest.mark.parametrize("prior,filter_seen", [("frequency", True), ("learned", True), ("learned", False)])
+def test_metrics_match_brute_force(prior, filter_seen):
     vocab = Vocab.build(range(1, 26), [f"g{i % 3}" for i in range(25)])
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=8,
@@ -39,13 +39,21 @@ def test_metrics_match_brute_force(prior):
         hist = rng.integers(1, 26, size=n)
         target = int(rng.integers(1, 26))
         cases.append((hist, icond[hist], target, int(icond[target])))
-    got = evaluate(model, vocab, cases, k=10, chunk_users=4, prior=prior)
+    # a target that is in its own history window: a miss when seen items are filtered
+    cases.append((np.array([4, 9, 4, 2]), icond[[4, 9, 4, 2]], 9, int(icond[9])))
+    got = evaluate(model, vocab, cases, k=10, chunk_users=4, prior=prior, filter_seen=filter_seen)
     assert got["prior"] == prior
     E = model.item_embeddings().detach()
-    hr = nd = thr = tnd = rhr = rnd = 0.0
+    hr = nd = thr = tnd = rhr = rnd = uhr = und = 0.0
     with torch.no_grad():
         for hist, hc, target, tc in cases:
             hist, hc = hist[-8:], hc[-8:]
+
+            def rank_of(scores, target=target, hist=hist, filt=filter_seen):
+                if filt:  # items of the history window cannot be recommended (the target too, if seen)
+                    scores = scores.clone()
+                    scores[torch.from_numpy(hist).long() - 1] = float("-inf")
+                return int((scores >= scores[target - 1]).sum()) - 1
 
             def o_for(cond, hist=hist, hc=hc):
                 it = torch.from_numpy(np.append(hist, 1)).long()
@@ -53,7 +61,7 @@ def test_metrics_match_brute_force(prior):
                 return model.encode_packed(it, cd, torch.tensor([0, it.numel()], dtype=torch.int32))[-1]
 
             scores = torch.stack([o_for(int(icond[i])) @ E[i] for i in range(1, 26)])
-            rank = int((scores >= scores[target - 1]).sum()) - 1
+            rank = rank_of(scores)
             rhr += rank < 10
             rnd += ndcg_at(rank)
             # calibrated: log p(c | history) (add-1 category counts) + log softmax over items under c
@@ -70,11 +78,14 @@ def test_metrics_match_brute_force(prior):
                 lp = torch.log_softmax(logits[fvals], 0)
                 prior = {c: float(lp[j]) for j, c in enumerate(conds)}
             cal = torch.stack([prior[int(icond[i])] + logp[int(icond[i])][i - 1] for i in range(1, 26)])
-            crank = int((cal >= cal[target - 1]).sum()) - 1
+            crank = rank_of(cal)
             hr += crank < 10
             nd += ndcg_at(crank)
+            urank = rank_of(cal, filt=False)
+            uhr += urank < 10
+            und += ndcg_at(urank)
             ts = E[1:] @ o_for(tc)
-            trank = int((ts >= ts[target - 1]).sum()) - 1
+            trank = rank_of(ts)
             thr += trank < 10
             tnd += ndcg_at(trank)
     n = len(cases)
@@ -85,6 +96,12 @@ def test_metrics_match_brute_force(prior):
     assert math.isclose(got["target_cond_ndcg@10"], round(tnd / n, 4), abs_tol=1e-4)
     assert math.isclose(got["raw_own_cond_hr@10"], round(rhr / n, 4))
     assert math.isclose(got["raw_own_cond_ndcg@10"], round(rnd / n, 4), abs_tol=1e-4)
+    assert math.isclose(got["unfiltered_hr@10"], round(uhr / n, 4))
+    assert math.isclose(got["unfiltered_ndcg@10"], round(und / n, 4), abs_tol=1e-4)
+    if filter_seen:  # 25 items, histories up to 8: the filter must change some ranks
+        assert (got["hr@10"], got["ndcg@10"]) != (got["unfiltered_hr@10"], got["unfiltered_ndcg@10"])
+    else:
+        assert (got["hr@10"], got["ndcg@10"]) == (got["unfiltered_hr@10"], got["unfiltered_ndcg@10"])
 
 
 def test_candidate_rows_restrict_the_ranking():
@@ -96,8 +113,8 @@ def test_candidate_rows_restrict_the_ranking():
     rng = np.random.default_rng(1)
     cases = [(h, icond[h], int(t), int(icond[t])) for h, t in
              ((rng.integers(1, 26, size=4), rng.integers(1, 9)) for _ in range(12))]  # targets in 1..8
-    full = evaluate(model, vocab, cases)
-    only = evaluate(model, vocab, cases, candidate_rows=np.unique([c[2] for c in cases]))
+    full = evaluate(model, vocab, cases, filter_seen=False)   # random histories may hold their target
+    only = evaluate(model, vocab, cases, candidate_rows=np.unique([c[2] for c in cases]), filter_seen=False)
     assert full["users"] == only["users"] == 12
     # fewer competitors: every target ranks at least as high
     assert only["hr@10"] >= full["hr@10"] and only["ndcg@10"] >= full["ndcg@10"]
