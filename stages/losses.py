@@ -24,14 +24,16 @@ import torch.nn.functional as F
 
 def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, scale: torch.Tensor | float,
                   sampled: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
-                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                  weights: torch.Tensor | None = None, accuracy: bool = True) -> tuple[torch.Tensor, dict]:
     """InfoNCE over in-batch (+ sampled) candidates.
 
     queries: (P, D) unit-norm outputs at condition positions; targets: (P,) int64 item rows;
     item_table: callable rows (C,) -> (C, D) unit-norm item embeddings; scale: scalar (1/temperature);
     sampled: (K,) extra negative rows or None; log_q: (n_item_rows,) log sampling probability or None;
     weights: (P,) per-position weights (default 1) - the loss is sum(w * nll) / sum(w).
-    Returns (scalar loss, {"candidates": C, "accuracy": top-1 hit rate among candidates}).
+    accuracy: compute the top-1 hit rate (an argmax over the (P, C) logits, ~2% of a training step;
+    the training loop asks for it on its last step only).
+    Returns (scalar loss, {"candidates": C, "accuracy": top-1 hit rate among candidates, or None}).
     """
     if queries.ndim != 2 or targets.ndim != 1 or queries.shape[0] != targets.shape[0]:
         raise ValueError(f"info_nce_loss: queries {tuple(queries.shape)} and targets {tuple(targets.shape)} mismatch")
@@ -47,8 +49,10 @@ def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, s
         loss = nll.mean()
     else:
         loss = (nll * weights).sum() / weights.sum().clamp_min(1e-12)
-    with torch.no_grad():
-        acc = (logits.argmax(dim=1) == labels).float().mean().item() if labels.numel() else 0.0
+    acc = None
+    if accuracy:
+        with torch.no_grad():
+            acc = (logits.argmax(dim=1) == labels).float().mean().item() if labels.numel() else 0.0
     return loss, {"candidates": int(cands.numel()), "accuracy": acc}
 
 

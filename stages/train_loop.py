@@ -41,7 +41,7 @@ class TrainConfig:
     max_steps: int = 0             # > 0 caps the step count (smoke runs); 0 = from epochs
     row_tokens: int = 400          # token budget of one packed row; >= 2 * max_len. 400 (= 2 x 200) beat 512
                                    # in `lum bench pack` (1.49x vs 1.32x over padded): dense-mask cost ~ S^2
-    rows_per_step: int = 20        # rows per optimizer step (20 x 400 = 8k tokens)
+    rows_per_step: int = 10        # rows per optimizer step (10 x 400 = 4k tokens)
     lr: float = 2e-3               # AdamW peak learning rate (small model, large batch)
     weight_decay: float = 0.01     # light decoupled weight decay
     warmup_steps: int = 50         # linear warmup before the cosine decay
@@ -202,7 +202,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
                                         model.item_id_emb.num_embeddings, gen).to(device)
                        if cfg.sampled_negatives > 0 else None)
         extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
-        loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None)
+        loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None,
+                                      accuracy=step == total - 1)
         if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
             loss_sum = loss_sum + cond_w * cond_sum
             cond_val = float(cond_sum.detach()) / max(1, n_cond)  # this rank's mean next-condition CE
@@ -217,7 +218,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         sched.step()
         tokens += 2 * int(n_global)
         loss_val = _global_mean(loss_sum.detach(), n_global, dist)
-        acc = stats["accuracy"]
+        acc = stats["accuracy"] if stats["accuracy"] is not None else acc
         progress.update(1, loss=loss_val, tok_s=round(tokens / max(1e-9, time.perf_counter() - t0)),
                         lr=sched.get_last_lr()[0])
         done = step + 1
@@ -249,10 +250,10 @@ def _same_shapes(saved: dict, opt) -> bool:
     return True
 
 
-def _local_loss(model, out, targets, candidates, log_q):
+def _local_loss(model, out, targets, candidates, log_q, accuracy=True):
     """Sum (not mean) of InfoNCE terms of this rank's positions over the shared candidate set."""
     loss, stats = info_nce_loss(out, targets, model.item_embeddings, scale=model.logit_scale,
-                                sampled=candidates, log_q=log_q)
+                                sampled=candidates, log_q=log_q, accuracy=accuracy)
     return loss * targets.numel(), stats
 
 
