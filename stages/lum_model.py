@@ -53,7 +53,7 @@ class ModelConfig:
     n_heads: int = 2             # d_model must divide by it; 2 heads of 32 as in SASRec's ML-1M setup
     n_layers: int = 2            # SASRec/HSTU ML-1M baselines use 2 blocks
     d_ff: int = 256              # MLP hidden width (4 x d_model, GPT convention)
-    dropout: float = 0.2         # ML-1M overfits fast: SASRec uses 0.2
+    dropout: float = 0.0         # SASRec uses 0.2 over hundreds of epochs; in a 30-minute CPU run 0.0 wins (README)
     max_len: int = 200           # behaviours per user (400 tokens); positions cover 2*max_len + 1
     d_item: int = 64             # item id embedding width before the Token Encoder projection
     d_feature: int = 16          # width of each categorical feature embedding (category, scenario)

@@ -109,3 +109,29 @@ def _by_values(old_w, old_values: list[str], new_w, new_values: list[str]):
         if v in index:
             w[j] = old_w[index[v]]
     return w
+
+
+def training_windows(items: list[np.ndarray], conds: list[np.ndarray], max_len: int,
+                     windows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Cut each user's history into training sequences of at most ``max_len`` behaviours, newest first:
+    window 0 is the last max_len behaviours (what SASRec trains on), window 1 the max_len before it, ...
+
+    windows: how many windows per user (1 = the last max_len only; 0 = all of the history the
+    user_sequences partition holds, which `lum run sequences` cuts to its own max_len). Older windows
+    shorter than 2 behaviours are dropped (no next-item target after the first). Empty histories are dropped.
+    Returns (items, conds) lists of the kept windows (oldest behaviour first inside each window).
+    """
+    if max_len <= 0 or windows < 0:
+        raise ValueError(f"training_windows: max_len {max_len} must be > 0 and windows {windows} >= 0")
+    out_i: list[np.ndarray] = []
+    out_c: list[np.ndarray] = []
+    for it, cd in zip(items, conds):
+        end, k = len(it), 0
+        while end > 0 and (windows == 0 or k < windows):
+            start = max(0, end - max_len)
+            if k == 0 or end - start >= 2:
+                out_i.append(it[start:end])
+                out_c.append(cd[start:end])
+            end, k = start, k + 1
+    return out_i, out_c
+

@@ -125,3 +125,23 @@ def test_warm_start_with_new_items_extends_the_vocabulary(warehouse):
     old, grown = model_store.load(warehouse, "lum-" + d1), model_store.load(warehouse, "lum-" + d2)
     assert grown.vocab.n_item_rows == old.vocab.n_item_rows + 1
     assert "category=g_new" in grown.vocab.conditions
+
+
+def test_train_windows_cover_long_histories_on_scratch_runs_only(warehouse):
+    """max_len 4: a retrain with train_windows=0 trains every 4-behaviour window of each history (dropping
+    1-behaviour tails); a warm-started day trains only the changed users' newest window."""
+    d1, d2, d3 = make_warehouse(warehouse, days=3)
+    lengths = [1 + (u % 5) + (12 if u % 2 == 0 else 0) for u in range(24)]   # day-3 history lengths
+
+    def n_windows(n, m=4):
+        full, tail = divmod(n, m)
+        return full + (1 if tail >= 2 or (tail and not full) else 0)
+
+    assert pretrain.run(_cfg(max_len=4, train_windows=1, retrain=True), ds=d3, warehouse=warehouse)["sequences"] == 24
+    s = pretrain.run(_cfg(max_len=4, train_windows=0, retrain=True, max_steps=2), ds=d3, warehouse=warehouse)
+    assert s["sequences"] == sum(n_windows(n) for n in lengths) > 24
+    pretrain.run(_cfg(max_len=4, train_windows=0, retrain=True, max_steps=2), ds=d2, warehouse=warehouse)
+    warm = pretrain.run(_cfg(max_len=4, train_windows=0, max_steps=2), ds=d3, warehouse=warehouse)
+    assert warm["parent"] == "lum-" + d2 and warm["sequences"] == 12
+    with pytest.raises(ValueError, match="train_windows"):
+        pretrain.run(_cfg(train_windows=-1), ds=d3, warehouse=warehouse)
