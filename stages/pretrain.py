@@ -2,10 +2,10 @@
 
 Daily continuation (default): warm-start from ``model_store.latest_version(through=prev_day(D))`` and train
 ``continue_epochs`` over the sequences of users whose history changed on day D (their last behaviour has
-ts inside day D): each one's newest max_len window, with the loss at every condition position. The version records the last
-day seen (``through_ds = D``); rerunning D replaces ``lum-D`` (same content: seeded). No parent version:
-log it and train from scratch over everything (``epochs``), or raise when ``require_warm_start``. No
-user changed on D: publish the parent's weights unchanged as ``lum-D`` (steps 0, logged).
+ts inside day D): each one's newest max_len window, with the loss at every condition position. The version
+records the last day seen (``through_ds = D``); rerunning D replaces ``lum-D`` (same content: seeded). No
+parent version: log it and train from scratch over everything (``epochs``), or raise when
+``require_warm_start``. No user changed on D: publish the parent's weights unchanged as ``lum-D`` (steps 0, logged).
 ``--retrain``: from scratch over every user's sequence, cut into max_len windows (``train_windows``; 0 = the
 whole history the partition holds: ML-1M with ``lum run sequences --set max_len=4096`` gives 988k training
 behaviours instead of the 652k of the last 200 per user).
@@ -54,14 +54,16 @@ class Config:
     n_layers: int = 2
     d_ff: int = 256
     dropout: float = 0.0             # ML-1M at a 30-minute CPU budget is under-trained, not over-fitted:
-                                     # 5 epochs 0.0 -> HR@10 0.1825, 0.2 -> 0.1424; 15 epochs 0.0 -> 0.2503, 0.1 -> 0.2377
+                                     # 5 epochs 0.0 -> HR@10 0.1825, 0.2 -> 0.1424;
+                                     # 15 epochs 0.0 -> 0.2503, 0.1 -> 0.2377
     d_item: int = 64
     d_feature: int = 16
     temperature: float = 0.05
     learn_temperature: bool = True
     cond_loss_weight: float = 1.0    # next-condition head loss weight (item i_{l-1} -> c_l); gives the eval's learned
                                      # p(category | history). 0: no head, eval uses the history frequency prior.
-                                     # ML-1M, 10 epochs (old defaults, seen items unfiltered): 1.0 -> HR@10 0.1449, 0.2 -> 0.1301
+                                     # ML-1M, 10 epochs (old defaults, seen items unfiltered):
+                                     # 1.0 -> HR@10 0.1449, 0.2 -> 0.1301
     epochs: float = 10.0             # scratch runs: passes over the data. ML-1M (all windows): 2M tokens per pass;
                                      # 10 passes took 15.5 min with threads=1 on the shared 2-core box (README)
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences

@@ -134,4 +134,3 @@ def training_windows(items: list[np.ndarray], conds: list[np.ndarray], max_len: 
                 out_c.append(cd[start:end])
             end, k = start, k + 1
     return out_i, out_c
-
