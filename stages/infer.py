@@ -3,7 +3,7 @@
 ``run(cfg, ds=D)`` loads the newest model version trained through D (or ``cfg.model_version``), reads
 partition D of ``user_sequences`` (one pinned Delta snapshot) in chunks of ``chunk_users`` users in user_id
 order (``infer_batching.user_ordered_chunks``: streamed when the files are already in order, else one
-local spill by user_id range), and for every user encodes its last ``max_len`` behaviours
+local spill by user_id range), and for every user encodes its last ``max_len - 1`` behaviours (``ModelConfig.history_len``)
 ``[c1, i1, ..., cL, iL]`` plus N query condition tokens (``stages.conditions``), packed into forwards of at
 most ``token_budget`` tokens:
 
@@ -18,7 +18,8 @@ most ``token_budget`` tokens:
 Outputs (partition D, one Delta commit per table, nothing visible before it):
 - ``user_knowledge``: one row per (user, condition), one file per chunk, sorted by user_id, files covering
   disjoint user_id ranges, ``row_group_rows`` rows per parquet row group with min/max statistics, so a point
-  lookup reads one row group per file it opens; ``history_len`` = behaviours the model saw (<= max_len).
+  lookup reads one row group per file it opens; ``history_len`` = behaviours the model saw (<= max_len - 1,
+  stages.lum_model.ModelConfig.history_len).
   Memory: one chunk (``chunk_users`` x N x D floats, 4096 x 18 x 64 x 4 B = 19 MB) plus the partition's
   user_id column (8 B/user).
 - ``item_knowledge``: e_i of every item of the model vocabulary (``model.item_embeddings``).
@@ -378,7 +379,7 @@ def infer_partition(cfg: Config, *, ds: str, warehouse: str, version: str, datas
     loaded = model_store.load(warehouse, version, device=device)
     model, vocab = loaded.model, loaded.vocab
     dim = check_model(loaded, version, ds)
-    max_history = int((loaded.meta.get("model_config") or {}).get("max_len") or model.cfg.max_len)
+    max_history = model.cfg.history_len  # max_len - 1: the positions training reaches (ModelConfig.history_len)
     cset = parse_spec(cfg.conditions, feature=cfg.condition_feature, with_features=cfg.with_features)
     fixed = None if cset.per_user else cset.fixed(vocab.conditions[1:], vocab.features)
     for c in fixed or []:

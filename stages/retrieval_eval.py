@@ -2,12 +2,13 @@
 
 Protocol (SASRec / HSTU ML-1M tables): per user with >= 3 behaviours, the last item is the test target and
 the second-to-last the validation target; training sees neither. Test history = everything before the
-last item (validation history = everything before the second-to-last), cut to the model's max_len.
+last item (validation history = everything before the second-to-last), cut to the model's history_len
+(max_len - 1: see stages.lum_model.ModelConfig.history_len).
 Every item that occurs in the data set is ranked (``candidate_rows``; never the OOV row); ties count against
 the target (rank = number of items scoring >= it, minus itself). Seen items are filtered as in the HSTU
 evaluation that produced the published ML-1M tables (generative-recommenders ``eval_metrics_v2_from_tensors``,
 ``filter_invalid_ids=True``: "the entire corpus excluding all the items that users have seen in the past ...
-consistent with papers like SASRec"): the items of the history window the model reads (its last max_len
+consistent with papers like SASRec"): the items of the history window the model reads (its last history_len
 behaviours) cannot be recommended; a target that is itself in that window counts as a miss.
 ``unfiltered_hr@10`` / ``unfiltered_ndcg@10`` rank the same comparable scores without that filter.
 
@@ -74,7 +75,7 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     learned = has_head and prior != "frequency"
     model.eval()
     dev = next(model.parameters()).device
-    max_len = model.cfg.max_len
+    max_len = model.cfg.history_len
     item_cond = torch.from_numpy(vocab.item_conditions()).to(dev)       # (n_rows,)
     cat_conds = torch.unique(item_cond[1:])                              # condition per category
     n_c = cat_conds.numel()

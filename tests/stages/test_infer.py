@@ -97,21 +97,15 @@ def partition_files(warehouse: str, name: str = "user_knowledge", ds: str = DS) 
 
 def expected_embedding(warehouse: str, user_items: list[int], user_conds: list[str], condition: str) -> np.ndarray:
     """o_q computed directly through the model's plain causal training path (encode_packed) on
-    history + (c_q, any item): o_q is the output at c_q. encode_packed caps sequences at max_len, so the
-    check uses a copy of the model with one more position row (positions <= 2 max_len keep their weights)."""
-    import dataclasses
-
+    history + (c_q, any item): o_q is the output at c_q. The history is at most history_len = max_len - 1
+    behaviours, so history + query is a max_len training sequence."""
     loaded = model_store.load(warehouse, model_store.latest_version(warehouse, through=DS))
-    vocab, model = loaded.vocab, loaded.model
-    wider = build_model(dataclasses.replace(model.cfg, max_len=model.cfg.max_len + 1), vocab).eval()
-    state = model.state_dict()
-    pos = wider.state_dict()["pos_emb.weight"].clone()
-    pos[: state["pos_emb.weight"].shape[0]] = state["pos_emb.weight"]
-    wider.load_state_dict({**state, "pos_emb.weight": pos})
+    vocab, model = loaded.vocab, loaded.model.eval()
+    assert len(user_items) <= model.cfg.history_len
     items = np.append(vocab.item_rows(np.asarray(user_items)), 0)
     conds = np.append(vocab.condition_ids(user_conds), vocab.condition_id(condition))
     with torch.inference_mode():
-        out = wider.encode_packed(torch.from_numpy(items), torch.from_numpy(conds),
+        out = model.encode_packed(torch.from_numpy(items), torch.from_numpy(conds),
                                   torch.tensor([0, len(items)], dtype=torch.int32))
     return out[-1].numpy()
 
@@ -133,10 +127,10 @@ def test_run_writes_user_and_item_knowledge(wh_ready):
     row = seqs.filter(pa.compute.equal(seqs.column("user_id"), 5)).to_pylist()[0]
     got = uk.filter(pa.compute.and_(pa.compute.equal(uk.column("user_id"), 5),
                                     pa.compute.equal(uk.column("condition"), "category=Drama")))
-    assert row["history_len"] > 16  # longer than the model's max_len: the last 16 behaviours are used
-    assert got.column("history_len").to_pylist() == [16]
+    assert row["history_len"] > 16  # longer than the model's max_len 16: the last history_len = 15 are used
+    assert got.column("history_len").to_pylist() == [15]
     np.testing.assert_allclose(np.asarray(got.column("embedding").to_pylist()[0]),
-                               expected_embedding(wh_ready, row["item_ids"][-16:], row["conditions"][-16:],
+                               expected_embedding(wh_ready, row["item_ids"][-15:], row["conditions"][-15:],
                                                   "category=Drama"), atol=1e-5)
     # item_knowledge: every item of the model vocabulary (999 is not in it), unit-norm e_i
     ik = read_sorted(wh_ready, "item_knowledge")

@@ -66,16 +66,24 @@ def test_encode_grouped_equals_one_forward_per_condition():
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(len(out)))
 
 
-def test_encode_grouped_cuts_long_histories_to_max_len():
+def test_encode_grouped_reads_history_len_behaviours_on_trained_positions():
+    """max_len 4: a query reads the last history_len = 3 behaviours, so history + query is one max_len training
+    sequence (encode_packed, the path training runs) and uses no position slot training never reaches."""
     vocab = _vocab()
     model = _model(vocab, max_len=4)
+    assert model.cfg.history_len == 3
     items = torch.arange(1, 8)
     conds = torch.from_numpy(vocab.item_conditions()[items.numpy()])
     q = torch.tensor([2])
     cu_q = torch.tensor([0, 1], dtype=torch.int32)
     full = model.encode_grouped(items, conds, torch.tensor([0, 7], dtype=torch.int32), q, cu_q)
-    last = model.encode_grouped(items[-4:], conds[-4:], torch.tensor([0, 4], dtype=torch.int32), q, cu_q)
+    last = model.encode_grouped(items[-3:], conds[-3:], torch.tensor([0, 3], dtype=torch.int32), q, cu_q)
     torch.testing.assert_close(full, last)
+    as_training = model.encode_packed(torch.cat([items[-3:], torch.tensor([1])]), torch.cat([conds[-3:], q]),
+                                      torch.tensor([0, 4], dtype=torch.int32))
+    torch.testing.assert_close(full, as_training[-1:], atol=1e-5, rtol=1e-4)
+    four = model.encode_grouped(items[-4:], conds[-4:], torch.tensor([0, 4], dtype=torch.int32), q, cu_q)
+    torch.testing.assert_close(four, last)  # a 4th behaviour would need positions 7 and 8: cut
 
 
 def test_item_embeddings_unit_norm_with_oov_row():

@@ -35,7 +35,7 @@ def test_metrics_match_brute_force(prior, filter_seen):
     rng = np.random.default_rng(0)
     icond = vocab.item_conditions()
     cases = []
-    for n in [3, 7, 1, 5, 7, 2]:  # <= max_len - 1: the naive forward appends the query behaviour
+    for n in [3, 7, 1, 5, 12, 2]:  # 12 > history_len = 7: only the last 7 are read (and filtered)
         hist = rng.integers(1, 26, size=n)
         target = int(rng.integers(1, 26))
         cases.append((hist, icond[hist], target, int(icond[target])))
@@ -47,7 +47,7 @@ def test_metrics_match_brute_force(prior, filter_seen):
     hr = nd = thr = tnd = rhr = rnd = uhr = und = 0.0
     with torch.no_grad():
         for hist, hc, target, tc in cases:
-            hist, hc = hist[-8:], hc[-8:]
+            hist, hc = hist[-7:], hc[-7:]  # + the query behaviour: one max_len = 8 training sequence
 
             def rank_of(scores, target=target, hist=hist, filt=filter_seen):
                 if filt:  # items of the history window cannot be recommended (the target too, if seen)
