@@ -20,6 +20,7 @@ Seen items are filtered from the ranking as in the published ML-1M tables (stage
 ML-1M recipe (README): ``lum run sequences --ds 2003-02-28 --set max_len=4096`` then
 ``lum run pretrain --ds 2003-02-28 --retrain --set eval=true``.
 Under torchrun the same entry point runs DDP (stages.train_loop); rank 0 evaluates and publishes.
+``--set workers=N`` starts N such ranks on this host itself (CPU, stages.pretrain_workers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -85,8 +87,13 @@ class Config:
     log_every_s: float = 10.0        # seconds between progress lines (loss, tokens/s, ETA)
     device: str = "auto"             # "auto" (cuda when available) | "cpu" | "cuda"
     threads: int = 0                 # > 0: torch.set_num_threads (the machine is shared)
+    workers: int = 1                 # CPU: > 1 trains with that many DDP processes on this host (gloo, `threads`
+                                     # each, 1 if 0; stages.pretrain_workers). Same model, less wall time:
+                                     # ML-1M on the 2-core box, 2 -> 43k tokens/s vs 28k for 1
 
     def check(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.train_windows < 0:
             raise ValueError(f"train_windows must be >= 0 (0 = all), got {self.train_windows}")
         if 2 * self.max_len > self.row_tokens:
@@ -130,6 +137,13 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
 
     check_ds(ds)
     cfg.check()
+    if cfg.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+            raise ValueError(f"workers={cfg.workers} starts CPU processes; on a GPU host launch "
+                             f"`torchrun --nproc_per_node {cfg.workers} lum run pretrain ...` (nccl) instead")
+        from stages.pretrain_workers import run_workers
+
+        return run_workers(cfg, ds=ds, warehouse=warehouse)
     started = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

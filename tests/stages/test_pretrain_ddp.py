@@ -36,3 +36,39 @@ def test_ddp_two_processes_match_one(tmp_path, rows_per_step):
     w2 = torch.load(tmp_path / "two" / "weights.pt")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_pretrain_workers_match_one_process(tmp_path):
+    """`--set workers=2` (2 local gloo ranks) publishes the weights and loss of the single-process run."""
+    from stages import model_store, pretrain
+    from stages.config import from_mapping
+    from tests.stages.pretrain_fixtures import TINY, make_warehouse
+
+    runs = {}
+    for workers in (1, 2):
+        wh = str(tmp_path / f"w{workers}")
+        d1, = make_warehouse(wh, days=1)
+        cfg = from_mapping(pretrain.Config, {**TINY, "dropout": 0.0, "threads": 1, "workers": workers})
+        runs[workers] = (pretrain.run(cfg, ds=d1, warehouse=wh), model_store.load(wh, "lum-" + d1).model.state_dict())
+    (one, w1), (two, w2) = runs[1], runs[2]
+    assert two["workers"] == 2 and two["steps"] == one["steps"] > 0
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+def test_pretrain_workers_failure_is_one_clear_error(tmp_path):
+    from stages import model_store, pretrain
+    from stages.config import from_mapping
+    from tests.stages.pretrain_fixtures import TINY, make_warehouse
+
+    wh = str(tmp_path / "wh")
+    make_warehouse(wh, days=1)
+    cfg = from_mapping(pretrain.Config, {**TINY, "threads": 1, "workers": 2})
+    with pytest.raises(RuntimeError, match=r"worker rank \d of 2 failed: ValueError: .*no partition ds=2000-02-01"):
+        pretrain.run(cfg, ds="2000-02-01", warehouse=wh)
+    assert model_store.list_versions(wh) == []
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        pretrain.run(from_mapping(pretrain.Config, {**TINY, "workers": 0}), ds="2000-01-01", warehouse=wh)
