@@ -3,9 +3,9 @@
 ``run(cfg, ds=D)`` loads the newest model version trained through D (or ``cfg.model_version``), reads
 partition D of ``user_sequences`` (one pinned Delta snapshot) in chunks of ``chunk_users`` users in user_id
 order (``infer_batching.user_ordered_chunks``: streamed when the files are already in order, else one
-local spill by user_id range), and for every user encodes its last ``max_len - 1`` behaviours (``ModelConfig.history_len``)
-``[c1, i1, ..., cL, iL]`` plus N query condition tokens (``stages.conditions``), packed into forwards of at
-most ``token_budget`` tokens:
+local spill by user_id range), and for every user encodes its last ``max_len - 1`` behaviours
+(``ModelConfig.history_len``) ``[c1, i1, ..., cL, iL]`` plus N query condition tokens (``stages.conditions``),
+packed into forwards of at most ``token_budget`` tokens:
 
 - ``grouped`` (default): ``model.encode_grouped``: the history once per user; each condition token attends
   to the history and itself through ``kernels.grouped_query_attention`` in every layer. ~2L + N tokens/user.

@@ -299,8 +299,8 @@ class LUM(nn.Module):
         behaviour offsets; query_cond_ids: (sum N_b,); cu_queries: (B+1,) int32. Layout per user:
         [c1, i1, ..., cL, iL, q1, ..., qN] with prefix 2L; every query sits at position 2L (the next
         condition slot) and attends to the history and itself (kernels.grouped_query_attention, every
-        layer). Histories longer than history_len (max_len - 1) keep their last history_len behaviours; an empty history is
-        allowed (queries see only themselves). Returns (sum N_b, d_model) unit-norm o_q.
+        layer). Histories longer than history_len (max_len - 1) keep their last history_len behaviours; an
+        empty history is allowed (queries see only themselves). Returns (sum N_b, d_model) unit-norm o_q.
         ``backend`` is passed to the kernel ("auto": triton on CUDA, torch reference elsewhere).
         with_next_cond: also return (B, n_conditions) log p(next condition | history) from the hidden state
         at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
