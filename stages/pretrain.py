@@ -19,7 +19,8 @@ is the learned one; ``frequency_prior_hr@10`` reports the same model under the h
 Seen items are filtered from the ranking as in the published ML-1M tables (stages.retrieval_eval).
 ML-1M recipe (README): ``lum run sequences --ds 2003-02-28 --set max_len=4096`` then
 ``lum run pretrain --ds 2003-02-28 --retrain --set eval=true --set workers=2 --set threads=1``: HR@10 0.2957 /
-NDCG@10 0.1677 in 23.5 minutes on 2 CPU cores (seed 1: 0.2851 / 0.1608; SASRec 0.2853 / 0.1603).
+NDCG@10 0.1677 in 23.5 minutes on 2 CPU cores (seeds 1, 2: 0.2851, 0.2790; mean of 3: 0.2866 / 0.1626;
+SASRec 0.2853 / 0.1603).
 Under torchrun the same entry point runs DDP (stages.train_loop); rank 0 evaluates and publishes.
 ``--set workers=N`` starts N such ranks on this host itself (CPU, stages.pretrain_workers).
 """
@@ -68,8 +69,8 @@ class Config:
                                      # ML-1M, 10 epochs (old defaults, seen items unfiltered):
                                      # 1.0 -> HR@10 0.1449, 0.2 -> 0.1301
     epochs: float = 30.0             # scratch runs: passes over the data. ML-1M (all windows, 2M tokens per pass):
-                                     # 10 -> HR@10 0.2651, 20 -> 0.2851, 30 -> 0.2957 (seed 1: 0.2851; SASRec
-                                     # 0.2853); 30 passes took 23.5-26 min with workers=2 on the 2-core box
+                                     # 10 -> HR@10 0.2651, 20 -> 0.2851, 30 -> 0.2957 (3 seeds: mean 0.2866;
+                                     # SASRec 0.2853); 30 passes took 23.5-26 min with workers=2 on 2 cores
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
     max_steps: int = 0               # > 0 caps the steps (smoke tests)
     row_tokens: int = 400            # packed row budget (tokens); must be >= 2 * max_len (see TrainConfig)
