@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -136,12 +135,14 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
     from stages.dates import check_ds, day_end, prev_day
     from stages.lum_model import build_model
     from stages.pretrain_data import load_sequences, remap_state, training_windows
-    from stages.train_loop import _dist, init_distributed
+    from stages.train_loop import _dist, init_distributed, launched_world_size
 
     check_ds(ds)
     cfg.check()
-    if cfg.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    if cfg.workers > 1 and launched_world_size() <= 1:
+        if device.type == "cuda":
             raise ValueError(f"workers={cfg.workers} starts CPU processes; on a GPU host launch "
                              f"`torchrun --nproc_per_node {cfg.workers} lum run pretrain ...` (nccl) instead")
         from stages.pretrain_workers import run_workers
@@ -152,8 +153,6 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
         torch.set_num_threads(cfg.threads)
     init_distributed()
     _, rank, _world = _dist()
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
     data = load_sequences(warehouse, ds)
     vocab = data.vocab
     version = model_store.version_name(ds)

@@ -75,7 +75,7 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     learned = has_head and prior != "frequency"
     model.eval()
     dev = next(model.parameters()).device
-    max_len = model.cfg.history_len
+    history_len = model.cfg.history_len
     item_cond = torch.from_numpy(vocab.item_conditions()).to(dev)       # (n_rows,)
     cat_conds = torch.unique(item_cond[1:])                              # condition per category
     n_c = cat_conds.numel()
@@ -93,8 +93,8 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     n = 0
     for start in range(0, len(cases), chunk_users):
         chunk = cases[start:start + chunk_users]
-        hist_i = [c[0][-max_len:] for c in chunk]
-        hist_c = [c[1][-max_len:] for c in chunk]
+        hist_i = [c[0][-history_len:] for c in chunk]
+        hist_c = [c[1][-history_len:] for c in chunk]
         lens = np.array([len(h) for h in hist_i])
         cu_h = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32, device=dev)
         hi = torch.from_numpy(np.concatenate(hist_i).astype(np.int64)).to(dev)

@@ -100,11 +100,16 @@ def _dist():
     return None, 0, 1
 
 
+def launched_world_size() -> int:
+    """WORLD_SIZE set by torchrun (or stages.pretrain_workers) for this process; 1 when run on its own."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> bool:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if launched_world_size() <= 1 or dist.is_initialized():
         return dist.is_initialized()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     log.info("DDP: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
