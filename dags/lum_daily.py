@@ -99,28 +99,28 @@ def lum_daily():
     @task(inlets=[EVENTS], outlets=[USER_SEQUENCES])
     def sequences(data_interval_start=None) -> dict:
         """user_sequences(D): each user's last max_len behaviours with ts < end of D."""
-        from stages import daily
+        from stages.pipeline import daily
 
         return daily.run_sequences(daily.ds_of(data_interval_start), **_settings())
 
     @task(outlets=[LUM_MODEL], pool=GPU_POOL, pool_slots=1)
     def pretrain(data_interval_start=None) -> dict:
         """Warm-start from the model trained through D-1; the new version is trained through D."""
-        from stages import daily
+        from stages.pipeline import daily
 
         return daily.run_pretrain(daily.ds_of(data_interval_start), **_settings())
 
     @task(outlets=[USER_KNOWLEDGE, ITEM_KNOWLEDGE], pool=GPU_POOL, pool_slots=1)
     def infer(data_interval_start=None) -> dict:
         """user_knowledge(D) and item_knowledge(D) with the newest model trained through D."""
-        from stages import daily
+        from stages.pipeline import daily
 
         return daily.run_infer(daily.ds_of(data_interval_start), **_settings())
 
     @task(inlets=[DLRM_SAMPLES], outlets=[DLRM_TRAINING])
     def join(data_interval_start=None) -> dict:
         """dlrm_training(D): samples of D with the newest knowledge strictly before D."""
-        from stages import daily
+        from stages.pipeline import daily
 
         return daily.run_join(daily.ds_of(data_interval_start), **_settings())
 

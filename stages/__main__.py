@@ -2,6 +2,6 @@
 
 import sys
 
-from stages.cli import main
+from stages.cli.app import main
 
 sys.exit(main())

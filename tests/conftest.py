@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] Spark session for the whole test session (start-up costs 4-10 s)."""
-    from stages.spark import get_spark, stop_spark
+    from stages.core.spark import get_spark, stop_spark
 
     session = get_spark()
     yield session
@@ -47,7 +47,7 @@ def warehouse(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def ml100k_warehouse(tmp_path_factory) -> str:
     """A warehouse with MovieLens-100K ingested once per session. Read-only: copy it before writing."""
-    from stages.ingest import run_source
+    from stages.ingest.stage import run_source
 
     path = tmp_path_factory.mktemp("ml100k") / "warehouse"
     run_source("movielens-100k", {}, warehouse=str(path))

@@ -23,8 +23,8 @@ def logical_date_for(ds: str) -> dt.datetime:
 
 @pytest.mark.slow
 def test_dag_test_two_days(airflow_db, lum_dag, ml100k_warehouse, copy_warehouse, monkeypatch):
-    from stages import model_store
-    from stages.warehouse import Warehouse
+    from stages.model import store as model_store
+    from stages.warehouse.facade import Warehouse
 
     wh_path = copy_warehouse(ml100k_warehouse)
     monkeypatch.setenv("LUM_WAREHOUSE", wh_path)

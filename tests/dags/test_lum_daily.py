@@ -72,7 +72,7 @@ def test_run_for_day_d_covers_day_d_and_fires_after_it(lum_dag):
 
 
 def test_ds_of_data_interval_start():
-    from stages.daily import ds_of
+    from stages.pipeline.daily import ds_of
 
     assert ds_of(dt.datetime(1998, 3, 2, tzinfo=UTC)) == "1998-03-02"
     assert ds_of(dt.datetime(1998, 3, 2, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-2)))) == "1998-03-03"

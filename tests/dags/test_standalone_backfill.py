@@ -45,7 +45,7 @@ def _runs(env: dict) -> list[dict]:
 
 @pytest.mark.slow
 def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehouse):
-    from stages.warehouse import Warehouse
+    from stages.warehouse.facade import Warehouse
 
     home = tmp_path / "airflow"
     home.mkdir()
@@ -60,8 +60,8 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         # scheduler, dag processor, api server and the CLI share one SQLite file: wait for its lock
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stages.airflow_db.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "stages.airflow_db.SQLITE_CONNECT_ARGS_ASYNC",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS_ASYNC",
         "LUM_WAREHOUSE": wh,
         "LUM_CONFIG": TINY_CONFIG,
         "LUM_DAG_END_DATE": DAYS[-1],

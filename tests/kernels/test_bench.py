@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.bench_kernels import make_batch, run_bench, useful_flops
+from stages.bench.kernels import make_batch, run_bench, useful_flops
 
 TINY = {"users": 4, "prefix": 24, "conditions": 3, "heads": 4, "kv_heads": 2, "head_dim": 16, "repeats": 1,
         "sweep": False,

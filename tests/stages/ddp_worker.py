@@ -15,10 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from stages import train_loop
-from stages.lum_model import ModelConfig, build_model
-from stages.packing import Sequences
-from stages.tokenize import Vocab
+from stages.model.lum import ModelConfig, build_model
+from stages.model.vocab import Vocab
+from stages.training import loop as train_loop
+from stages.training.packing import Sequences
 
 
 def main(out: str, rows_per_step: int = 4) -> None:

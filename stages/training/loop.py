@@ -1,0 +1,299 @@
+"""The LUM training loop: packed batches, InfoNCE, AdamW, warmup + cosine, clipping, checkpoints, DDP.
+
+Determinism and resume: the data order of epoch e is a pure function of (seed, e): the sequence order is
+shuffled with ``default_rng(seed + e)``, packed best-fit into rows, and the rows shuffled again, so
+"data position" is just the global step. A checkpoint (every ``checkpoint_every`` steps and at the end)
+holds model, optimizer, scheduler, step, the torch RNG state (dropout) and the negative sampler's
+generator; resuming from it replays exactly what an uninterrupted run would do (test_pretrain_resume).
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on CPU / nccl on CUDA and the
+model is wrapped in DDP. Each rank takes rows ``rank::world`` of every step; the in-batch candidate set is
+the union over ranks (targets are all-gathered), every rank samples the same extra negatives (same
+generator), and the local loss is scaled by world/P_global so DDP's gradient average equals the gradient
+of the single-process loss on the same global batch (test_pretrain_ddp).
+GPU: bf16 autocast for the forward; the attention path is chosen and logged by stages.model.lum.
+Next-condition head (model.cfg.cond_loss_weight > 0): loss = (InfoNCE sum + w * next-condition CE sum) /
+condition positions of the global batch; "loss" reports that total, "cond_loss" the last step's mean CE.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.core.progress import Progress
+from stages.model.losses import info_nce_loss, next_condition_loss, popularity_log_q, sample_negatives
+from stages.training.packing import Sequences, best_fit_pack, make_batch, pack_fill
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0            # passes over the training sequences (fractional allowed)
+    max_steps: int = 0             # > 0 caps the step count (smoke runs); 0 = from epochs
+    row_tokens: int = 400          # token budget of one packed row; >= 2 * max_len. 400 (= 2 x 200) beat 512
+                                   # in `lum bench pack` (1.49x vs 1.32x over padded): dense-mask cost ~ S^2
+    rows_per_step: int = 10        # rows per optimizer step (10 x 400 = 4k tokens)
+    lr: float = 2e-3               # AdamW peak learning rate (small model, large batch)
+    weight_decay: float = 0.01     # light decoupled weight decay
+    warmup_steps: int = 50         # linear warmup before the cosine decay
+    min_lr_ratio: float = 0.05     # cosine floor as a fraction of lr
+    grad_clip: float = 1.0         # global grad-norm clip
+    sampled_negatives: int = 1024  # extra negatives per step on top of in-batch ones
+    negative_sampling: str = "uniform"  # "uniform" | "popularity" source of the extra negatives | "all": every
+                                        # item is a candidate (exact softmax; no sampling bias; sampled_negatives
+                                        # is ignored). "auto": "all" up to ALL_ITEMS_MAX item rows, else "uniform"
+    logq: bool = False             # subtract log popularity from candidate logits (sampling-bias correction)
+    seed: int = 0                  # seeds init, data order, dropout and negatives
+    checkpoint_every: int = 200    # steps between checkpoints (0 = only at the end)
+    log_every_s: float = 10.0      # seconds between progress lines
+
+
+def epoch_rows(seqs: Sequences, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """Packed rows (lists of sequence indices) of epoch ``epoch``, deterministic given cfg.seed."""
+    rng = np.random.default_rng(cfg.seed + epoch)
+    order = rng.permutation(len(seqs))
+    rows = best_fit_pack(2 * seqs.lengths[order], cfg.row_tokens)
+    rows = [[int(order[i]) for i in r] for r in rows]
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size (ML-1M: 3,706; P x 20k logits/step)
+NEGATIVE_SAMPLINGS = ("auto", "all", "uniform", "popularity")
+
+
+def resolve_negative_sampling(mode: str, n_item_rows: int | None, *, logq: bool = False) -> str:
+    """The candidate scheme a run uses: "all" | "uniform" | "popularity" ("auto" picks by catalog size).
+
+    n_item_rows None (the catalog is not known yet, e.g. a config check): "auto" stays "auto". ValueError
+    for an unknown mode, and for logQ correction with "all" (it corrects sampled candidates; none are)."""
+    if mode not in NEGATIVE_SAMPLINGS:
+        raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, got {mode!r}")
+    if mode == "auto" and n_item_rows is not None:
+        mode = "all" if n_item_rows - 1 <= ALL_ITEMS_MAX else "uniform"
+    if logq and mode == "all":
+        raise ValueError("logq corrects sampled candidates; negative_sampling='all' samples none")
+    return mode
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine down to ``min_lr_ratio`` at ``total``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE set by torchrun (or stages.training.workers) for this process; 1 when run on its own."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    import torch.distributed as dist
+
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    log.info("DDP: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
+    return True
+
+
+def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor, ckpt_path: Path | None,
+          resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None) -> dict:
+    """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "tokens", "seconds", "fill", ...}.
+
+    item_counts: (n_item_rows,) training events per item (popularity sampling / logQ). ckpt_path: where
+    checkpoints go (None = no checkpoints). resume: continue from ckpt_path when it exists.
+    stop_after_step: test hook - raise RuntimeError after that step (simulates a killed run).
+    init_state: optimizer state to warm-start from (daily continuation; ignored when resuming).
+    """
+    dist, rank, world = _dist()
+    device = next(model.parameters()).device
+    if len(seqs) == 0:
+        raise ValueError("no training sequences (empty user_sequences partition or selection)")
+    steps_per_epoch = math.ceil(len(epoch_rows(seqs, cfg, 0)) / cfg.rows_per_step)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    net = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg))
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    torch.manual_seed(cfg.seed + 1 + rank)
+    probs, log_q = popularity_log_q(item_counts)
+    start = 0
+    state = load_ckpt(ckpt_path) if (resume and ckpt_path is not None) else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["neg_rng"])
+        start = int(state["step"])
+        log.info("resumed from %s at step %d of %d", ckpt_path, start, total)
+    elif init_state is not None and init_state.get("optimizer") and not _same_shapes(init_state["optimizer"], opt):
+        log.info("warm start: parent optimizer state does not fit (vocabulary grew); fresh AdamW")
+    elif init_state is not None and init_state.get("optimizer"):
+        try:
+            opt.load_state_dict(init_state["optimizer"])
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr
+            log.info("warm start: optimizer state restored from the parent version")
+        except (ValueError, KeyError) as exc:
+            log.info("warm start: parent optimizer state not reusable (%s); fresh AdamW", exc)
+    sampling = resolve_negative_sampling(cfg.negative_sampling, model.item_id_emb.num_embeddings, logq=cfg.logq)
+    all_items = torch.arange(1, model.item_id_emb.num_embeddings, device=device) if sampling == "all" else None
+    log.info("negatives: %s", "every item (exact softmax)" if all_items is not None else
+             f"in-batch + {cfg.sampled_negatives} {sampling}-sampled per step")
+    use_bf16 = device.type == "cuda"
+    cond_w = float(getattr(model.cfg, "cond_loss_weight", 0.0)) if getattr(model, "has_cond_head", False) else 0.0
+    progress = Progress("pretrain", total - start, unit="steps", every_s=cfg.log_every_s, logger=log)
+    tokens, t0, loss_val, acc, cond_val = 0, time.perf_counter(), float("nan"), 0.0, float("nan")
+    fills = []
+    rows_cache: tuple[int, list[list[int]]] | None = None
+    net.train()
+    for step in range(start, total):
+        epoch, k = divmod(step, steps_per_epoch)
+        if rows_cache is None or rows_cache[0] != epoch:
+            rows_cache = (epoch, epoch_rows(seqs, cfg, epoch))
+            fills.append(pack_fill(2 * seqs.lengths, rows_cache[1], cfg.row_tokens))
+        step_rows = rows_cache[1][k * cfg.rows_per_step:(k + 1) * cfg.rows_per_step]
+        mine = step_rows[rank::world]
+        # fewer rows than ranks (a small last step): a rank without a row runs the step's first row with its
+        # loss multiplied by 0, so DDP's gradient all-reduce still sees every parameter from every rank;
+        # its targets stay out of the shared candidates and the counts, so the result equals 1 process
+        idle = not mine
+        if idle:
+            mine = step_rows[:1]
+        ids = [s for r in mine for s in r]
+        row_of = [j for j, r in enumerate(mine) for _ in r]
+        batch = make_batch(seqs, ids, row_of, cfg.row_tokens)
+        items = batch.items.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = net(items, batch.conds.to(device), batch.cu_seqlens.to(device),
+                      batch.row_of_seq.to(device), cfg.row_tokens, with_item_hidden=cond_w > 0)
+        cond_sum = None
+        if cond_w > 0:
+            out, item_h = out
+            cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
+                                              model.cond_features, batch.cu_seqlens.to(device))
+        all_targets, n_global = _gather_targets(items[:0] if idle else items, dist)
+        if all_items is not None:
+            sampled = all_items
+        else:
+            sampled = (sample_negatives(cfg.sampled_negatives, probs if sampling == "popularity" else None,
+                                        model.item_id_emb.num_embeddings, gen).to(device)
+                       if cfg.sampled_negatives > 0 else None)
+        extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
+        loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None,
+                                      accuracy=step == total - 1)
+        if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
+            loss_sum = loss_sum + cond_w * cond_sum
+            cond_val = float(cond_sum.detach()) / max(1, n_cond)  # this rank's mean next-condition CE
+        if idle:
+            loss_sum = loss_sum * 0.0
+        loss = loss_sum * world / max(1, n_global)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        tokens += 2 * int(n_global)
+        loss_val = _global_mean(loss_sum.detach(), n_global, dist)
+        acc = stats["accuracy"] if stats["accuracy"] is not None else acc
+        progress.update(1, loss=loss_val, tok_s=round(tokens / max(1e-9, time.perf_counter() - t0)),
+                        lr=sched.get_last_lr()[0])
+        done = step + 1
+        if ckpt_path is not None and rank == 0 and (
+                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
+            save_ckpt(ckpt_path, model, opt, sched, done, gen)
+        if stop_after_step is not None and done >= stop_after_step and done < total:
+            raise RuntimeError(f"stopped after step {done} (test hook)")
+    seconds = time.perf_counter() - t0
+    progress.done(loss=loss_val)
+    return {"steps": total, "resumed_from": start, "loss": loss_val, "accuracy": acc, "tokens": tokens,
+            "cond_loss": cond_val if cond_w > 0 else None,
+            "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
+            "pack_fill": round(float(np.mean(fills)), 4) if fills else None,
+            "logit_scale": float(model.logit_scale.detach()), "steps_per_epoch": steps_per_epoch,
+            "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict()}
+
+
+def _same_shapes(saved: dict, opt) -> bool:
+    """Whether a saved AdamW state matches the new optimizer's parameter shapes one to one."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = saved.get("state", {})
+    if len(saved.get("param_groups", [])) != len(opt.param_groups):
+        return False
+    for i, p in enumerate(params):
+        s = state.get(i)
+        if s is not None and "exp_avg" in s and tuple(s["exp_avg"].shape) != tuple(p.shape):
+            return False
+    return True
+
+
+def _local_loss(model, out, targets, candidates, log_q, accuracy=True):
+    """Sum (not mean) of InfoNCE terms of this rank's positions over the shared candidate set."""
+    loss, stats = info_nce_loss(out, targets, model.item_embeddings, scale=model.logit_scale,
+                                sampled=candidates, log_q=log_q, accuracy=accuracy)
+    return loss * targets.numel(), stats
+
+
+def _gather_targets(items: torch.Tensor, dist) -> tuple[torch.Tensor, int]:
+    if dist is None:
+        return items, int(items.numel())
+    n = torch.tensor([items.numel()], device=items.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    padded = torch.zeros(m, dtype=items.dtype, device=items.device)
+    padded[: items.numel()] = items
+    bufs = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(bufs, padded)
+    allt = torch.cat([b[: int(s.item())] for b, s in zip(bufs, sizes)])
+    return allt, int(allt.numel())
+
+
+def _global_mean(loss_sum: torch.Tensor, n_global: int, dist) -> float:
+    if dist is None:
+        return float(loss_sum) / max(1, n_global)
+    t = loss_sum.clone().float()
+    dist.all_reduce(t)
+    return float(t) / max(1, n_global)
+
+
+def save_ckpt(path: Path, model, opt, sched, step: int, gen: torch.Generator) -> None:
+    from stages.model.store import save_checkpoint
+
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+                           "neg_rng": gen.get_state()})
+
+
+def load_ckpt(path: Path) -> dict | None:
+    from stages.model.store import load_checkpoint
+
+    return load_checkpoint(path)

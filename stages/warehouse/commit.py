@@ -1,0 +1,135 @@
+"""One delta-rs commit of parquet files that already lie inside a table directory.
+
+Used by the staged writer (``stages.warehouse.staging``) and the Spark bridge
+(``stages.warehouse.spark_bridge``): files are written first (invisible to readers: no commit names them),
+then ``commit_partition_files`` builds one ``AddAction`` per file from its parquet footer and makes
+ONE overwrite commit of partition ``ds`` (``DeltaTable.create_write_transaction``, or
+``create_table_with_add_actions`` for a new table). delta-rs does not check that added files belong
+to the partition being replaced, so every file is checked here: its path must lie under the table
+directory and its partition value must be ``ds``.
+
+Idempotence: the commit carries a Delta app transaction ``(app_id, 1)``; when the table already
+records ``app_id`` the commit is skipped and the current version returned, so a retried task that
+already committed does not apply twice (and does not bump the version). The check happens before the
+commit, so two writers racing with the same ``app_id`` at the same moment could both apply: one
+Airflow task instance per (table, ds) is the assumption.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.transaction import AddAction, create_table_with_add_actions
+
+from stages.warehouse.stats import footer_stats
+
+log = logging.getLogger(__name__)
+
+TXN_VERSION = 1  # one commit per app_id: any recorded version means "already applied"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A parquet file inside the table directory, by its path relative to the table root."""
+
+    relpath: str  # '/'-separated, relative to the table root, never starting with '/' or '..'
+    ds: str  # the partition value this file is committed under
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the in-filesystem path of ``uri`` (local paths and pyarrow URIs)."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def add_action(fs: pafs.FileSystem, table_path: str, item: DataFile) -> AddAction:
+    """An ``AddAction`` for one file, with Delta stats (numRecords, min/max, nullCount of top-level
+    primitive columns) from the parquet footer (``stages.warehouse.stats.footer_stats``), so readers
+    skip files by value range from the log alone (``Warehouse.read`` filters, ``stages.warehouse.scan``)."""
+    full = f"{table_path}/{item.relpath}"
+    info = fs.get_file_info(full)
+    if info.type != pafs.FileType.File:
+        raise ValueError(f"data file {item.relpath} is missing under {table_path}")
+    with fs.open_input_file(full) as handle:
+        meta = pq.read_metadata(handle)
+    mtime_ms = int((info.mtime_ns or time.time_ns()) // 1_000_000)
+    stats = json.dumps(footer_stats(meta, exclude=("ds",)), allow_nan=False)
+    return AddAction(path=item.relpath, size=int(info.size), partition_values={"ds": item.ds},
+                     modification_time=mtime_ms, data_change=True, stats=stats)
+
+
+def check_files(files: Sequence[DataFile], ds: str, name: str) -> None:
+    """Refuse any file outside the table root or committed under another partition."""
+    for item in files:
+        parts = item.relpath.split("/")
+        if item.relpath.startswith("/") or ".." in parts or "://" in item.relpath:
+            raise ValueError(f"table {name}: file {item.relpath!r} is not inside the table directory")
+        if item.ds != ds:
+            raise ValueError(f"table {name}: file {item.relpath} belongs to partition {item.ds}, "
+                             f"not {ds}; refusing the commit")
+        dirs = [p for p in parts[:-1] if p.startswith("ds=")]
+        if any(d != f"ds={ds}" for d in dirs):
+            raise ValueError(f"table {name}: file {item.relpath} lies in {dirs[-1]}, "
+                             f"outside partition ds={ds}")
+
+
+def already_committed(table_uri: str, app_id: str, storage_options: dict | None) -> bool:
+    if not DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
+        return False
+    return DeltaTable(table_uri, storage_options=storage_options).transaction_version(app_id) is not None
+
+
+def commit_partition_files(table_uri: str, name: str, *, ds: str, files: Sequence[DataFile],
+                           schema: pa.Schema, app_id: str, storage_options: dict | None = None,
+                           metadata: dict[str, str] | None = None) -> tuple[int, bool]:
+    """ONE overwrite commit replacing partition ``ds`` with ``files``; returns (version, applied).
+
+    ``schema``: the full table schema including ``ds`` (used when the table is created).
+    ``applied`` is False when ``app_id`` was already committed (nothing changes).
+    """
+    check_files(files, ds, name)
+    return commit_overwrite(table_uri, name, files=files, schema=schema, app_id=app_id,
+                            storage_options=storage_options, metadata=metadata,
+                            partition_filter=("ds", "=", ds), what=f"ds={ds}")
+
+
+def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], schema: pa.Schema, app_id: str,
+                     storage_options: dict | None, metadata: dict[str, str] | None,
+                     partition_filter: tuple[str, str, Any], what: str) -> tuple[int, bool]:
+    """ONE overwrite commit of already-checked ``files`` replacing the partitions ``partition_filter``
+    selects (``("ds", "=", day)`` or ``("ds", "in", days)``), recording ``app_id`` as an app transaction;
+    creates the table when it does not exist. Returns (version, applied); applied is False (and nothing
+    changes) when ``app_id`` was already committed. ``what`` names the partitions in log lines."""
+    if already_committed(table_uri, app_id, storage_options):
+        version = DeltaTable(table_uri, storage_options=storage_options).version()
+        log.info("%s %s: app transaction %s already committed (version %d); skipping", name, what, app_id, version)
+        return version, False
+    fs, table_path = filesystem_for(table_uri)
+    actions = [add_action(fs, table_path, item) for item in files]
+    props = CommitProperties(custom_metadata=dict(metadata or {}),
+                             app_transactions=[Transaction(app_id, TXN_VERSION)])
+    if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
+        table = DeltaTable(table_uri, storage_options=storage_options)
+        table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
+                                       partition_filters=[partition_filter], commit_properties=props)
+    else:
+        from deltalake import Schema
+
+        create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",
+                                      partition_by=["ds"], storage_options=storage_options,
+                                      commit_properties=props)
+    version = DeltaTable(table_uri, storage_options=storage_options).version()
+    rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+    log.info("committed %s %s: %d files, %d rows, version %d", name, what, len(actions), rows, version)
+    return version, True

@@ -1,0 +1,304 @@
+"""The warehouse: Delta tables by name under one URI, written only through validated, atomic commits.
+
+Every table lives at ``<warehouse>/<name>`` and is a Delta table written by delta-rs (``deltalake``):
+- ``write_partition`` validates against ``schemas.<name>`` and replaces exactly partition ``ds`` in one
+  commit (``write_deltalake(mode="overwrite", predicate="ds = '<ds>'")``; rows outside it are refused),
+  so writing the same rows twice leaves the same rows.
+- ``stage_partition`` / ``commit_staged`` (``stages.warehouse.staging``): big, streamed or sharded
+  outputs are written as parquet files first and made visible by ONE overwrite commit; a retried
+  commit of the same ``run_id`` is a no-op (Delta app transaction).
+- ``read_spark`` / ``write_spark_partition`` (``stages.warehouse.spark_bridge``): Spark reads and writes the
+  data files, delta-rs makes the commit (the delta-spark jars are not installable here, ENV.md).
+- ``read`` opens only the files of the requested partitions (file pruning on the Delta log's
+  partition values), and of those only the files whose log min/max/nullCount statistics may match
+  ``filters`` (delta-rs >= 1.x puts them in each fragment's expression; every commit path records
+  them, ``stages.warehouse.stats``), then pushes ``filters`` down to the parquet scan, restores ``ds``
+  and casts back to the schema types (Delta stores ``fixed_size_list`` embeddings as ``array<float>``).
+
+Table metadata: ``write_partition(..., metadata={...})`` stores each key in the Delta table's
+configuration (``table_metadata(name)`` reads it back; e.g. ``dlrm_training``'s condition order under
+``schemas.dlrm_training.CONDITIONS_KEY``) and also in the data commit's ``custom_metadata`` (visible
+in ``history``), so the value that went with each partition write is on record atomically.
+delta-rs refuses unknown keys at table creation, so the configuration is set by a second commit
+(``alter.set_table_properties``) only when the value changes.
+
+Limits: remote URIs work for delta-rs reads/writes; the staged and Spark paths write files with
+``pyarrow.fs`` and are tested on local paths only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+import schemas
+from stages.core.dates import check_ds
+from stages.core.settings import resolve_warehouse
+from stages.core.settings import storage_options as env_storage_options
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stages.warehouse.staging import PartitionStager
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
+
+Filter = tuple[str, str, Any]
+
+
+class Warehouse:
+    """Delta tables by name under ``uri`` (a local path or any delta-rs URI)."""
+
+    def __init__(self, uri: str | None = None, *, storage_options: dict[str, str] | None = None):
+        self.uri = resolve_warehouse(uri)
+        self.storage_options = dict(env_storage_options() if storage_options is None else storage_options)
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.uri!r})"
+
+    # ---- opening tables -------------------------------------------------------------------------
+    def table_uri(self, name: str) -> str:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"table name must match {_NAME_RE.pattern}, got {name!r}")
+        return f"{self.uri}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.table_uri(name), storage_options=self.storage_options or None)
+
+    def delta_table(self, name: str, version: int | None = None) -> DeltaTable:
+        """The ``DeltaTable`` at ``version`` (latest when None); ``ValueError`` if missing."""
+        if not self.exists(name):
+            raise ValueError(f"table {name} does not exist in warehouse {self.uri}")
+        table = DeltaTable(self.table_uri(name), storage_options=self.storage_options or None)
+        if version is not None:
+            if not isinstance(version, int) or version < 0 or version > table.version():
+                raise ValueError(f"table {name}: version must be 0..{table.version()}, got {version!r}")
+            table.load_as_version(version)
+        return table
+
+    def version(self, name: str) -> int | None:
+        """The latest committed version, or None when the table does not exist."""
+        return self.delta_table(name).version() if self.exists(name) else None
+
+    # ---- partitions -----------------------------------------------------------------------------
+    def partitions(self, name: str, version: int | None = None) -> list[str]:
+        """Sorted ``ds`` values that have files in the snapshot ([] when the table is missing)."""
+        if not self.exists(name):
+            return []
+        actions = pa.table(self.delta_table(name, version).get_add_actions(flatten=True))
+        if "partition.ds" not in actions.column_names:
+            raise ValueError(f"table {name} is not partitioned by ds")
+        return sorted(set(actions.column("partition.ds").to_pylist()))
+
+    def latest_partition(self, name: str, *, before: str | None = None,
+                         at_or_before: str | None = None) -> str | None:
+        """The newest ``ds`` < ``before`` (and/or <= ``at_or_before``); None when there is none."""
+        days = self.partitions(name)
+        if before is not None:
+            days = [d for d in days if d < check_ds(before, name="before")]
+        if at_or_before is not None:
+            days = [d for d in days if d <= check_ds(at_or_before, name="at_or_before")]
+        return days[-1] if days else None
+
+    # ---- reading --------------------------------------------------------------------------------
+    def read(self, name: str, *, ds: str | None = None, start: str | None = None, end: str | None = None,
+             columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None,
+             version: int | None = None) -> pa.Table:
+        """Rows of the snapshot (latest or ``version``) as Arrow, with ``ds`` restored.
+
+        ``ds`` (one day) or ``start``/``end`` (inclusive) select partitions from the Delta log; only
+        their files are opened. ``filters``: ``(column, op, value)`` with op in ``== != < <= > >= in``,
+        ANDed. delta-rs gives each file's fragment an expression built from its partition value AND
+        its log min/max/nullCount, so files whose statistics rule a filter out are never opened;
+        the other files get parquet row-group pushdown. Known tables come back in their schema's types.
+        """
+        table = self.delta_table(name, version)
+        pruning = _partition_filters(ds, start, end)
+        dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning or None)
+        expr = _filter_expression(list(pruning) + list(filters or ()), dataset.schema, name)
+        if columns is not None:
+            unknown = [c for c in columns if c not in dataset.schema.names]
+            if unknown:
+                raise ValueError(f"table {name}: unknown column(s) {', '.join(unknown)}")
+        out = dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr)
+        return restore_types(name, out)
+
+    # ---- writing --------------------------------------------------------------------------------
+    def write_partition(self, name: str, table: pa.Table, *, ds: str,
+                        metadata: dict[str, str] | None = None, dim: int | None = None) -> int:
+        """Validate ``table`` and atomically replace partition ``ds`` with it; returns the version."""
+        spec = schemas.get(name).SPEC
+        if "ds" not in spec.partition_by:
+            raise ValueError(f"table {name} is not partitioned; use write_table")
+        check_ds(ds)
+        data = spec.validate(table, ds=ds, dim=dim)
+        write_deltalake(
+            self.table_uri(name), data, partition_by=["ds"], mode="overwrite", predicate=f"ds = '{ds}'",
+            storage_options=self.storage_options or None,
+            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
+        )
+        self.set_table_metadata(name, metadata or {})
+        version = self.version(name)
+        log.info("wrote %s ds=%s: %d rows, version %s", name, ds, data.num_rows, version)
+        return version
+
+    def write_table(self, name: str, table: pa.Table, *, metadata: dict[str, str] | None = None) -> int:
+        """Validate and atomically overwrite an unpartitioned table; returns the version."""
+        spec = schemas.get(name).SPEC
+        if spec.partition_by:
+            raise ValueError(f"table {name} is partitioned by {', '.join(spec.partition_by)}; "
+                             "use write_partition")
+        data = spec.validate(table)
+        write_deltalake(
+            self.table_uri(name), data, mode="overwrite", storage_options=self.storage_options or None,
+            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
+        )
+        self.set_table_metadata(name, metadata or {})
+        version = self.version(name)
+        log.info("wrote %s: %d rows, version %s", name, data.num_rows, version)
+        return version
+
+    def write_full(self, name: str, table: pa.Table, *, days: Sequence[str] | None = None) -> int:
+        """Validate a many-day ``table`` of a ds-partitioned table and write it in ONE commit.
+
+        ``days=None``: replace the whole table (old partitions not in ``table`` disappear). A list of
+        days: replace exactly those partitions (``predicate ds IN (...)``; rows outside are refused).
+        One commit instead of one ``write_partition`` per day (ML-1M events: 1,040 days). Returns the
+        version. Added by the ingestion workstream (full ingests and events files).
+        """
+        spec = schemas.get(name).SPEC
+        if "ds" not in spec.partition_by:
+            raise ValueError(f"table {name} is not partitioned; use write_table")
+        predicate = None
+        if days is not None:
+            days = sorted({check_ds(d) for d in days})
+            if not days:
+                raise ValueError(f"table {name}: write_full needs at least one day in days")
+            predicate = "ds IN (" + ", ".join(f"'{d}'" for d in days) + ")"
+        data = spec.validate(table)
+        write_deltalake(self.table_uri(name), data, partition_by=["ds"], mode="overwrite",
+                        predicate=predicate,
+                        storage_options=self.storage_options or None)
+        version = self.version(name)
+        log.info("wrote %s: %d rows (%s), version %s", name, data.num_rows,
+                 "whole table" if days is None else f"{len(days)} day(s)", version)
+        return version
+
+    # ---- table metadata -------------------------------------------------------------------------
+    def table_metadata(self, name: str) -> dict[str, str]:
+        """The Delta table configuration (``{}`` when the table does not exist)."""
+        if not self.exists(name):
+            return {}
+        return dict(self.delta_table(name).metadata().configuration)
+
+    def set_table_metadata(self, name: str, metadata: dict[str, str]) -> None:
+        """Store ``metadata`` in the table configuration; commits only when a value changes."""
+        current = self.table_metadata(name)
+        changed = {str(k): str(v) for k, v in metadata.items() if current.get(str(k)) != str(v)}
+        if changed:
+            self.delta_table(name).alter.set_table_properties(changed, raise_if_not_exists=False)
+
+    # ---- staged and Spark writes, maintenance (implemented in helper modules) ----------------------
+    def stage_partition(self, name: str, *, ds: str, run_id: str, shard: str | None = None,
+                        dim: int | None = None) -> PartitionStager:
+        from stages.warehouse.staging import PartitionStager
+
+        return PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim)
+
+    def commit_staged(self, name: str, *, ds: str, run_id: str, shards: int | None = None,
+                      metadata: dict[str, str] | None = None) -> int:
+        from stages.warehouse.staging import commit_staged
+
+        return commit_staged(self, name, ds=ds, run_id=run_id, shards=shards, metadata=metadata)
+
+    def read_spark(self, spark, name: str, *, ds: str | None = None, start: str | None = None,
+                   end: str | None = None, version: int | None = None):
+        from stages.warehouse.spark_bridge import read_spark
+
+        return read_spark(self, spark, name, ds=ds, start=start, end=end, version=version)
+
+    def write_spark_partition(self, name: str, df, *, ds: str, app_id: str | None = None,
+                              metadata: dict[str, str] | None = None) -> int:
+        from stages.warehouse.spark_bridge import write_spark_partition
+
+        return write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata)
+
+    def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int = 1) -> list[str]:
+        """Delete files no snapshot newer than ``retention_hours`` needs, and stray files of failed runs.
+
+        Runs delta-rs ``vacuum(full=True)``: also removes files that no commit ever referenced (parquet
+        left by a crashed Spark or staged write). The 1 h default protects files of a run still in
+        flight (staged but not yet committed); pass 0 only when no writer of this table is running.
+        Time travel to versions whose files were removed stops working. Returns the deleted paths.
+        """
+        if not isinstance(retention_hours, int) or retention_hours < 0:
+            raise ValueError(f"retention_hours must be an int >= 0, got {retention_hours!r}")
+        table = self.delta_table(name)
+        return sorted(table.vacuum(retention_hours=retention_hours, dry_run=dry_run,
+                                   enforce_retention_duration=False, full=True))
+
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        """Commits, newest first: version, timestamp, operation, parameters and custom metadata."""
+        return self.delta_table(name).history(limit)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def _partition_filters(ds: str | None, start: str | None, end: str | None) -> list[Filter]:
+    if ds is not None and (start is not None or end is not None):
+        raise ValueError("give either ds or start/end, not both")
+    out: list[Filter] = []
+    if ds is not None:
+        out.append(("ds", "=", check_ds(ds)))
+    if start is not None:
+        out.append(("ds", ">=", check_ds(start, name="start")))
+    if end is not None:
+        out.append(("ds", "<=", check_ds(end, name="end")))
+    if start is not None and end is not None and end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    return out
+
+
+def _filter_expression(filters: Sequence[Filter], schema: pa.Schema, name: str) -> pads.Expression | None:
+    """AND of ``(column, op, value)`` tuples as a pyarrow dataset expression."""
+    expr = None
+    for item in filters:
+        if not (isinstance(item, (tuple, list)) and len(item) == 3):
+            raise ValueError(f"filter must be (column, op, value), got {item!r}")
+        column, op, value = item
+        op = "==" if op == "=" else op
+        if column not in schema.names:
+            raise ValueError(f"table {name}: filter on unknown column {column!r}")
+        if op not in _OPS:
+            raise ValueError(f"filter op must be one of {' '.join(_OPS)}, got {op!r}")
+        field = pc.field(column)
+        if op == "in":
+            term = field.isin(pa.array(list(value), type=schema.field(column).type))
+        else:
+            scalar = pa.scalar(value, type=schema.field(column).type)
+            term = {"==": field == scalar, "!=": field != scalar, "<": field < scalar,
+                    "<=": field <= scalar, ">": field > scalar, ">=": field >= scalar}[op]
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def restore_types(name: str, table: pa.Table) -> pa.Table:
+    """Cast a table read back from Delta to its schema's types (fixed-size embeddings, string types).
+
+    Columns not in the schema and tables without a schema module are left as they are.
+    """
+    if name not in schemas.TABLES:
+        return table
+    spec = schemas.get(name).SPEC
+    target = spec.build_schema(spec.infer_dim(table) or 1)
+    for i, column in enumerate(table.column_names):
+        if column in target.names and table.schema.field(column).type != target.field(column).type:
+            table = table.set_column(i, column, table.column(column).cast(target.field(column).type))
+    return table

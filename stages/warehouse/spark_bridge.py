@@ -1,0 +1,256 @@
+"""The Spark bridge: Spark reads and writes the data files, delta-rs makes every Delta commit.
+
+The delta-spark connector needs Maven jars that cannot be fetched here (ENV.md), so:
+- ``read_spark``: the snapshot's add actions (delta-rs) give each file and its ``ds``; Spark reads
+  those parquet files and ``ds`` is joined back on ``_metadata.file_path``. Paths are escaped
+  differently in the Delta log, on disk and in Spark (``sp ace`` vs ``sp%20ace``), so each file's key
+  is computed by Hadoop's own ``Path`` qualification in the JVM, exactly as Spark spells it.
+- ``write_spark_partition``: Spark writes ``df.write.partitionBy("ds").parquet`` into a fresh folder
+  ``<table>/spark-<uuid>/`` (invisible: no commit names it); the driver checks that every file lies
+  in ``ds=<ds>`` (rows of another day are refused), builds AddActions from the parquet footers and
+  makes ONE overwrite commit of partition ``ds``. A failure before the commit deletes the folder and
+  leaves the table's version and rows unchanged; a crash that skips the cleanup leaves stray files
+  that ``Warehouse.vacuum`` removes. With ``app_id`` a retried write that already committed is a no-op.
+- ``write_spark_partitions``: the same for a many-day DataFrame (``stages.join.range``): one Spark
+  write partitioned by ds, every file checked to lie in one of the given days, ONE commit replacing
+  exactly those days (``partition_filters ds in days``).
+
+Limits: the DataFrame is cast to the schema's column types; key uniqueness and null keys are not
+re-checked in Spark (one more pass over the data): callers build keys by construction. Tested on
+local paths; object stores need the matching Hadoop filesystem jars in Spark.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+import schemas
+from stages.core.dates import check_ds
+from stages.warehouse.commit import (
+    DataFile,
+    already_committed,
+    check_files,
+    commit_overwrite,
+    commit_partition_files,
+    filesystem_for,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stages.warehouse.facade import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+def _spark_path_key(spark, path: str) -> str:
+    """The string Spark reports in ``_metadata.file_path`` for ``path`` (qualified, URI-escaped)."""
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
+    return _normalize_key(fs.makeQualified(hpath).toUri().toString())
+
+
+def _normalize_key(key: str) -> str:
+    """Hadoop spells local URIs ``file:///x`` or ``file:/x`` depending on the call: use ``file:/x``."""
+    return re.sub(r"^file:/+", "file:/", key)
+
+
+_SAFE_REL = re.compile(r"^[A-Za-z0-9._=/-]+$")  # relative paths Hadoop leaves unescaped
+
+
+def snapshot_files(wh: Warehouse, name: str, *, ds: str | None = None, start: str | None = None,
+                   end: str | None = None, version: int | None = None) -> list[tuple[str, str | None]]:
+    """(path relative to the table root, ds) of every file in the selected partitions of the snapshot.
+
+    ``ds`` is None for an unpartitioned table (then ds/start/end must be None).
+    """
+    table = wh.delta_table(name, version)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    paths = actions.column("path").to_pylist()
+    if "partition.ds" not in actions.column_names:
+        if ds is not None or start is not None or end is not None:
+            raise ValueError(f"table {name} is not partitioned by ds; read it without ds/start/end")
+        return [(rel, None) for rel in paths]
+    out = []
+    for rel, day in zip(paths, actions.column("partition.ds").to_pylist()):
+        if ds is not None and day != ds or start is not None and day < start or end is not None and day > end:
+            continue
+        out.append((rel, day))
+    return out
+
+
+def read_spark(wh: Warehouse, spark, name: str, *, ds: str | None = None, start: str | None = None,
+               end: str | None = None, version: int | None = None):
+    """A DataFrame over the snapshot's files (partitions ``ds`` or ``start..end``), ``ds`` restored.
+
+    Columns are in the table schema's order and Spark types (``schemas.<name>.spark_schema()``).
+    Unpartitioned tables (items, users) are read whole. Cost: one py4j call for the table root plus
+    one per file whose relative path needs escaping (delta-rs and Spark names need none).
+    """
+    from pyspark.sql import functions as F
+
+    for value, label in ((ds, "ds"), (start, "start"), (end, "end")):
+        if value is not None:
+            check_ds(value, name=label)
+    struct = schemas.get(name).spark_schema()
+    data_struct = type(struct)([f for f in struct.fields if f.name != "ds"])
+    files = snapshot_files(wh, name, ds=ds, start=start, end=end, version=version)
+    if not files:
+        return spark.createDataFrame([], struct)
+    root = wh.table_uri(name)
+    data = spark.read.schema(data_struct).parquet(*[f"{root}/{rel}" for rel, _ in files])
+    if files[0][1] is None:  # unpartitioned: no ds to restore
+        return data.select(*[F.col(f.name).cast(f.dataType) for f in struct.fields])
+    root_key = _spark_path_key(spark, root)
+    keys = [(f"{root_key}/{rel}" if _SAFE_REL.match(rel) else _spark_path_key(spark, f"{root}/{rel}"), day)
+            for rel, day in files]
+    mapping = spark.createDataFrame(keys, "lum_file_path string, ds string")
+    key = F.regexp_replace(F.col("_metadata.file_path"), "^file:/+", "file:/")  # as _normalize_key
+    data = data.select("*", key.alias("lum_file_path"))
+    joined = data.join(F.broadcast(mapping), on="lum_file_path", how="inner")
+    return joined.select(*[F.col(f.name).cast(f.dataType) for f in struct.fields])
+
+
+def conform(df, name: str, ds: str):
+    """``df`` with ``ds`` filled when absent, cast to the schema's Spark types, in schema order."""
+    from pyspark.sql import functions as F
+
+    struct = schemas.get(name).spark_schema()
+    if "ds" not in df.columns:
+        df = df.withColumn("ds", F.lit(ds))
+    names = [f.name for f in struct.fields]
+    unknown = [c for c in df.columns if c not in names]
+    if unknown:
+        raise ValueError(f"{name}: unknown column(s) {', '.join(unknown)}; expected {', '.join(names)}")
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in struct.fields])
+
+
+def _list_written(fs: pafs.FileSystem, folder: str, folder_rel: str) -> list[DataFile]:
+    """Parquet files Spark wrote under ``folder``, each with the ds of its ``ds=...`` directory."""
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True)):
+        base = info.base_name
+        if info.type != pafs.FileType.File or base.startswith((".", "_")):
+            continue
+        rel = info.path[len(folder) + 1:]
+        dirs = [p for p in rel.split("/")[:-1] if p.startswith("ds=")]
+        day = dirs[-1][3:] if dirs else ""
+        out.append(DataFile(relpath=f"{folder_rel}/{rel}", ds=day))
+    return sorted(out, key=lambda f: f.relpath)
+
+
+def write_spark_partition(wh: Warehouse, name: str, df, *, ds: str, app_id: str | None = None,
+                          metadata: dict[str, str] | None = None) -> int:
+    """Write ``df`` (Spark) as partition ``ds`` of table ``name`` with ONE delta-rs commit.
+
+    ``app_id``: names this write; if the table already records it, nothing is written and the current
+    version is returned (a retried task does not apply twice). Returns the table version.
+    """
+    spec = _partitioned_spec(name)
+    check_ds(ds)
+    return _write_days(wh, name, conform(df, name, ds), spec=spec, days=[ds], label=ds, app_id=app_id,
+                       metadata=metadata)
+
+
+def write_spark_partitions(wh: Warehouse, name: str, df, *, days: Sequence[str], app_id: str | None = None,
+                           metadata: dict[str, str] | None = None) -> int:
+    """Write a many-day ``df`` (Spark, with a ``ds`` column) as partitions ``days`` in ONE commit.
+
+    Spark writes every day's files once (``partitionBy("ds")``) into the invisible ``spark-<uuid>/``
+    folder; the driver refuses any file whose ds is not in ``days``, then ONE delta-rs overwrite commit
+    (``partition_filters ds in days``) replaces exactly those partitions: all days of the call become
+    visible together or none does (a day in ``days`` without rows ends up empty). Chosen over one commit
+    per day: a failure never leaves half of the days new, and one commit instead of N (the log grows by
+    one entry; ML-1M December: 31 days, ~113k rows, one commit). ``app_id`` as in write_spark_partition
+    (recorded as ``lum/<name>/<first>..<last>/<app_id>``). Returns the table version.
+    """
+    spec = _partitioned_spec(name)
+    days = sorted({check_ds(d) for d in days})
+    if not days:
+        raise ValueError(f"table {name}: write_spark_partitions needs at least one day in days")
+    if "ds" not in df.columns:
+        raise ValueError(f"table {name}: write_spark_partitions needs a ds column in the DataFrame")
+    return _write_days(wh, name, conform(df, name, days[0]), spec=spec, days=days,
+                       label=f"{days[0]}..{days[-1]}", app_id=app_id, metadata=metadata)
+
+
+def _partitioned_spec(name: str):
+    spec = schemas.get(name).SPEC
+    if "ds" not in spec.partition_by:
+        raise ValueError(f"table {name} is not partitioned; a Spark partition write needs a ds table")
+    return spec
+
+
+def _write_days(wh: Warehouse, name: str, conformed, *, spec, days: list[str], label: str,
+                app_id: str | None, metadata: dict[str, str] | None) -> int:
+    """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
+
+    The commit records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id``
+    a write already recorded is skipped before Spark runs. Any failure before or in the commit deletes
+    the folder (the table is unchanged); a commit skipped because a concurrent retry recorded the
+    transaction first deletes it too (our files are not referenced).
+    """
+    table_uri = wh.table_uri(name)
+    txn = f"lum/{name}/{label}/{app_id or 'spark-' + uuid.uuid4().hex}"
+    if app_id is not None and already_committed(table_uri, txn, wh.storage_options or None):
+        log.info("%s ds=%s: app_id %s already committed; nothing to do", name, label, app_id)
+        return wh.version(name)
+    spark = conformed.sparkSession
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # what delta-rs reads
+    fs, table_path = filesystem_for(table_uri)
+    folder_rel = f"spark-{uuid.uuid4().hex}"
+    folder = f"{table_path}/{folder_rel}"
+    target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
+    try:
+        conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
+        version, applied = commit_days_files(table_uri, name, days=days, files=_list_written(fs, folder, folder_rel),
+                                             schema=spec.build_schema(1), app_id=txn,
+                                             storage_options=wh.storage_options or None, metadata=metadata)
+    except BaseException:
+        _remove_quietly(fs, folder)
+        raise
+    if applied:
+        wh.set_table_metadata(name, metadata or {})
+        version = wh.version(name)
+    else:
+        _remove_quietly(fs, folder)  # a concurrent retry won: our files are not referenced
+    return version
+
+
+def commit_days_files(table_uri: str, name: str, *, days: Sequence[str], files: Sequence[DataFile],
+                      schema: pa.Schema, app_id: str, storage_options: dict | None = None,
+                      metadata: dict[str, str] | None = None) -> tuple[int, bool]:
+    """ONE overwrite commit replacing partitions ``days`` with ``files``; returns (version, applied).
+
+    Every file must lie in one of ``days`` (``check_files`` per day); one day delegates to
+    ``commit_partition_files``. ``applied`` is False when ``app_id`` was already committed.
+    """
+    days = sorted(set(days))
+    if len(days) == 1:
+        return commit_partition_files(table_uri, name, ds=days[0], files=files, schema=schema, app_id=app_id,
+                                      storage_options=storage_options, metadata=metadata)
+    outside = [f for f in files if f.ds not in days]
+    if outside:
+        raise ValueError(f"table {name}: file {outside[0].relpath} belongs to partition {outside[0].ds}, "
+                         f"not one of the {len(days)} days {days[0]}..{days[-1]} being replaced; refusing the commit")
+    for day in days:
+        check_files([f for f in files if f.ds == day], day, name)
+    return commit_overwrite(table_uri, name, files=files, schema=schema, app_id=app_id,
+                            storage_options=storage_options, metadata=metadata,
+                            partition_filter=("ds", "in", days), what=f"ds={days[0]}..{days[-1]} ({len(days)} days)")
+
+
+def _remove_quietly(fs: pafs.FileSystem, folder: str) -> None:
+    try:
+        fs.delete_dir(folder)
+    except (FileNotFoundError, OSError) as exc:  # leftovers are vacuumed later; say so, don't mask the error
+        log.warning("could not remove %s (%s); Warehouse.vacuum will", folder, exc)

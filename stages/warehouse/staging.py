@@ -1,0 +1,164 @@
+"""Staged partition writes: many chunks and shards, then ONE commit of partition ``ds``.
+
+    stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard="0/2")
+    for chunk in chunks: stager.write(chunk)   # validated; parquet under <table>/ds=<ds>/, invisible
+    stager.finish()                             # manifest _staging/<table>/<ds>/<run_id>/shard-0-of-2.json
+    ...                                         # other shards, possibly other processes or machines
+    wh.commit_staged("user_knowledge", ds=ds, run_id=run_id)   # one commit of every shard's files
+
+Readers never see staged files until the commit. ``commit_staged`` refuses when a shard's manifest is
+missing, when shards disagree on the shard count, or when a file lies outside partition ``ds``;
+committing the same ``run_id`` twice applies once (app transaction ``lum/<table>/<ds>/<run_id>``).
+Keys are unique per chunk (``validate``); uniqueness across chunks and shards is the writer's job
+(shard by key). Files of a run that never commits are removed by ``Warehouse.vacuum``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import schemas
+from stages.core.dates import check_ds
+from stages.warehouse.commit import DataFile, commit_partition_files, filesystem_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stages.warehouse.facade import Warehouse
+
+log = logging.getLogger(__name__)
+
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,200}$")
+_SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if shard is None:
+        return 0, 1
+    match = _SHARD_RE.match(str(shard))
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {shard!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+        raise ValueError(f"run_id must match {_RUN_ID_RE.pattern}, got {run_id!r}")
+    return run_id
+
+
+def staging_dir(wh: Warehouse, name: str, ds: str, run_id: str) -> str:
+    return f"{wh.uri}/_staging/{name}/{ds}/{run_id.replace(':', '_')}"
+
+
+def app_id_for(name: str, ds: str, run_id: str) -> str:
+    return f"lum/{name}/{ds}/{run_id}"
+
+
+class PartitionStager:
+    """Writes validated chunks of one shard of partition ``ds`` as parquet files, then a manifest."""
+
+    def __init__(self, wh: Warehouse, name: str, *, ds: str, run_id: str, shard: str | None = None,
+                 dim: int | None = None):
+        self.spec = schemas.get(name).SPEC
+        if "ds" not in self.spec.partition_by:
+            raise ValueError(f"table {name} is not partitioned; stage_partition needs a ds table")
+        self.wh, self.name, self.ds = wh, name, check_ds(ds)
+        self.run_id = _check_run_id(run_id)
+        self.shard, self.n_shards = parse_shard(shard)
+        self.dim = dim
+        self.files: list[dict] = []
+        self.rows = 0
+        self.finished = False
+        self._fs, self._table_path = filesystem_for(wh.table_uri(name))
+        self._token = uuid.uuid4().hex[:12]  # distinguishes attempts of the same run and shard
+
+    def write(self, table: pa.Table, *, row_group_size: int | None = None) -> int:
+        """Validate one chunk and write it as one parquet file; returns the rows written.
+
+        ``row_group_size``: rows per parquet row group (None: pyarrow's default); small groups of a
+        sorted chunk let a point lookup read one group (added by the infer workstream)."""
+        if self.finished:
+            raise ValueError(f"stager for {self.name} ds={self.ds} shard {self.shard} is already finished")
+        data = self.spec.validate(table, ds=self.ds, dim=self.dim)
+        if self.dim is None and self.spec.embedding_columns:
+            self.dim = self.spec.infer_dim(data)  # later chunks must agree with the first
+        if data.num_rows == 0:
+            return 0
+        relpath = (f"ds={self.ds}/lum-{self.run_id.replace(':', '_')}-s{self.shard}of{self.n_shards}-"
+                   f"{self._token}-{len(self.files):05d}.parquet")
+        self._fs.create_dir(f"{self._table_path}/ds={self.ds}", recursive=True)
+        # delta-rs data files hold no partition column: ds lives in the add action
+        pq.write_table(data.drop_columns(["ds"]), f"{self._table_path}/{relpath}", filesystem=self._fs,
+                       compression="zstd", row_group_size=row_group_size)
+        self.files.append({"path": relpath, "rows": data.num_rows})
+        self.rows += data.num_rows
+        return data.num_rows
+
+    def finish(self) -> None:
+        """Write this shard's manifest (atomically: temp file + move). Call once, after all writes."""
+        manifest = {"table": self.name, "ds": self.ds, "run_id": self.run_id, "shard": self.shard,
+                    "n_shards": self.n_shards, "rows": self.rows, "dim": self.dim, "files": self.files}
+        fs, root = filesystem_for(staging_dir(self.wh, self.name, self.ds, self.run_id))
+        fs.create_dir(root, recursive=True)
+        target = f"{root}/shard-{self.shard}-of-{self.n_shards}.json"
+        tmp = f"{target}.{self._token}.tmp"
+        with fs.open_output_stream(tmp) as out:
+            out.write(json.dumps(manifest).encode())
+        fs.move(tmp, target)
+        self.finished = True
+        log.info("staged %s ds=%s shard %d/%d: %d files, %d rows", self.name, self.ds, self.shard,
+                 self.n_shards, len(self.files), self.rows)
+
+
+def read_manifests(wh: Warehouse, name: str, ds: str, run_id: str) -> list[dict]:
+    fs, root = filesystem_for(staging_dir(wh, name, ds, run_id))
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    out = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type == pafs.FileType.File and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as handle:
+                out.append(json.loads(handle.read().decode()))
+    return out
+
+
+def commit_staged(wh: Warehouse, name: str, *, ds: str, run_id: str, shards: int | None = None,
+                  metadata: dict[str, str] | None = None) -> int:
+    """ONE overwrite commit of partition ``ds`` with every shard's files; returns the table version."""
+    check_ds(ds)
+    _check_run_id(run_id)
+    spec = schemas.get(name).SPEC
+    app_id = app_id_for(name, ds, run_id)
+    manifests = read_manifests(wh, name, ds, run_id)
+    counts = {m["n_shards"] for m in manifests} | ({shards} if shards is not None else set())
+    if len(counts) > 1:
+        raise ValueError(f"table {name} ds={ds} run {run_id}: shard counts disagree: {sorted(counts)}")
+    n_shards = counts.pop() if counts else (shards or 1)
+    present = {m["shard"] for m in manifests}
+    missing = [i for i in range(n_shards) if i not in present]
+    if missing:
+        from stages.warehouse.commit import already_committed
+
+        if already_committed(wh.table_uri(name), app_id, wh.storage_options or None):
+            return wh.version(name)
+        raise ValueError(f"table {name} ds={ds} run {run_id}: manifest missing for shard(s) "
+                         f"{', '.join(map(str, missing))} of {n_shards}; refusing to commit")
+    dims = {m["dim"] for m in manifests if m.get("dim")}
+    if len(dims) > 1:
+        raise ValueError(f"table {name} ds={ds} run {run_id}: shards disagree on embedding dim "
+                         f"{sorted(dims)}")
+    files = [DataFile(relpath=f["path"], ds=m["ds"]) for m in manifests for f in m["files"]]
+    version, applied = commit_partition_files(
+        wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
+        app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)
+    if applied:
+        wh.set_table_metadata(name, metadata or {})
+        version = wh.version(name)
+    return version

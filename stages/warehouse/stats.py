@@ -1,0 +1,90 @@
+"""Delta file statistics: written from parquet footers, used to skip files on reads.
+
+Writing (``footer_stats``): the staged and Spark paths (``stages.warehouse.commit``) commit files that
+delta-rs did not write, so their ``add`` actions' ``stats`` are built here from the footer's row-group
+statistics (``pyarrow.parquet.read_metadata``; the data pages are never read), as the Delta protocol
+specifies them (PROTOCOL.md, "Per-file Statistics"):
+``{"numRecords": n, "minValues": {...}, "maxValues": {...}, "nullCount": {...}}``.
+- Only top-level primitive columns among the first ``STATS_MAX_COLUMNS`` leaf columns (Delta's
+  ``dataSkippingNumIndexedCols`` default); lists, structs and fixed-size lists are left out.
+- Types: integers, float/double (finite values only), boolean, string, date (``YYYY-MM-DD``) and
+  UTC-adjusted timestamps in milli/microseconds (``2024-01-01T00:00:00.123456Z``). Decimals, binary,
+  INT96 and local (non-UTC) timestamps are left out.
+- min/max of a column are left out when a row group with non-null values lacks them, or when a string
+  bound is longer than ``STRING_STATS_MAX_CHARS`` (we never truncate, so every bound is exact).
+  ``nullCount`` is kept whenever every row group reports it (an all-null column gets nullCount only).
+- The partition column ``ds`` is never in the files (its value lives in the add action).
+
+Reading: delta-rs (1.x) turns each add action's partition value and statistics into its pyarrow
+fragment's expression (``DeltaTable.to_pyarrow_dataset``), so ``Warehouse.read(filters=...)`` never
+opens a file whose min/max/nullCount exclude the filter; ``stages.warehouse.scan`` prunes on
+``min.user_id``/``max.user_id`` of ``get_add_actions(flatten=True)`` itself. Floats: parquet min/max
+ignore NaN, as delta-rs' own stats do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow.parquet as pq
+
+STATS_MAX_COLUMNS = 32  # Delta's default delta.dataSkippingNumIndexedCols: first 32 leaf columns
+STRING_STATS_MAX_CHARS = 32  # longer bounds are dropped, not truncated (a truncated max is not a bound)
+PARTITION_COLUMNS = ("ds",)  # never in the data files; excluded even if a writer left them there
+_INT_TYPES = ("NONE", "INT")  # INT32/INT64 without a logical type or with Int(bitWidth, signed)
+
+
+def _json_bound(value: Any, physical: str, logical: pq.ParquetLogicalType) -> Any:
+    """The Delta JSON form of one footer min/max, or None when the type is not recorded."""
+    kind = logical.type
+    if physical in ("INT32", "INT64") and kind in _INT_TYPES:
+        return None if '"isSigned":false' in logical.to_json().replace(" ", "") else int(value)
+    if physical in ("FLOAT", "DOUBLE") and kind == "NONE":
+        return float(value) if math.isfinite(value) else None
+    if physical == "BOOLEAN":
+        return bool(value)
+    if physical == "BYTE_ARRAY" and kind == "STRING":
+        return value if isinstance(value, str) and len(value) <= STRING_STATS_MAX_CHARS else None
+    if physical == "INT32" and kind == "DATE" and isinstance(value, dt.date):
+        return value.isoformat()
+    if physical == "INT64" and kind == "TIMESTAMP":
+        meta = logical.to_json()
+        if '"isAdjustedToUTC":true' not in meta.replace(" ", "") or "nanoseconds" in meta:
+            return None  # local timestamps need timestampNtz; ns would lose precision in the string
+        if isinstance(value, dt.datetime):
+            utc = value.astimezone(dt.UTC).replace(tzinfo=None)
+            return utc.isoformat(timespec="microseconds") + "Z"
+    return None
+
+
+def footer_stats(meta: pq.FileMetaData, *, exclude: Sequence[str] = PARTITION_COLUMNS) -> dict:
+    """Delta stats dict of one parquet file from its footer: numRecords, minValues, maxValues, nullCount.
+
+    Cost: reads the footer only (``meta``); O(columns x row groups). ``exclude``: column names never
+    recorded (the partition columns).
+    """
+    lo: dict[str, Any] = {}
+    hi: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for i in range(min(meta.num_columns, STATS_MAX_COLUMNS)):
+        column = meta.schema.column(i)
+        if column.path != column.name or column.max_repetition_level > 0 or column.name in exclude:
+            continue  # nested (list/struct/fixed-size list leaf) or a partition column
+        chunks = [(meta.row_group(g).column(i).statistics, meta.row_group(g).num_rows)
+                  for g in range(meta.num_row_groups)]
+        if any(st is None for st, _ in chunks):
+            continue
+        if all(st.has_null_count for st, _ in chunks):
+            nulls[column.name] = int(sum(st.null_count for st, _ in chunks))
+        valued = [st for st, rows in chunks if not (st.has_null_count and st.null_count >= rows)]
+        if not valued or any(not st.has_min_max for st in valued):
+            continue  # all null (nullCount says so) or a group without bounds: no min/max
+        low = [_json_bound(st.min, column.physical_type, column.logical_type) for st in valued]
+        high = [_json_bound(st.max, column.physical_type, column.logical_type) for st in valued]
+        if any(v is None for v in low + high):
+            continue
+        lo[column.name], hi[column.name] = min(low), max(high)  # ISO strings sort like their times
+    return {"numRecords": int(meta.num_rows), "minValues": lo, "maxValues": hi, "nullCount": nulls}

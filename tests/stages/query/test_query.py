@@ -1,0 +1,181 @@
+"""lum query / query_user_knowledge on hand-made user_knowledge partitions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from stages.cli.app import main
+from stages.query.lookup import query_user_knowledge
+from stages.warehouse.facade import Warehouse
+
+DIM = 4
+CONDITIONS = ["category=Action", "category=Comedy", "category=Drama"]
+
+
+def knowledge(ds: str, users: list[int], *, version: str, shift: float = 0.0) -> pa.Table:
+    """users x CONDITIONS rows; embedding[0] encodes (user, condition) so tests can check values."""
+    rows = [(u, c) for u in users for c in CONDITIONS]
+    emb = np.zeros((len(rows), DIM), np.float32)
+    emb[:, 0] = [u * 10 + i for u, c in rows for i in [CONDITIONS.index(c)]]
+    emb[:, 1] = shift
+    return pa.table({
+        "ds": [ds] * len(rows),
+        "user_id": pa.array([u for u, _ in rows], pa.int64()),
+        "condition": [c for _, c in rows],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), DIM),
+        "model_version": [version] * len(rows),
+        "history_len": pa.array([u % 7 for u, _ in rows], pa.int32()),
+    })
+
+
+@pytest.fixture
+def kwh(warehouse) -> str:
+    wh = Warehouse(warehouse)
+    wh.write_partition("user_knowledge", knowledge("2000-01-01", [1, 2, 3], version="lum-1999-12-31"),
+                       ds="2000-01-01")  # version 0
+    wh.write_partition("user_knowledge", knowledge("2000-01-02", [1, 2, 3, 4], version="lum-2000-01-01"),
+                       ds="2000-01-02")  # version 1
+    return warehouse
+
+
+def test_single_user_all_conditions(kwh):
+    out = query_user_knowledge(kwh, user_ids=[2], ds="2000-01-01")
+    assert out.num_rows == 3
+    assert out.column("condition").to_pylist() == CONDITIONS
+    assert set(out.column("ds").to_pylist()) == {"2000-01-01"}
+    assert out.schema.field("embedding").type == pa.list_(pa.field("element", pa.float32()), DIM)
+    assert [e[0] for e in out.column("embedding").to_pylist()] == [20.0, 21.0, 22.0]
+    assert out.column("model_version").to_pylist() == ["lum-1999-12-31"] * 3
+
+
+def test_newest_partition_by_default(kwh):
+    out = query_user_knowledge(kwh, user_ids=[4])
+    assert out.num_rows == 3 and set(out.column("ds").to_pylist()) == {"2000-01-02"}
+
+
+def test_many_users_and_condition_filter(kwh):
+    out = query_user_knowledge(kwh, user_ids=[3, 1, 99], ds="2000-01-02", conditions=["category=Comedy"])
+    assert out.column("user_id").to_pylist() == [1, 3]
+    assert [e[0] for e in out.column("embedding").to_pylist()] == [11.0, 31.0]
+
+
+def test_unknown_user_is_empty(kwh):
+    out = query_user_knowledge(kwh, user_ids=[12345], ds="2000-01-01")
+    assert out.num_rows == 0 and "embedding" in out.column_names
+
+
+def test_time_travel_by_version(kwh):
+    wh = Warehouse(kwh)
+    # Rewrite day 1 with other embeddings: version 2. Version 0 still shows the original rows.
+    wh.write_partition("user_knowledge", knowledge("2000-01-01", [1, 2], version="lum-x", shift=5.0),
+                       ds="2000-01-01")
+    now = query_user_knowledge(kwh, user_ids=[2, 3], ds="2000-01-01")
+    before = query_user_knowledge(kwh, user_ids=[2, 3], ds="2000-01-01", version=0)
+    assert now.column("user_id").to_pylist() == [2, 2, 2]
+    assert {e[1] for e in now.column("embedding").to_pylist()} == {5.0}
+    assert before.column("user_id").to_pylist() == [2, 2, 2, 3, 3, 3]
+    assert {e[1] for e in before.column("embedding").to_pylist()} == {0.0}
+    # At version 0 day 2 did not exist yet: newest partition is day 1.
+    assert set(query_user_knowledge(kwh, user_ids=[1], version=0).column("ds").to_pylist()) == {"2000-01-01"}
+
+
+def test_reads_only_the_requested_partition(kwh):
+    # Corrupt every data file of day 2: a query of day 1 must not open them.
+    day2 = [p for p in Path(kwh, "user_knowledge").rglob("*.parquet") if "2000-01-02" in str(p)]
+    assert day2
+    for p in day2:
+        p.write_bytes(b"not parquet")
+    assert query_user_knowledge(kwh, user_ids=[1], ds="2000-01-01").num_rows == 3
+    with pytest.raises(Exception):
+        query_user_knowledge(kwh, user_ids=[1], ds="2000-01-02")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"user_ids": [1], "ds": "2000-1-1"}, "ds must be YYYY-MM-DD"),
+    ({"user_ids": [1], "ds": "2000-02-30"}, "not a calendar day"),
+    ({"user_ids": [1], "ds": "2000-03-01"}, "no partition ds=2000-03-01"),
+    ({"user_ids": [], "ds": "2000-01-01"}, "user_ids"),
+    ({"user_ids": ["1 OR 1=1"], "ds": "2000-01-01"}, "user_ids must be integers"),
+    ({"user_ids": [1], "conditions": ["Comedy"]}, "feature=value"),
+    ({"user_ids": [1], "version": 9}, "version must be 0..1"),
+])
+def test_bad_arguments(kwh, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        query_user_knowledge(kwh, **kwargs)
+
+
+def test_missing_table(warehouse):
+    with pytest.raises(ValueError, match="does not exist"):
+        query_user_knowledge(warehouse, user_ids=[1])
+
+
+def test_cli_table_json_unknown_user_and_bad_day(kwh, capsys):
+    assert main(["query", "--warehouse", kwh, "--ds", "2000-01-01", "--user-id", "1", "--user-id", "2",
+                 "--condition", "category=Drama"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].split()[:3] == ["ds", "user_id", "condition"]
+    assert "(D=4)" in out[2] and out[2].split()[1] == "1"
+    assert json.loads(out[-1])["rows"] == 2
+
+    assert main(["query", "--warehouse", kwh, "--user-id", "3", "--format", "json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(x) for x in lines[:-1]]
+    assert len(rows) == 3 and rows[0]["ds"] == "2000-01-02" and len(rows[0]["embedding"]) == DIM
+    assert json.loads(lines[-1])["rows"] == 3
+
+    assert main(["query", "--warehouse", kwh, "--user-id", "777"]) == 0  # unknown user: empty, exit 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 0
+
+    assert main(["query", "--warehouse", kwh, "--ds", "2000/01/01", "--user-id", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lum: error:") and "YYYY-MM-DD" in err and len(err.splitlines()) == 1
+
+
+def test_env_warehouse_is_used(kwh, capsys, monkeypatch):
+    monkeypatch.setenv("LUM_WAREHOUSE", kwh)
+    assert main(["query", "--user-id", "4"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3
+    assert os.environ["LUM_WAREHOUSE"] == kwh
+
+
+def test_bench_query_small(warehouse):
+    from stages.bench.query import run_bench
+
+    report = run_bench({"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048},
+                       quick=True, warehouse=warehouse)
+    assert [r["lookup"] for r in report["table"]] == ["single", "single_newest", "batch_100", "unknown"]
+    assert report["files"] == 2 and report["summary"]["users"] == 3000
+    assert all(r["p50_ms"] > 0 for r in report["table"])
+    assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
+    with pytest.raises(ValueError, match="unknown bench query option"):
+        run_bench({"userz": 1}, quick=True, warehouse=warehouse)
+
+
+def test_opens_only_files_whose_user_range_matches(warehouse):
+    """Two files of one partition (users 1-3 and 4-6): corrupting the second must not affect user 2."""
+    wh = Warehouse(warehouse)
+    stager = wh.stage_partition("user_knowledge", ds="2000-01-01", run_id="t")
+    stager.write(knowledge("2000-01-01", [1, 2, 3], version="v"))
+    stager.write(knowledge("2000-01-01", [4, 5, 6], version="v"))
+    stager.finish()
+    wh.commit_staged("user_knowledge", ds="2000-01-01", run_id="t")
+    second = Path(warehouse, "user_knowledge", stager.files[1]["path"])
+    second.write_bytes(b"not parquet")
+    assert query_user_knowledge(warehouse, user_ids=[2], ds="2000-01-01").num_rows == 3
+    with pytest.raises(Exception):
+        query_user_knowledge(warehouse, user_ids=[5], ds="2000-01-01")
+
+
+def test_cli_summary_names_resolved_day_and_version(kwh, capsys):
+    assert main(["query", "--warehouse", kwh, "--user-id", "424242"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 0 and summary["ds"] == "2000-01-02" and summary["version"] == 1
+    assert main(["query", "--warehouse", kwh, "--user-id", "1", "--version", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ds"] == "2000-01-01" and summary["version"] == 0 and summary["rows"] == 3
