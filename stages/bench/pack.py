@@ -40,7 +40,7 @@ def ml1m_lengths(warehouse: str, max_len: int) -> tuple[np.ndarray, str]:
     try:
         from stages.warehouse.facade import Warehouse
 
-        wh = Warehouse(warehouse)
+        wh = Warehouse.of(warehouse)
         if wh.exists("user_sequences"):
             ds = wh.partitions("user_sequences")[-1]
             t = wh.read("user_sequences", ds=ds, columns=["history_len"])

@@ -19,6 +19,7 @@ from typing import Any
 
 from stages.core.config import from_mapping, load_config_file, parse_overrides
 from stages.core.settings import resolve_warehouse
+from stages.core.tables import format_table
 
 log = logging.getLogger("lum")
 
@@ -250,22 +251,6 @@ def cmd_demo(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
     from stages.pipeline import demo
 
     return demo.run_demo(warehouse=warehouse, out_dir=args.out, days=args.days, quick=args.quick)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text table of dict rows (columns from the first row)."""
-    cols = list(rows[0].keys())
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "" if v is None else str(v)
-
-    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {

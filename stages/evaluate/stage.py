@@ -340,7 +340,7 @@ def run_evaluate(cfg: Config, *, train_start: str, train_end: str, test_end: str
     if not train_start <= train_end < test_end:
         raise ValueError(f"need train_start <= train_end < test_end, got {train_start}, {train_end}, {test_end}")
     started = time.perf_counter()
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     if not wh.exists("dlrm_training"):
         raise ValueError("table dlrm_training does not exist; run `lum run join` first")
     train = wh.read("dlrm_training", start=train_start, end=train_end)

@@ -187,7 +187,7 @@ def sequences_snapshot(warehouse: str, ds: str) -> tuple[Any, int]:
     """(pyarrow dataset of partition ds of user_sequences, the Delta version read): one pinned snapshot."""
     from stages.warehouse.facade import Warehouse
 
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     if ds not in wh.partitions("user_sequences"):
         raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
     table = wh.delta_table("user_sequences")
@@ -292,7 +292,7 @@ def items_not_in_model(warehouse: str, vocab: Any) -> int:
     """Items of the items table that the model has no row for (they get no item_knowledge row)."""
     from stages.warehouse.facade import Warehouse
 
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     if not wh.exists("items"):
         return 0
     ids = wh.read("items", columns=["item_id"]).column("item_id").to_numpy()
@@ -336,7 +336,7 @@ def commit(warehouse: str, ds: str, run_id: str, shards: int | None) -> dict[str
     """One commit per table with every shard's staged files (item_knowledge first, user_knowledge last)."""
     from stages.warehouse.facade import Warehouse
 
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     return {name: wh.commit_staged(name, ds=ds, run_id=run_id, shards=shards)
             for name in ("item_knowledge", "user_knowledge")}
 
@@ -384,7 +384,7 @@ def infer_partition(cfg: Config, *, ds: str, warehouse: str, version: str, datas
     fixed = None if cset.per_user else cset.fixed(vocab.conditions[1:], vocab.features)
     for c in fixed or []:
         vocab.condition_id(c)  # every query condition must be known to the model: fail before any work
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     shard_arg = None if shard is None else f"{shard.index}/{shard.count}"
     total = int(dataset.count_rows())
     progress = Progress("infer", total if shard is None else max(1, total // shard.count), unit="users")

@@ -177,7 +177,7 @@ def read_events_source(path: str, *, warehouse: str) -> dict[str, pa.Table]:
 
     events = events_from_raw(read_file(path))
     new_items, new_users = dimension_rows(events)
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     out = {"events": events}
     for name, new, key in (("items", new_items, "item_id"), ("users", new_users, "user_id")):
         spec = schemas.get(name)

@@ -89,7 +89,7 @@ def write_tables(tables: Mapping[str, pa.Table], warehouse: str, *,
 
     validated = validate_tables(tables)
     days = sorted(pc.unique(validated["events"].column("ds")).to_pylist()) if days_only else None
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     versions: dict[str, int] = {}
     for name in TABLES:
         if name in FACT_TABLES:

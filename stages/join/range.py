@@ -121,7 +121,7 @@ def run_range(cfg: Config, *, start: str, end: str, warehouse: str) -> dict[str,
     days = day_range(start, end)
     spec, lag = check_config(cfg)
     started = time.perf_counter()
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     have = set(wh.partitions(spec.samples_table)) if wh.exists(spec.samples_table) else set()
     present = [d for d in days if d in have]
     missing = [d for d in days if d not in have]

@@ -486,7 +486,7 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict[str, Any]:
     check_ds(ds)
     spec, lag = check_config(cfg)
     started = time.perf_counter()
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     if not wh.exists(spec.samples_table) or ds not in wh.partitions(spec.samples_table):
         raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
     cutoff = days_before(ds, lag)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def _has_partition(warehouse: str, table: str, ds: str) -> bool:
     from stages.warehouse.facade import Warehouse
 
-    return ds in Warehouse(warehouse).partitions(table)
+    return ds in Warehouse.of(warehouse).partitions(table)
 
 
 def _model_trained_through(warehouse: str, ds: str) -> bool:

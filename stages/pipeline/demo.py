@@ -84,7 +84,7 @@ def choose_window(warehouse: str, days: int) -> list[str]:
 
     from stages.warehouse.facade import Warehouse
 
-    counts = pc.value_counts(Warehouse(warehouse).read("dlrm_samples", columns=["ds"]).column("ds"))
+    counts = pc.value_counts(Warehouse.of(warehouse).read("dlrm_samples", columns=["ds"]).column("ds"))
     order = np.argsort(counts.field("values").to_numpy(zero_copy_only=False))
     day_list = counts.field("values").to_numpy(zero_copy_only=False)[order]
     cum = np.cumsum(counts.field("counts").to_numpy()[order])
@@ -127,7 +127,7 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     os.makedirs(out_dir, exist_ok=True)
     overrides = QUICK if quick else FULL
     source = "movielens-100k" if quick else "movielens-1m"
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     ingest = {"skipped": True} if wh.exists("events") else run_source(source, {}, warehouse=warehouse)
     print(f"demo: ingest {source}: {json.dumps(ingest, default=str)[:200]}", flush=True)
 

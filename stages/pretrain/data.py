@@ -35,7 +35,7 @@ def load_sequences(warehouse: str, ds: str) -> SeqData:
     from stages.model.vocab import parse_condition
     from stages.warehouse.facade import Warehouse
 
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     if not wh.exists("user_sequences") or ds not in wh.partitions("user_sequences"):
         raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
     t = wh.read("user_sequences", ds=ds, columns=["user_id", "item_ids", "conditions", "ts"])

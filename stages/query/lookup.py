@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stages.core.dates import check_ds
+from stages.core.tables import format_table
 
 TABLE = "user_knowledge"
 QUERYABLE = ("user_knowledge", "dlrm_training")  # tables keyed by user_id that `lum query` reads
@@ -71,7 +72,7 @@ def query_table(warehouse: str, table: str, *, user_ids: Sequence[int], ds: str 
         check_ds(ds, name="ds")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise ValueError(f"version must be an integer, got {version!r}")
-    delta = Warehouse(warehouse).delta_table(table, version)  # ValueError when missing
+    delta = Warehouse.of(warehouse).delta_table(table, version)  # ValueError when missing
     days = pa.table(delta.get_add_actions(flatten=True)).column("partition.ds")
     if ds is None:
         if len(days) == 0:
@@ -103,7 +104,6 @@ def _display(value: Any) -> Any:
 
 def cli(args: argparse.Namespace, *, warehouse: str) -> dict[str, Any]:
     """``lum query``: print the rows (table or JSON lines) to stdout, return the summary."""
-    from stages.cli.app import format_table
 
     table_name = getattr(args, "table", TABLE) or TABLE
     rows = query_table(warehouse, table_name, user_ids=args.user_ids, ds=args.ds,

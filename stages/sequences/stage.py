@@ -77,7 +77,7 @@ def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
-    wh = Warehouse(warehouse)
+    wh = Warehouse.of(warehouse)
     for name in ("events", "items"):
         if not wh.exists(name):
             raise ValueError(f"table {name} does not exist in {warehouse}; run `lum ingest` first")

@@ -61,6 +61,11 @@ class Warehouse:
         self.uri = resolve_warehouse(uri)
         self.storage_options = dict(env_storage_options() if storage_options is None else storage_options)
 
+    @classmethod
+    def of(cls, warehouse: Warehouse | str | None) -> Warehouse:
+        """``warehouse`` itself when it is already a ``Warehouse``, else one opened at that URI (or the default)."""
+        return warehouse if isinstance(warehouse, Warehouse) else cls(warehouse)
+
     def __repr__(self) -> str:
         return f"Warehouse({self.uri!r})"
 
