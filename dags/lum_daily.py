@@ -47,7 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Variable, dag, task
 
 # Logical table URIs: stable across deployments, whatever warehouse URI the tasks resolve at run time.
 EVENTS = Asset(uri="lum://warehouse/events", name="lum_events")
@@ -70,8 +70,6 @@ def _day(env: str, default: str | None) -> dt.datetime | None:
 
 def _settings() -> dict:
     """Warehouse and config path, resolved when the task runs (Variable, then env)."""
-    from airflow.sdk import Variable
-
     return {
         "warehouse": Variable.get("lum_warehouse", default=None) or os.environ.get("LUM_WAREHOUSE"),
         "config_path": Variable.get("lum_config", default=None) or os.environ.get("LUM_CONFIG"),
@@ -99,33 +97,33 @@ def lum_daily():
     @task(inlets=[EVENTS], outlets=[USER_SEQUENCES])
     def sequences(data_interval_start=None) -> dict:
         """user_sequences(D): each user's last max_len behaviours with ts < end of D."""
-        from stages.pipeline import daily
+        from stages.pipeline import daily  # deferred: the DAG file is parsed often; stages load in the task
 
         return daily.run_sequences(daily.ds_of(data_interval_start), **_settings())
 
     @task(outlets=[LUM_MODEL], pool=GPU_POOL, pool_slots=1)
     def pretrain(data_interval_start=None) -> dict:
         """Warm-start from the model trained through D-1; the new version is trained through D."""
-        from stages.pipeline import daily
+        from stages.pipeline import daily  # deferred: the DAG file is parsed often; stages load in the task
 
         return daily.run_pretrain(daily.ds_of(data_interval_start), **_settings())
 
     @task(outlets=[USER_KNOWLEDGE, ITEM_KNOWLEDGE], pool=GPU_POOL, pool_slots=1)
     def infer(data_interval_start=None) -> dict:
         """user_knowledge(D) and item_knowledge(D) with the newest model trained through D."""
-        from stages.pipeline import daily
+        from stages.pipeline import daily  # deferred: the DAG file is parsed often; stages load in the task
 
         return daily.run_infer(daily.ds_of(data_interval_start), **_settings())
 
     @task(inlets=[DLRM_SAMPLES], outlets=[DLRM_TRAINING])
     def join(data_interval_start=None) -> dict:
         """dlrm_training(D): samples of D with the newest knowledge strictly before D."""
-        from stages.pipeline import daily
+        from stages.pipeline import daily  # deferred: the DAG file is parsed often; stages load in the task
 
         return daily.run_join(daily.ds_of(data_interval_start), **_settings())
 
     # join(D) reads the knowledge written by D-1's run (max_active_runs=1 guarantees it is done),
-    # so it does not wait for today's inference (CONTRACT.md, daily semantics).
+    # so it does not wait for today's inference (the daily semantics in the README).
     sequences() >> pretrain() >> infer()
     join()
 

@@ -8,24 +8,27 @@ input otherwise. Stage modules are imported lazily so ``lum --help`` is instant.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.core.config import from_mapping, load_config_file, parse_overrides
-from stages.core.settings import resolve_warehouse
+from stages.core.config import parse_overrides
+from stages.core.dates import check_ds
 from stages.core.tables import format_table
+from stages.pipeline import registry
+
+if TYPE_CHECKING:
+    from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger("lum")
 
-RUN_STAGES = ("sequences", "pretrain", "infer", "join")
-BENCHES = ("kernels", "infer", "pack", "join", "query")
-INGEST_SOURCES = ("movielens-1m", "movielens-100k", "synthetic", "events")
+RUN_STAGES = registry.names(registry.DAILY)
+BENCHES = registry.names(registry.BENCH)
+INGEST_SOURCES = registry.names(registry.INGEST)
 
 EPILOG = """examples:
   lum ingest movielens-1m
@@ -154,25 +157,25 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _stage_config(module: Any, args: argparse.Namespace, extra: dict[str, Any]) -> Any:
-    mapping = load_config_file(getattr(args, "config", None), module.__name__.rsplit(".", 1)[-1])
-    mapping.update(parse_overrides(getattr(args, "overrides", None)))
-    mapping.update({k: v for k, v in extra.items() if v is not None})
-    return from_mapping(module.Config, mapping)
+def _config(name: str, args: argparse.Namespace, options: dict[str, Any] | None = None) -> Any:
+    """Stage ``name``'s Config from --config, the command's own flags (``options``) and --set."""
+    return registry.build_config(name, config_path=getattr(args, "config", None), options=options,
+                                 overrides=parse_overrides(getattr(args, "overrides", None)))
 
 
-def cmd_ingest(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+def cmd_ingest(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     if args.source not in INGEST_SOURCES:
         raise UsageError(f"unknown dataset {args.source!r}; choose one of {', '.join(INGEST_SOURCES)}")
-    from stages.ingest import stage as ingest
-
-    return ingest.run_source(args.source, vars(args), warehouse=warehouse)
+    name = f"ingest.{args.source}"
+    flags = {"synthetic": ("users", "items", "categories", "days", "seed", "start"), "events": ("path",)}
+    options = {k: getattr(args, k) for k in flags.get(args.source, ())}
+    if args.source != "events" and args.path:
+        raise UsageError("--path applies to `lum ingest events` only")
+    return registry.run(name, _config(name, args, options), warehouse=warehouse)
 
 
 def _check_run_days(args: argparse.Namespace) -> bool:
     """True for a join range (--start/--end), False for one day (--ds); UsageError otherwise."""
-    from stages.core.dates import check_ds
-
     ranged = args.start is not None or args.end is not None
     if ranged and args.stage != "join":
         raise UsageError("--start/--end apply to `lum run join` only; use --ds (or lum backfill)")
@@ -190,7 +193,7 @@ def _check_run_days(args: argparse.Namespace) -> bool:
     return ranged
 
 
-def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
+def cmd_run(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     ranged = _check_run_days(args)
     extra: dict[str, Any] = {}
     if args.stage == "infer":
@@ -201,43 +204,38 @@ def cmd_run(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
         extra["retrain"] = True
     elif args.retrain:
         raise UsageError("--retrain applies to `lum run pretrain` only")
-    module = importlib.import_module(f"stages.{args.stage}.stage")
-    cfg = _stage_config(module, args, extra)
+    cfg = _config(args.stage, args, extra)
     if ranged:
-        from stages.join.range import run_range
+        from stages.join.range import run_range  # deferred: Spark and the join load only for this command
 
         return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
-    return module.run(cfg, ds=args.ds, warehouse=warehouse)
+    return registry.run(args.stage, cfg, ds=args.ds, warehouse=warehouse)
 
 
-def cmd_backfill(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    from stages.pipeline import backfill
+def cmd_backfill(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    from stages.pipeline.backfill import run_backfill  # deferred: the stages load only for this command
 
-    return backfill.run_backfill(start=args.start, end=args.end, stages=args.stages, force=args.force,
+    return run_backfill(start=args.start, end=args.end, stages=args.stages, force=args.force,
                                  config_path=args.config, overrides=parse_overrides(args.overrides),
                                  warehouse=warehouse)
 
 
-def cmd_query(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    from stages.query import lookup as query
+def cmd_query(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    from stages.query.lookup import cli as query_cli  # deferred: keeps `lum --help` free of pyarrow
 
-    return query.cli(args, warehouse=warehouse)
-
-
-def cmd_evaluate(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    from stages.evaluate import stage as evaluate
-
-    cfg = _stage_config(evaluate, args, {})
-    return evaluate.run_evaluate(cfg, train_start=args.train_start, train_end=args.train_end,
-                                 test_end=args.test_end, out_dir=args.out, warehouse=warehouse)
+    return query_cli(args, warehouse=warehouse)
 
 
-def cmd_bench(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    module = importlib.import_module(f"stages.bench.{args.name}")
-    opts = load_config_file(args.config, f"bench_{args.name}")
-    opts.update(parse_overrides(args.overrides))
+def cmd_evaluate(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    options = {"train_start": args.train_start, "train_end": args.train_end, "test_end": args.test_end,
+               "out_dir": args.out}
+    return registry.run("evaluate", _config("evaluate", args, options), warehouse=warehouse)
+
+
+def cmd_bench(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    name = f"bench.{args.name}"
+    report = registry.run(name, _config(name, args, {"quick": args.quick or None}), warehouse=warehouse)
     out = args.out or os.path.join("reports", f"bench_{args.name}.json")
-    report = module.run_bench(opts, quick=args.quick, warehouse=warehouse)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(report, fh, indent=2, default=str)
@@ -247,13 +245,12 @@ def cmd_bench(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
     return {"bench": args.name, "report": out, **(report.get("summary") or {})}
 
 
-def cmd_demo(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    from stages.pipeline import demo
+def cmd_demo(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    options = {"out_dir": args.out, "days": args.days, "quick": args.quick or None}
+    return registry.run("demo", _config("demo", args, options), warehouse=warehouse)
 
-    return demo.run_demo(warehouse=warehouse, out_dir=args.out, days=args.days, quick=args.quick)
 
-
-COMMANDS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Warehouse], dict[str, Any]]] = {
     "ingest": cmd_ingest, "run": cmd_run, "backfill": cmd_backfill, "query": cmd_query,
     "evaluate": cmd_evaluate, "bench": cmd_bench, "demo": cmd_demo,
 }
@@ -265,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     started = time.perf_counter()
     try:
-        warehouse = resolve_warehouse(args.warehouse)
+        from stages.warehouse.facade import Warehouse  # deferred: deltalake/pyarrow stay out of `lum --help`
+
+        warehouse = Warehouse(args.warehouse)
         summary = COMMANDS[args.command](args, warehouse)
     except (ValueError, FileNotFoundError, KeyError, LookupError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

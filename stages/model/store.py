@@ -22,14 +22,17 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stages.warehouse.facade import Warehouse
 
 VERSION_RE = re.compile(r"^lum-(\d{4}-\d{2}-\d{2})$")
 
 
-def store_root(warehouse: str) -> Path:
+def store_root(warehouse: Warehouse | str) -> Path:
     """``<warehouse>/models/lum`` as a local path; remote URIs raise ValueError."""
-    warehouse = warehouse.removeprefix("file://")
+    warehouse = getattr(warehouse, "uri", warehouse).removeprefix("file://")
     if "://" in warehouse:
         raise ValueError(f"model store supports local warehouses only, got {warehouse!r}")
     return Path(warehouse) / "models" / "lum"

