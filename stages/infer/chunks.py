@@ -4,8 +4,7 @@ A user with ``L`` behaviours and ``N`` query conditions costs ``2 L + N`` tokens
 history ``[c1, i1, ..., cL, iL]`` once, then one token per condition) and ``N (2 L + 1)`` tokens in
 naive mode (the history again for every condition). ``pack_by_budget`` cuts a user list, in order,
 into batches whose token count stays under ``token_budget`` (a user larger than the budget gets a
-batch of its own), so activation memory per forward is bounded whatever the history lengths are:
-with d_model 64, 2 layers and 16k tokens a forward holds ~30 MB of activations on CPU.
+batch of its own), so activation memory per forward is bounded whatever the history lengths are.
 
 Jagged layout (generative-recommenders style: values + offsets):
 ``hist_item_rows`` (sum L,) int64, ``hist_cond_ids`` (sum L, ...) int64, ``cu_hist`` (B+1,) int32
@@ -19,10 +18,16 @@ in numpy uint64 arithmetic, so every process, machine and Python version puts a 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from stages.warehouse import staging
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -30,7 +35,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def stable_hash64(ids: np.ndarray) -> np.ndarray:
-    """splitmix64 of int64 ids -> uint64 (n,). Vectorised: ~10 ns per id."""
+    """splitmix64 of int64 ids -> uint64 (n,), vectorised."""
     x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
@@ -64,23 +69,23 @@ def parse_shard(spec: str | None, env: dict[str, str] | None = None) -> ShardSpe
     """``"i/n"`` -> shard i of n; ``"commit/n"`` -> the publish step; None -> RANK/WORLD_SIZE or one process.
 
     Under torchrun (``WORLD_SIZE`` > 1) the rank is the shard; the commit is then made by rank 0 after a
-    barrier (see ``stages.infer.stage``). Returns None for an unsharded run.
+    barrier (``stages.infer.publish.torchrun_commit``). Returns None for an unsharded run. ``"i/n"`` is
+    read by the staging protocol's parser (``stages.warehouse.staging.parse_shard``), so both agree.
     """
     env = os.environ if env is None else env
     if spec is None or spec == "":
         world = int(env.get("WORLD_SIZE", "1") or 1)
         if world <= 1:
             return None
-        return ShardSpec(index=int(env.get("RANK", "0")), count=world)
-    parts = str(spec).split("/")
-    if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
-        raise ValueError(f"shard must be i/n or commit/n with n >= 1, got {spec!r}")
-    count = int(parts[1])
-    if parts[0] == "commit":
-        return ShardSpec(index=None, count=count, commit=True)
-    if not parts[0].isdigit() or not 0 <= int(parts[0]) < count:
-        raise ValueError(f"shard index must be in [0, {count}), got {spec!r}")
-    return ShardSpec(index=int(parts[0]), count=count)
+        index, count = staging.parse_shard(f"{int(env.get('RANK', '0'))}/{world}")
+        return ShardSpec(index=index, count=count)
+    head, sep, tail = str(spec).partition("/")
+    if head == "commit":
+        if not sep or not tail.isdigit() or int(tail) < 1:
+            raise ValueError(f"shard must be i/n or commit/n with n >= 1, got {spec!r}")
+        return ShardSpec(index=None, count=int(tail), commit=True)
+    index, count = staging.parse_shard(str(spec))
+    return ShardSpec(index=index, count=count)
 
 
 def pack_by_budget(token_counts: Sequence[int] | np.ndarray, token_budget: int) -> list[slice]:
@@ -118,19 +123,17 @@ class JaggedBatch:
     """Model inputs for B users (torch tensors on the target device) and where their rows go."""
 
     users: slice  # the users of the chunk in this batch
-    hist_item_rows: object  # LongTensor (sum L,)
-    hist_cond_ids: object  # LongTensor (sum L, ...) condition ids of each behaviour
-    cu_hist: object  # IntTensor (B+1,)
-    query_cond_ids: object  # LongTensor (sum N, ...)
-    cu_queries: object  # IntTensor (B+1,)
+    hist_item_rows: torch.Tensor  # LongTensor (sum L,)
+    hist_cond_ids: torch.Tensor  # LongTensor (sum L, ...) condition ids of each behaviour
+    cu_hist: torch.Tensor  # IntTensor (B+1,)
+    query_cond_ids: torch.Tensor  # LongTensor (sum N, ...)
+    cu_queries: torch.Tensor  # IntTensor (B+1,)
     n_tokens: int  # 2 * sum L + sum N (grouped cost)
 
 
 def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.ndarray],
-                query_conds: list[np.ndarray], device: str = "cpu") -> JaggedBatch:
+                query_conds: list[np.ndarray], device: str | torch.device = "cpu") -> JaggedBatch:
     """Concatenate per-user arrays of ``users`` into one jagged batch (values + int32 offsets)."""
-    import torch
-
     items = hist_items[users]
     conds = hist_conds[users]
     queries = query_conds[users]
@@ -159,21 +162,15 @@ MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks 
 
 
 def user_ordered_chunks(dataset: object, columns: list[str], chunk_users: int,
-                        shard: ShardSpec | None = None, spill_dir: str | None = None):
+                        shard: ShardSpec | None = None, spill_dir: str | None = None) -> Iterator[pa.Table]:
     """Yield tables of <= ``chunk_users`` users, sorted by user_id, chunks in increasing user_id order.
 
     ``dataset``: a pyarrow dataset with a ``user_id`` column (one partition of user_sequences); only this
-    shard's users are yielded. Memory: the user_id column of the partition (8 B/user, 8 MB per 1M users)
-    plus one spill bucket. If the scan is already in user_id order, batches stream straight through.
+    shard's users are yielded. Memory: the user_id column of the partition (8 B/user) plus one spill bucket. If the scan is already in user_id order, batches stream straight through.
     Otherwise rows are spilled once, in scan order, into up to ``MAX_SPILL_BUCKETS`` Arrow IPC files by
     user_id range under ``spill_dir`` (a temporary directory on local disk), and each bucket is then read,
-    sorted and cut into chunks: one extra local write + read of ``columns`` (ML-1M: ~40 MB).
+    sorted and cut into chunks: one extra local write + read of ``columns``.
     """
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     def mine(table_or_batch):
         if shard is None:
             return table_or_batch

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stages.bench.infer import run_bench, useful_flops
+from stages.bench.infer import QUICK, Config, effective, run, run_bench, useful_flops
 
 
 def test_quick_bench_reports_both_modes(warehouse):
@@ -30,3 +30,16 @@ def test_useful_flops_counts_projection_mlp_and_attention():
 def test_bench_rejects_unknown_options(warehouse):
     with pytest.raises(ValueError, match="unknown bench infer option"):
         run_bench({"userz": 3}, quick=True, warehouse=warehouse)
+
+
+def test_quick_applies_only_to_options_left_at_their_default():
+    cfg = effective(Config(quick=True, n_conditions=2))
+    assert cfg.n_conditions == 2 and cfg.users == QUICK["users"] and cfg.repeats == 1
+    assert effective(Config(users=5)) == Config(users=5)  # no quick: unchanged
+
+
+def test_run_takes_a_config(warehouse):
+    report = run(Config(quick=True, users=3, repeats=1), warehouse=warehouse)
+    assert report["quick"] and report["options"]["users"] == 3 and "quick" not in report["options"]
+    assert {r["mode"] for r in report["table"]} == {"grouped", "naive"}
+    assert report["summary"]["max_abs_diff"] < 1e-4

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from stages.infer import encode as infer_encode
 from stages.infer import stage as infer
 from stages.infer.stage import Config, run
 from stages.model import store as model_store
@@ -199,14 +200,14 @@ def test_run_killed_midway_leaves_the_previous_partition(wh_ready, monkeypatch):
 
 
 def test_nan_embeddings_are_refused_before_the_commit(wh_ready, monkeypatch):
-    real_encode = infer.encode
+    real_encode = infer_encode.encode
 
     def poisoned(model, batch, mode):
         out = real_encode(model, batch, mode).clone()
         out[0, 0] = float("nan")
         return out
 
-    monkeypatch.setattr(infer, "encode", poisoned)
+    monkeypatch.setattr(infer_encode, "encode", poisoned)
     with pytest.raises(ValueError, match="NaN/Inf"):
         run(Config(), ds=DS, warehouse=wh_ready)
     assert not Warehouse(wh_ready).exists("user_knowledge")

@@ -1,4 +1,4 @@
-"""Batching, sharding hash and grouped == naive on a tiny real LUM (stages.infer.chunks, stages.infer.stage.encode)."""
+"""Batching, sharding hash and grouped == naive on a tiny real LUM (stages.infer.chunks, stages.infer.encode)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stages.infer.chunks import build_batch, offsets, pack_by_budget, parse_shard, shard_of, stable_hash64
-from stages.infer.stage import encode
+from stages.infer.encode import encode
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 

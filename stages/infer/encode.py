@@ -1,0 +1,156 @@
+"""Users of one chunk -> model outputs o_q -> user_knowledge rows, in grouped or naive mode.
+
+- ``grouped``: ``model.encode_grouped`` reads each user's history ``[c1, i1, ..., cL, iL]`` once; each of the
+  N condition tokens attends to the history and itself (``kernels.grouped_query_attention``): 2L + N tokens.
+- ``naive`` (the baseline): one forward per condition, history + that single condition token: N (2L + 1)
+  tokens. It calls ``encode_grouped`` with one query per user, whose mask is then exactly plain causal
+  attention, so both modes share the attention implementation and differ only in the grouping; they give
+  the same o_q up to float rounding.
+
+Every embedding block is checked (finite, width = the model's ``meta["dim"]``) before it becomes rows, so a
+bad model fails the run before anything is staged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from stages.core.conditions import ConditionSet
+from stages.infer.chunks import JaggedBatch, build_batch, pack_by_budget
+
+MODES = ("grouped", "naive")
+
+
+def encode(model: Any, batch: JaggedBatch, mode: str) -> torch.Tensor:
+    """(sum N_b, D) float32 outputs o_q for one jagged batch, in user-then-condition order."""
+    with torch.inference_mode():
+        if mode == "grouped":
+            return model.encode_grouped(batch.hist_item_rows, batch.hist_cond_ids, batch.cu_hist,
+                                        batch.query_cond_ids, batch.cu_queries).float()
+        return encode_naive(model, batch)
+
+
+def encode_naive(model: Any, batch: JaggedBatch) -> torch.Tensor:
+    """Baseline: for j = 0..max N-1, one forward of every user that has a j-th condition with its full
+    history plus that single condition token (plain causal attention; the history is recomputed N times)."""
+    cu_q = batch.cu_queries.tolist()
+    cu_h = batch.cu_hist.tolist()
+    n_q = [cu_q[b + 1] - cu_q[b] for b in range(len(cu_q) - 1)]
+    dev = batch.hist_item_rows.device
+    out = None
+    for j in range(max(n_q)):
+        users = [b for b, n in enumerate(n_q) if n > j]
+        hist_idx = torch.cat([torch.arange(cu_h[b], cu_h[b + 1]) for b in users]).to(dev)
+        lens = torch.tensor([cu_h[b + 1] - cu_h[b] for b in users], dtype=torch.int64)
+        cu_hist = torch.zeros(len(users) + 1, dtype=torch.int32)
+        cu_hist[1:] = torch.cumsum(lens, 0).to(torch.int32)
+        q_pos = torch.tensor([cu_q[b] + j for b in users], dtype=torch.int64)
+        cu_one = torch.arange(len(users) + 1, dtype=torch.int32)
+        o = model.encode_grouped(batch.hist_item_rows[hist_idx], batch.hist_cond_ids[hist_idx], cu_hist.to(dev),
+                                 batch.query_cond_ids[q_pos.to(dev)], cu_one.to(dev)).float()
+        if out is None:
+            out = o.new_empty((cu_q[-1], o.shape[1]))
+        out[q_pos.to(o.device)] = o
+    return out
+
+
+def tokens_per_user(mode: str, hist_lens: list[int], n_queries: list[int]) -> list[int]:
+    """Forward tokens of every user: 2L + N grouped, N (2L + 1) naive."""
+    if mode == "grouped":
+        return [2 * h + n for h, n in zip(hist_lens, n_queries)]
+    return [n * (2 * h + 1) for h, n in zip(hist_lens, n_queries)]
+
+
+def forward_budget(mode: str, token_budget: int, max_queries: int) -> int:
+    """Tokens per packed batch: naive forwards one condition at a time, so its budget is per condition and
+    is scaled by the largest N to keep the per-forward size comparable to grouped."""
+    return token_budget if mode == "grouped" else token_budget * max_queries
+
+
+def check_embeddings(emb: np.ndarray, dim: int, *, what: str) -> None:
+    """Refuse NaN/Inf or a wrong width before anything is staged (so nothing is ever committed)."""
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise ValueError(f"{what}: embedding has shape {tuple(emb.shape)}, expected (n, {dim}) from the model meta dim")
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what}: {int(bad.sum())} embedding(s) contain NaN/Inf; first rows {np.flatnonzero(bad)[:5].tolist()}")
+
+
+def embedding_array(emb: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, D) float32 -> fixed_size_list<float32>[D] without a copy per row."""
+    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
+
+
+@dataclass
+class ChunkStats:
+    """Counters summed over the chunks of a run (reported in the stage summary)."""
+
+    users: int = 0
+    rows: int = 0
+    skipped_empty: int = 0
+    skipped_no_conditions: int = 0
+    history_oov_items: int = 0
+    tokens: int = 0
+
+
+def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet, fixed: list[str] | None,
+                  mode: str, token_budget: int, dim: int, ds: str, version: str, max_history: int | None,
+                  device: str | torch.device, stats: ChunkStats) -> pa.Table | None:
+    """Users of one chunk (any order) -> user_knowledge rows sorted by (user_id, condition order).
+
+    Users without history or without a condition are skipped (counted in ``stats``); None when none is left.
+    ``fixed``: the condition list shared by every user, or None to derive it per user from ``cset``.
+    """
+    chunk = chunk.sort_by("user_id")
+    user_ids = chunk.column("user_id").to_numpy()
+    item_lists = chunk.column("item_ids").to_pylist()
+    cond_lists = chunk.column("conditions").to_pylist()
+    features = tuple(vocab.features)
+    fixed_ids = None if fixed is None else np.asarray([vocab.condition_id(q) for q in fixed], dtype=np.int64)
+    keep_uid, hist_items, hist_conds, query_ids, query_names, hist_lens = [], [], [], [], [], []
+    for uid, items, conds in zip(user_ids.tolist(), item_lists, cond_lists):
+        items, conds = items or [], conds or []
+        if not items:
+            stats.skipped_empty += 1
+            continue
+        if max_history is not None and len(items) > max_history:
+            items, conds = items[-max_history:], conds[-max_history:]
+        queries = fixed if fixed is not None else cset.for_user(conds, features)
+        if not queries:
+            stats.skipped_no_conditions += 1
+            continue
+        rows = vocab.item_rows(np.asarray(items, dtype=np.int64))
+        stats.history_oov_items += int((rows == 0).sum())
+        keep_uid.append(uid)
+        hist_items.append(rows)
+        hist_conds.append(vocab.condition_ids(conds))
+        query_ids.append(fixed_ids if queries is fixed else
+                         np.asarray([vocab.condition_id(q) for q in queries], dtype=np.int64))
+        query_names.append(queries)
+        hist_lens.append(len(items))
+    stats.users += len(keep_uid)
+    if not keep_uid:
+        return None
+    n_per = [len(q) for q in query_names]
+    pieces = []
+    for users in pack_by_budget(tokens_per_user(mode, hist_lens, n_per), forward_budget(mode, token_budget, max(n_per))):
+        batch = build_batch(users, hist_items, hist_conds, query_ids, device=device)
+        stats.tokens += batch.n_tokens
+        pieces.append(encode(model, batch, mode).cpu().numpy())
+    emb = np.concatenate(pieces, axis=0)
+    check_embeddings(emb, dim, what=f"user_knowledge ds={ds} users {keep_uid[0]}..{keep_uid[-1]}")
+    stats.rows += int(sum(n_per))
+    return pa.table({
+        "ds": pa.array([ds] * len(emb), pa.string()),
+        "user_id": pa.array(np.repeat(np.asarray(keep_uid, dtype=np.int64), n_per)),
+        "condition": pa.array([c for q in query_names for c in q], pa.string()),
+        "embedding": embedding_array(emb),
+        "model_version": pa.array([version] * len(emb), pa.string()),
+        "history_len": pa.array(np.repeat(np.asarray(hist_lens, dtype=np.int32), n_per)),
+    })
