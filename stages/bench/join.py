@@ -1,31 +1,32 @@
 """``lum bench join``: rows/s of the point-in-time join (stages.join.stage) on synthetic tables, local Spark.
 
-Sizes (``--set key=value`` overrides each): full = 10M samples, 1M users x 8 conditions, 20k items,
-D = 32; ``--quick`` = 20k samples, 2k users. The tables are generated with numpy (vectorised, seconds)
-and written through ``Warehouse.write_partition`` into a throw-away warehouse under /tmp (``dir`` to
-choose it, ``keep=true`` to keep it), never into the user's warehouse. Knowledge covers
-``knowledge_coverage`` of the users (default 0.9) so the null path is exercised too.
-
-Timed: ``join.run`` for one day, Spark session already started (start-up is reported separately);
-``similarity=numpy|sql|arrow`` picks the join's similarity path (default numpy). Measured here (2 shared
-cores, load 5-18, so +-30%): 1M samples / 100k users / 8 conditions / D 32: numpy 9.5k rows/s (106 s),
-sql 5.6k (178 s; earlier 6.3k), arrow 6.1k (163 s); 200k / 20k: numpy 3.9k, sql 2.8k-4.1k (fixed costs dominate:
-Spark jobs, the knowledge checks, the persisted check pass and the write).
-Data sizes: user_knowledge = users x conditions x D x 4 B (full: 1.0 GB), samples ~40 B/row.
-Memory/disk at full size: ~3 GB of parquet under /tmp, Spark driver 4g (``LUM_SPARK_DRIVER_MEMORY``).
+Sizes: FULL (10M samples, 1M users x 8 conditions, 20k items, D = 32) or, with ``quick``, QUICK; any
+size field set overrides its preset value. The tables are generated with numpy and written into a
+throw-away warehouse under the temp dir (``dir`` to choose it, ``keep`` to keep it), never into the
+user's warehouse. Knowledge covers ``knowledge_coverage`` of the users so the null path is timed too.
+Timed: ``join.run`` for one day with the Spark session already started (start-up reported apart).
+user_knowledge holds users x conditions x D float32 values; the Spark driver memory comes from
+``LUM_SPARK_DRIVER_MEMORY``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from stages.core.config import from_mapping
+from stages.core.spark import get_spark
+from stages.join import stage as join
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,32 @@ QUICK = {"samples": 20_000, "users": 2_000, "items": 500, "categories": 8, "dim"
 DAY, KNOWLEDGE_DAY = "2000-01-02", "2000-01-01"
 
 
+@dataclass(frozen=True)
+class Config:
+    """Options of ``lum bench join`` (``--set key=value``)."""
+
+    quick: bool = False  # QUICK sizes (a CI-sized run) instead of FULL for every size left None
+    samples: int | None = None  # sample rows of the joined day; None: the preset's
+    users: int | None = None  # user ids 0..users-1 of the samples; None: the preset's
+    items: int | None = None  # items dimension rows; None: the preset's
+    categories: int | None = None  # item categories = conditions per user; None: the preset's
+    dim: int | None = None  # embedding width D; None: the preset's
+    knowledge_coverage: float = 0.9  # share of users with knowledge; the rest exercise the null-column path
+    seed: int = 0  # numpy seed of the generated tables
+    similarity: str = "numpy"  # the join's Config.similarity
+    dir: str | None = None  # root of the throw-away warehouse; None: a new temp dir
+    keep: bool = False  # keep the generated warehouse (its path is in the report) instead of deleting it
+
+
+SIZES = tuple(FULL)  # the Config fields that take their default from the FULL / QUICK preset
+
+
 def _embeddings(rng: np.random.Generator, n: int, dim: int) -> pa.FixedSizeListArray:
     values = pa.array(rng.standard_normal(n * dim, dtype=np.float32))
     return pa.FixedSizeListArray.from_arrays(values, dim)
 
 
-def generate(wh: Any, *, samples: int, users: int, items: int, categories: int, dim: int,
+def generate(wh: Warehouse, *, samples: int, users: int, items: int, categories: int, dim: int,
              knowledge_coverage: float = 0.9, seed: int = 0, chunk_users: int = 200_000) -> dict[str, int]:
     """Write items, dlrm_samples[DAY], user_knowledge / item_knowledge[KNOWLEDGE_DAY]; returns row counts."""
     rng = np.random.default_rng(seed)
@@ -87,47 +108,45 @@ def generate(wh: Any, *, samples: int, users: int, items: int, categories: int, 
             "users_with_knowledge": int(known_users.size)}
 
 
-def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict[str, Any]:
-    """Generate, join one day, report rows/s. ``warehouse`` is not written (a /tmp warehouse is used)."""
-    from stages.core.spark import get_spark
-    from stages.join import stage as join
-    from stages.warehouse.facade import Warehouse
-
-    sizes = dict(QUICK if quick else FULL)
-    opts = dict(opts)
-    keep = bool(opts.pop("keep", False))
-    root = opts.pop("dir", None)
-    coverage = float(opts.pop("knowledge_coverage", 0.9))
-    seed = int(opts.pop("seed", 0))
-    similarity = str(opts.pop("similarity", "numpy"))
-    for key in list(opts):
-        if key not in sizes:
-            raise ValueError(f"bench join: unknown option {key!r}; known: {', '.join(sorted(sizes))}, "
-                             "knowledge_coverage, seed, similarity, dir, keep")
-        sizes[key] = int(opts.pop(key))
-    root = root or tempfile.mkdtemp(prefix="lum-bench-join-")
-    bench_wh = f"{root.rstrip('/')}/warehouse"
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """Generate, join one day, report rows/s. ``warehouse`` is neither read nor written (a temp warehouse is)."""
+    del warehouse
+    preset = QUICK if cfg.quick else FULL
+    sizes = {k: preset[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in SIZES}
+    root = cfg.dir or tempfile.mkdtemp(prefix="lum-bench-join-")
+    bench_uri = f"{root.rstrip('/')}/warehouse"
+    bench = Warehouse(bench_uri)
     try:
         t0 = time.perf_counter()
-        counts = generate(Warehouse(bench_wh), knowledge_coverage=coverage, seed=seed, **sizes)
+        counts = generate(bench, knowledge_coverage=cfg.knowledge_coverage, seed=cfg.seed, **sizes)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         get_spark()
         spark_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        summary = join.run(join.Config(similarity=similarity), ds=DAY, warehouse=bench_wh)
+        summary = join.run(join.Config(similarity=cfg.similarity), ds=DAY, warehouse=bench)
         join_s = time.perf_counter() - t0
     finally:
-        if not keep:
+        if not cfg.keep:
             shutil.rmtree(root, ignore_errors=True)
     rows_per_s = sizes["samples"] / join_s
-    row = {"similarity": similarity, "samples": sizes["samples"], "users": sizes["users"], "items": sizes["items"],
-           "conditions": sizes["categories"], "dim": sizes["dim"], "join_s": round(join_s, 2),
-           "rows_per_s": round(rows_per_s, 1), "without_knowledge": summary["rows_without_knowledge"]}
+    row = {"similarity": cfg.similarity, "samples": sizes["samples"], "users": sizes["users"],
+           "items": sizes["items"], "conditions": sizes["categories"], "dim": sizes["dim"],
+           "join_s": round(join_s, 2), "rows_per_s": round(rows_per_s, 1),
+           "without_knowledge": summary["rows_without_knowledge"]}
     log.info("bench join: %d rows in %.1f s = %.0f rows/s", sizes["samples"], join_s, rows_per_s)
     return {
         "table": [row],
         "summary": {"rows_per_s": round(rows_per_s, 1), "samples": sizes["samples"], "join_s": round(join_s, 2)},
         "sizes": sizes, "counts": counts, "generate_s": round(gen_s, 2), "spark_start_s": round(spark_s, 2),
-        "join_summary": summary, "quick": quick, "warehouse": bench_wh if keep else None,
+        "join_summary": summary, "quick": cfg.quick, "warehouse": bench_uri if cfg.keep else None,
     }
+
+
+def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: str) -> dict[str, Any]:
+    """``lum bench join``'s entry (stages.cli.app calls every bench as ``run_bench``): ``run`` on ``opts``."""
+    known = [f.name for f in dataclasses.fields(Config) if f.name != "quick"]
+    for key in opts:
+        if key not in known:
+            raise ValueError(f"bench join: unknown option {key!r}; known: {', '.join(known)}")
+    return run(from_mapping(Config, {**opts, "quick": quick}), warehouse=warehouse)

@@ -1,82 +1,41 @@
 """``run_range``: the join of every day in ``start..end``, one Spark job and ONE commit per knowledge group.
 
-A per-day ``join.run`` pays ~10-20 s of fixed cost per day (Spark jobs for the checks, the knowledge
-checks, the write and its commit), even for a 4k-row day. ``run_range`` pays it once per group:
-
     days D in start..end with a samples partition
-      -> knowledge partition K(D) = newest user+item knowledge ds <= D - lag (exactly run()'s choice)
+      -> knowledge partition K(D), exactly run()'s choice (stages.join.plan)
       -> groups: runs of consecutive such days with the same K (or with no knowledge)
-    per group: dlrm_samples[first..last] (read_spark start/end: only the group's files)
-      -> join.join_days (the same build_training_frame and checks as run(), per ds)
+    per group: dlrm_samples[first..last] (only the group's files)
+      -> stage.join_days (the same frame and per-day checks as run())
       -> write_spark_partitions: ONE commit replacing exactly the group's days
 
-Same rows as run() for every day (tested equal, lum_knowledge_ds included). The checks (rows per day
-== that day's sample rows, keys non-null and unique per day) are one Spark job per group, asserted
-before the group's commit.
+Same rows as run() for every day, lum_knowledge_ds included; the fixed per-day cost of run() (Spark
+jobs for the checks, the knowledge checks, the commit) is paid once per group instead.
 
-Days without a samples partition: ``run(ds=D)`` refuses such a day (nothing to join); in a range they
-are skipped, logged and listed in ``days_without_samples`` (as ``lum backfill`` treats them: a day
-with no samples is complete), and their ``dlrm_training`` partition, if any, is left as it is. A
-range with no samples partition at all is a ``ValueError``.
-
-Errors: ``require_knowledge`` is checked for every group before anything is written. A bad samples
-day or bad knowledge raises ``ValueError`` naming it; that group's days (and every later group's)
-are left as they were, earlier groups stay committed: rerun the same range to finish (a rerun gives
-the same rows, no duplicates).
-
-Measured on ML-1M (31 days of December 2000, 113,487 samples, one group): ~60 s instead of ~211 s
-for one run per day at the same load (numbers and commands in ``run_range``).
+Days without a samples partition are skipped, logged and listed in ``days_without_samples`` (as
+``lum backfill`` treats them: nothing to join); their output partition, if any, is left as it is. A
+range with no samples partition at all is a ``ValueError``. ``require_knowledge`` is checked for every
+group before anything is written. A bad day or bad knowledge raises ``ValueError`` naming it; that
+group and every later one are left as they were, earlier groups stay committed: rerunning the same
+range finishes it with the same rows.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from stages.core.dates import day_range, days_before
-from stages.join.stage import (
-    Config,
-    Prepared,
-    check_config,
-    join_days,
-    knowledge_days,
-    output_metadata,
-    pick_knowledge_ds,
-    prepare,
-    sample_rows_by_day,
-)
+from stages.core.dates import day_range
+from stages.join.inputs import sample_rows_by_day
+from stages.join.plan import Group, knowledge_days, plan_groups
+from stages.join.stage import Config, Prepared, check_config, join_days, output_metadata, prepare
+from stages.warehouse.facade import Warehouse
+from stages.warehouse.spark_bridge import write_spark_partitions
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Group:
-    """Consecutive sample days that use the same knowledge partition (one Spark job, one commit)."""
-
-    knowledge_ds: str | None  # None: no knowledge <= D - lag for these days (null LUM columns)
-    fallback: str | None  # as join.pick_knowledge_ds: None, "common_partition" or "no_knowledge"
-    days: tuple[str, ...]  # days with a samples partition, ascending
-
-
-def plan_groups(sample_days: list[str], user_days: list[str], item_days: list[str], lag: int) -> list[Group]:
-    """Split ``sample_days`` (ascending) into runs with the same knowledge choice (pure function)."""
-    groups: list[Group] = []
-    for day in sample_days:
-        k_ds, fallback = pick_knowledge_ds(user_days, item_days, days_before(day, lag))
-        if groups and groups[-1].knowledge_ds == k_ds and groups[-1].fallback == fallback:
-            last = groups[-1]
-            groups[-1] = Group(knowledge_ds=k_ds, fallback=fallback, days=last.days + (day,))
-        else:
-            groups.append(Group(knowledge_ds=k_ds, fallback=fallback, days=(day,)))
-    return groups
-
-
 def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
     """Join and write one group; returns its summary."""
-    from stages.warehouse.spark_bridge import write_spark_partitions
-
     started = time.perf_counter()
     spec, wh = prep.spec, prep.wh
     first, last = group.days[0], group.days[-1]
@@ -101,27 +60,18 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 3)}
 
 
-def run_range(cfg: Config, *, start: str, end: str, warehouse: str) -> dict[str, Any]:
+def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) -> dict[str, Any]:
     """Write every day of ``start..end`` (inclusive) of the spec's output table, as ``run`` would.
 
     One Spark job and one commit per group of consecutive days sharing a knowledge partition. Returns
     a JSON-able summary: ``days`` (days written), ``days_without_samples``, ``rows``,
     ``rows_without_knowledge``, ``groups`` (per group: start, end, days, knowledge_ds, fallback, rows,
     rows_without_knowledge, version, seconds), ``seconds``, ``rows_per_s``.
-
-    Measured on ML-1M, December 2000 (31 days, 113,487 rows, one knowledge partition 2000-11-30, so
-    one group; local[2] on 2 cores shared with other jobs, load 4-5): ``lum run join --start 2000-12-01
-    --end 2000-12-31 --config configs/ml1m_eval.toml`` 58-61 s wall (30.6 s at a quieter moment),
-    of which Spark start 13 s, knowledge checks 2 x 12 s, join + per-day checks 8 s, write + one
-    commit 8.5 s; the per-day path (``daily.run_join`` for each day in one process, as ``lum
-    backfill`` ran it) 211 s at the same load, 315 s at load 7 (README: 7.3 min). Identical rows.
     """
-    from stages.warehouse.facade import Warehouse
-
+    wh = Warehouse.of(warehouse)
     days = day_range(start, end)
     spec, lag = check_config(cfg)
     started = time.perf_counter()
-    wh = Warehouse.of(warehouse)
     have = set(wh.partitions(spec.samples_table)) if wh.exists(spec.samples_table) else set()
     present = [d for d in days if d in have]
     missing = [d for d in days if d not in have]

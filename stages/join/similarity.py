@@ -1,15 +1,9 @@
-"""Cosine similarities of the join, vectorised over an Arrow batch (the ``similarity="arrow"`` path).
+"""The LUM columns of one Arrow batch of joined samples, numpy only (called per batch by ``mapInArrow``).
 
-Spark hands an Arrow UDF one batch of rows (default 10,000) with, per row:
-- ``user_flat``: list<float> of N*D values, the user's o_q for the N configured conditions in order
-  (zeros where the user has no vector for a condition; null when the user has no knowledge at all),
-- ``user_norms``: list<double> of N values, |o_q| (null where the user has no vector for the condition),
-- ``item_unit``: list<float> of D values, e_i / |e_i| (null when the item has no knowledge),
-- ``target_vec`` (list<float> D) and ``target_norm`` (double): o_q under the target item's condition.
-It returns struct<lum_match: list<float> N, lum_target_match: float>: dot(o_q, e_i/|e_i|) / |o_q| as
-one ``einsum`` per batch ((B, N, D) x (B, D)), ~N*D multiply-adds per row in numpy instead of Spark's
-interpreted lambda functions. Same conventions as the SQL path: 0.0 when |o_q| = 0, null element
-where the condition has no vector, null row where the user or the item has no knowledge.
+sim(o_q, e_i) = dot(o_q, e_i) / (|o_q| |e_i|), 0.0 when either vector is all zeros; computed as one
+``einsum`` per batch ((B, n_ext, D) x (B, D)) with each norm computed once per (user, condition) and
+per item. Nulls: a null ``lum_match`` element where the user has no vector for that condition, null
+LUM columns where the user or the item has no knowledge, and every column the spec does not want.
 """
 
 from __future__ import annotations
@@ -17,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-RESULT_TYPE = "struct<lum_match: array<float>, lum_target_match: float>"
 
 
 def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -36,42 +28,6 @@ def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-def similarities(user_flat: pa.Array, user_norms: pa.Array, item_unit: pa.Array, target_vec: pa.Array,
-                 target_norm: pa.Array, *, n_cond: int, dim: int) -> pa.StructArray:
-    """lum_match (list<float>[n_cond]) and lum_target_match (float) for one batch; see module doc."""
-    n = len(user_flat)
-    users, u_ok = _matrix(user_flat, n_cond * dim, np.float32)
-    norms, _ = _matrix(user_norms, n_cond, np.float64)
-    items, i_ok = _matrix(item_unit, dim, np.float32)
-    row_ok = u_ok & i_ok
-    dots = np.einsum("nkd,nd->nk", users.reshape(n, n_cond, dim), items, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sims = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
-    elem_null = np.isnan(norms) | ~row_ok[:, None]
-    offsets = pa.array(np.arange(0, n * n_cond + 1, n_cond, dtype=np.int32))
-    values = pa.array(sims.astype(np.float32).ravel(), mask=elem_null.ravel())
-    match = pa.ListArray.from_arrays(offsets, values, mask=pa.array(~row_ok))
-
-    tvec, t_ok = _matrix(target_vec, dim, np.float32)
-    tnorm = np.asarray(pc.fill_null(target_norm, 0.0).to_numpy(zero_copy_only=False), np.float64)
-    tdot = np.einsum("nd,nd->n", tvec, items, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tsim = np.where(tnorm > 0, tdot / np.where(tnorm > 0, tnorm, 1.0), 0.0)
-    target = pa.array(tsim.astype(np.float32), mask=~(t_ok & row_ok))
-    return pa.StructArray.from_arrays([match, target], names=["lum_match", "lum_target_match"])
-
-
-def batch_function(n_cond: int, dim: int):
-    """The Arrow UDF body for ``n_cond`` conditions of width ``dim`` (type hints tell Spark it is scalar)."""
-
-    def lum_similarities(user_flat: pa.Array, user_norms: pa.Array, item_unit: pa.Array, target_vec: pa.Array,
-                         target_norm: pa.Array) -> pa.Array:
-        return similarities(user_flat, user_norms, item_unit, target_vec, target_norm, n_cond=n_cond, dim=dim)
-
-    return lum_similarities
-
-
-# ---- the fused path (similarity="numpy", default): every LUM column of a joined batch in one call ----
 def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present).
 
@@ -116,8 +72,8 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
     n_ext extended conditions: the n_cond configured ones first, then target conditions not configured;
     null: user has no knowledge), ``target_index`` (int, null: item has no target condition or it is not
     in the list), ``item_vec`` (list<float> D raw e_i, null: no item knowledge). Memory: B x n_ext x D x 4
-    bytes (10k rows x 18 x 64: 46 MB). Same values and nulls as the SQL path: sim = dot(o_q, e_i/|e_i|)/|o_q|,
-    0.0 when either norm is 0; a column not in ``wanted`` (the spec's features) is all null.
+    bytes. sim = dot(o_q, e_i/|e_i|)/|o_q|, 0.0 when either norm is 0; a column not in ``wanted`` (the
+    spec's features) is all null.
     """
     users, norms, present = _entries(user_list, n_ext, dim)
     items, i_ok = _matrix(item_vec, dim, np.float32)

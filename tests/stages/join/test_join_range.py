@@ -8,9 +8,9 @@ import shutil
 
 import pyarrow as pa
 import pytest
-from tests.stages.join.test_join import items_table, knowledge, samples_table, sorted_rows
 
 from tests.conftest import tree_snapshot
+from tests.stages.join.test_join import items_table, knowledge, samples_table, sorted_rows
 
 # Samples on four days (none on 01-04); knowledge on 01-02 and 01-04, lag 1:
 # 01-02 -> none (null LUM), 01-03 -> 01-02, 01-05 and 01-06 -> 01-04: three groups.
@@ -73,7 +73,7 @@ def run_range(path: str, **cfg):
 
 
 def test_plan_groups_follows_the_per_day_choice():
-    from stages.join.range import plan_groups
+    from stages.join.plan import plan_groups
 
     groups = plan_groups(list(SAMPLE_DAYS), list(KNOWLEDGE_DAYS), list(KNOWLEDGE_DAYS), 1)
     assert [(g.knowledge_ds, g.days) for g in groups] == [

@@ -1,4 +1,4 @@
-"""The Arrow-batch cosine kernel of the join against a per-row numpy reference (nulls included)."""
+"""The join's numpy LUM columns (stages.join.similarity.lum_columns) against per-row numpy references."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.join.similarity import similarities
+from stages.join.similarity import lum_columns
+
+ENTRY_TYPE = pa.list_(pa.struct([("i", pa.int32()), ("e", pa.list_(pa.float32()))]))
 
 
 def test_similarities_match_reference_with_nulls_and_zero_vectors():
@@ -20,20 +22,17 @@ def test_similarities_match_reference_with_nulls_and_zero_vectors():
     items = rng.normal(size=(n, d)).astype(np.float32)
     user_ok = np.array([True, True, True, False, True, True, True])
     item_ok = np.array([True, True, True, True, False, True, True])
-    norms = np.linalg.norm(users, axis=2)
-    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
     target = np.array([0, 1, 1, 2, 0, 2, 1])
     target_ok = has_cond[np.arange(n), target] & user_ok
 
-    out = similarities(
-        pa.array([u.ravel().tolist() if ok else None for u, ok in zip(users, user_ok)], pa.list_(pa.float32())),
-        pa.array([[float(x) if h else None for x, h in zip(nr, hc)] if ok else None
-                  for nr, hc, ok in zip(norms, has_cond, user_ok)], pa.list_(pa.float64())),
-        pa.array([v.tolist() if ok else None for v, ok in zip(unit, item_ok)], pa.list_(pa.float32())),
-        pa.array([users[i, target[i]].tolist() if target_ok[i] else None for i in range(n)],
-                 pa.list_(pa.float32())),
-        pa.array([float(norms[i, target[i]]) if target_ok[i] else None for i in range(n)], pa.float64()),
-        n_cond=k, dim=d).to_pylist()
+    cols = lum_columns(
+        pa.array([[{"i": c, "e": users[r, c].tolist()} for c in range(k) if has_cond[r, c]] if user_ok[r] else None
+                  for r in range(n)], ENTRY_TYPE),
+        pa.array(target.tolist(), pa.int32()),
+        pa.array([v.tolist() if ok else None for v, ok in zip(items, item_ok)], pa.list_(pa.float32())),
+        n_cond=k, n_ext=k, dim=d, knowledge_ds="2000-01-01", model_version="m1",
+        wanted=frozenset({"lum_match", "lum_target_match"}))
+    out = pa.table({"lum_match": cols["lum_match"], "lum_target_match": cols["lum_target_match"]}).to_pylist()
 
     def ref(u, i):
         nu, ni = np.linalg.norm(u), np.linalg.norm(i)
@@ -56,8 +55,6 @@ def test_similarities_match_reference_with_nulls_and_zero_vectors():
 
 
 def test_lum_columns_match_reference_with_missing_conditions_and_nulls():
-    from stages.join.similarity import lum_columns
-
     rng = np.random.default_rng(3)
     n_cond, n_ext, dim = 3, 4, 5  # index 3: a target condition outside the configured list
     entries = [  # per row: {index: vector} or None (user without knowledge)
@@ -70,9 +67,8 @@ def test_lum_columns_match_reference_with_missing_conditions_and_nulls():
     targets = [3, 1, 0, None, 2]
     items = [rng.standard_normal(dim), rng.standard_normal(dim), rng.standard_normal(dim),
              rng.standard_normal(dim), None]  # last: item without knowledge
-    entry_type = pa.list_(pa.struct([("i", pa.int32()), ("e", pa.list_(pa.float32()))]))
     user_list = pa.array([None if e is None else [{"i": k, "e": v.astype(np.float32).tolist()} for k, v in e.items()]
-                          for e in entries], entry_type)
+                          for e in entries], ENTRY_TYPE)
     item_vec = pa.array([None if v is None else v.astype(np.float32).tolist() for v in items],
                         pa.list_(pa.float32()))
     wanted = frozenset({"lum_match", "lum_target_match", "lum_user"})  # lum_item not wanted: all null

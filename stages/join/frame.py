@@ -1,0 +1,79 @@
+"""The Spark plan of the join: samples + LUM columns as one lazy dlrm_training DataFrame.
+
+    samples
+      LEFT JOIN items (broadcast)           on item_id  -> index of the target condition
+      LEFT JOIN one row per user (shuffle)  on user_id  -> list<struct<i: condition index, e: o_q>>
+      LEFT JOIN item_knowledge              on item_id  -> e_i (broadcast unless disabled)
+      mapInArrow: stages.join.similarity.lum_columns per Arrow batch
+
+Condition indexes run over the configured conditions (the ``lum_match`` order) then any item target
+condition not configured, so ``lum_user`` / ``lum_target_match`` work for every item. Each user's
+vectors are grouped and shuffled once; no per-row Spark lambdas, no per-condition explode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from schemas import dlrm_training
+from stages.join.similarity import lum_columns
+from stages.join.spec import JoinSpec
+
+LUM_COLUMNS = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version")
+
+
+def build_training_frame(samples: Any, items: Any, uk: Any | None, ik: Any | None, *, spec: JoinSpec,
+                         conditions: list[str], knowledge_ds: str | None, model_version: str | None, dim: int,
+                         broadcast_items: bool = True) -> Any:
+    """The dlrm_training DataFrame of ``samples`` (one or many days, lazy); ``uk``/``ik`` None: null LUM columns.
+
+    ``items`` is (item_id, <spec.target_feature>); ``uk`` / ``ik`` are the checked knowledge partition
+    ``knowledge_ds`` of width ``dim``. Output columns and types are ``dlrm_training.spark_schema(dim)``.
+    """
+    from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
+    from pyspark.sql import types as T
+
+    out_schema = dlrm_training.spark_schema(dim)
+    sample_cols = [f.name for f in out_schema.fields if not f.name.startswith("lum_")]
+    if uk is None or ik is None:
+        lum = [F.lit(None).cast(out_schema[c].dataType).alias(c) for c in LUM_COLUMNS]
+        return samples.select(*sample_cols, *lum)
+
+    spark = samples.sparkSession
+    prefix = spec.target_condition_prefix()
+    targets = [r[0] for r in items.select(F.concat(F.lit(prefix), F.col(spec.target_feature)))
+               .where(F.col(spec.target_feature).isNotNull()).distinct().collect()]
+    extended = list(conditions) + sorted(set(targets) - set(conditions))
+    cond_df = F.broadcast(spark.createDataFrame([(c, i) for i, c in enumerate(extended)],
+                                                "_cond string, _cidx int"))
+    target = F.broadcast(items.join(cond_df, F.concat(F.lit(prefix), F.col(spec.target_feature)) == cond_df["_cond"],
+                                    "left")
+                         .select(F.col("item_id").alias("_iid"), F.col("_cidx").alias("_tidx")))
+    user_rows = (uk.join(cond_df, uk["condition"] == cond_df["_cond"], "inner")
+                 .groupBy(F.col("user_id").alias("_uid"))
+                 .agg(F.collect_list(F.struct(F.col("_cidx").alias("i"), F.col("embedding").alias("e")))
+                      .alias("_ulist")))
+    item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"))
+    if broadcast_items:
+        item_vecs = F.broadcast(item_vecs)
+    base = samples.select(*[F.col(c).cast(out_schema[c].dataType).alias(c) for c in sample_cols])
+    joined = (base
+              .join(target, base["item_id"] == target["_iid"], "left")
+              .join(user_rows, base["user_id"] == user_rows["_uid"], "left")
+              .join(item_vecs, base["item_id"] == item_vecs["_kid"], "left")
+              .select(*sample_cols, "_tidx", "_ulist", "_ie"))
+    result_schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in out_schema.fields])
+    n_cond, n_ext, wanted = len(conditions), len(extended), frozenset(spec.features)
+    k_ds, version = str(knowledge_ds), str(model_version)
+    names = [f.name for f in out_schema.fields]
+
+    def per_batch(batches: Any) -> Any:
+        for batch in batches:
+            lum = lum_columns(batch.column("_ulist"), batch.column("_tidx"), batch.column("_ie"), n_cond=n_cond,
+                              n_ext=n_ext, dim=dim, knowledge_ds=k_ds, model_version=version, wanted=wanted)
+            cols = [batch.column(c) for c in sample_cols] + [lum[name] for name in names[len(sample_cols):]]
+            yield pa.RecordBatch.from_arrays(cols, names=names)
+
+    return joined.mapInArrow(per_batch, result_schema)
