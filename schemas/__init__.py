@@ -2,7 +2,7 @@
 
 ``schemas.get("events")`` returns the module; every module has ``NAME``, ``PARTITION_BY``, ``KEY``,
 ``SPEC`` (a ``schemas._base.TableSpec``), ``schema(dim=None)``, ``validate(table, *, ds=None)`` and
-``spark_schema(dim=None)``. See ../shared/CONTRACT.md for the tables.
+``spark_schema(dim=None)``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ and checks, in order: unknown or missing columns, castability, non-null key/part
 to the partition being written), key uniqueness within a partition, then table-specific checks.
 Errors are one-line ``ValueError``s naming the table and column and showing up to 5 offending rows.
 
-Limits: the checks run in Arrow compute (vectorised); the uniqueness check groups by the key
-columns, ~0.3 s per 1M rows on one core. Embedding columns are ``fixed_size_list<float32>[dim]``;
+Limits: the checks run in Arrow compute (vectorised); the uniqueness check is a group-by over the
+key columns (the costliest check). Embedding columns are ``fixed_size_list<float32>[dim]``;
 Delta stores them as ``array<float>``, so ``dim`` is taken from the data when not given.
 """
 
@@ -210,12 +210,14 @@ def to_spark_struct(schema: pa.Schema):
     Supported: int8..int64, float32/64, bool, string, large_string, date32, timestamp (any unit;
     Spark keeps microseconds), list / large_list / fixed_size_list (Spark ``ArrayType``).
     """
+    # deferred: pyspark loads the JVM bridge; schemas are imported by every stage and by lum query
     from pyspark.sql import types as T
 
     return T.StructType([T.StructField(f.name, _spark_type(f.type, f.name), f.nullable) for f in schema])
 
 
 def _spark_type(dtype: pa.DataType, name: str):
+    # deferred: as in to_spark_struct
     from pyspark.sql import types as T
 
     simple = {

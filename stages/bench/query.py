@@ -1,37 +1,59 @@
 """``lum bench query``: latency of ``query_user_knowledge`` lookups in one big partition.
 
 Builds a synthetic ``user_knowledge`` partition directly (vectorised numpy, no model): ``users`` users x
-``conditions`` conditions x ``dim`` float32, sorted by ``user_id`` as infer writes it, written like
-infer writes (``Warehouse.stage_partition`` files of ``file_rows`` rows, one commit) in parquet row
-groups of ``row_group_rows`` (default 8,192, infer's default, in 65,536-row files: 16 files x 8
-groups for 1M users), in a throwaway warehouse. A lookup decodes one whole row group, so the group
-size sets the cost: measured p50 ~10 ms with 8,192-row groups vs ~60-90 ms with 65,536-row groups
-(``--set row_group_rows=65536``) on the shared 2-core machine. Then it times ``lookups`` calls of each kind, every call from scratch (open the Delta
-table, prune partitions, scan with the row-group filter), as a CLI user or a serving job would:
+``conditions`` conditions x ``dim`` float32, sorted by ``user_id`` as infer writes it, staged like infer
+(``Warehouse.stage_partition`` files of ``file_rows`` rows in parquet row groups of ``row_group_rows``,
+one commit) in a throwaway warehouse. A lookup decodes one whole row group, so the group size sets the
+cost. Then it times ``lookups`` calls of each kind, every call from scratch (open the Delta table, prune
+partitions, scan with the row-group filter), as a CLI user or a serving job would:
 - ``single``: one random user, given day;  ``single_newest``: one user, newest day (reads the log
   for the partition list);  ``batch_100``: 100 random users in one call;  ``unknown``: a missing user.
-Target: ``single`` p50 < 20 ms with 1M users (default size). ``quick``: 50k users, 20 lookups.
+The summary says whether ``single`` meets ``TARGET_P50_MS``. ``QUICK`` shrinks the default size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from stages.core.config import from_mapping
 from stages.query.lookup import query_user_knowledge
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
 DS = "2000-12-01"
-DEFAULTS = {"users": 1_000_000, "conditions": 1, "dim": 32, "row_group_rows": 8_192,
-            "file_rows": 65_536, "lookups": 200, "seed": 0}
-QUICK = {"users": 50_000, "lookups": 20}
+TARGET_P50_MS = 20  # one user's lookup must feel instant on the command line and in a serving job
+QUICK = {"users": 50_000, "lookups": 20}  # --quick: a partition that builds in moments
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options of ``lum bench query`` (``--set key=value``)."""
+
+    users: int = 1_000_000  # users in the partition: the size lookups must stay fast at
+    conditions: int = 1  # conditions per user, i.e. rows per user
+    dim: int = 32  # embedding width: sets the bytes per row
+    row_group_rows: int = 8_192  # parquet row-group size (infer's default): a lookup decodes one group
+    file_rows: int = 65_536  # rows per staged file: how many files the log statistics choose among
+    lookups: int = 200  # timed calls per kind (batch_100 makes a tenth of them)
+    seed: int = 0  # the data and the users looked up
+
+    def check(self) -> None:
+        if self.users < 100 or self.lookups < 1:
+            raise ValueError(f"users must be >= 100 and lookups >= 1, got users={self.users} "
+                             f"lookups={self.lookups}")
+        for name in ("conditions", "dim", "row_group_rows", "file_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int) -> pa.Table:
@@ -51,11 +73,8 @@ def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int) -> pa.
     })
 
 
-def write_partition(root: str, table: pa.Table, row_group_rows: int, file_rows: int) -> int:
+def write_partition(wh: Warehouse, table: pa.Table, row_group_rows: int, file_rows: int) -> int:
     """Stage ``file_rows``-row files of ``row_group_rows``-row groups, then ONE commit (as infer does)."""
-    from stages.warehouse.facade import Warehouse
-
-    wh = Warehouse(root)
     stager = wh.stage_partition("user_knowledge", ds=DS, run_id="bench")
     for start in range(0, table.num_rows, file_rows):
         stager.write(table.slice(start, file_rows), row_group_size=row_group_rows)
@@ -70,48 +89,57 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
             "max_ms": round(float(ms.max()), 2)}
 
 
-def run_bench(opts: dict, *, quick: bool, warehouse: str) -> dict[str, Any]:
-    """Build the partition in a temp warehouse (``warehouse`` is not touched), time the lookups."""
-    unknown_opts = sorted(set(opts) - set(DEFAULTS))
-    if unknown_opts:
-        raise ValueError(f"unknown bench query option(s): {', '.join(unknown_opts)}; known: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **(QUICK if quick else {}), **opts}
-    users, lookups = int(cfg["users"]), int(cfg["lookups"])
-    if users < 100 or lookups < 1:
-        raise ValueError(f"users must be >= 100 and lookups >= 1, got users={users} lookups={lookups}")
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """Build the partition in a temp warehouse, time the lookups; returns the report.
+
+    ``warehouse`` is not touched (the bench needs a partition of a known size, so it builds its own).
+    Report: ``table`` (one row per lookup kind: calls, p50/p95/max ms), ``summary``, ``config``,
+    ``build_seconds``, ``files``.
+    """
+    cfg.check()
     root = tempfile.mkdtemp(prefix="lum-bench-query-")
     try:
+        wh = Warehouse(root)
         t0 = time.perf_counter()
-        table = synthetic_knowledge(users, int(cfg["conditions"]), int(cfg["dim"]), int(cfg["seed"]))
-        files = write_partition(root, table, int(cfg["row_group_rows"]), int(cfg["file_rows"]))
+        table = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed)
+        files = write_partition(wh, table, cfg.row_group_rows, cfg.file_rows)
         build_s = time.perf_counter() - t0
         log.info("built %d rows in %.1f s", table.num_rows, build_s)
-        rng = np.random.default_rng(int(cfg["seed"]) + 1)
+        rng = np.random.default_rng(cfg.seed + 1)
         existing = table.column("user_id").to_numpy()
         kinds = {
             "single": lambda: [int(rng.choice(existing))],
             "single_newest": lambda: [int(rng.choice(existing))],
             "batch_100": lambda: [int(u) for u in rng.choice(existing, 100, replace=False)],
-            "unknown": lambda: [int(rng.integers(0, users)) * 2],  # even ids are never written
+            "unknown": lambda: [int(rng.integers(0, cfg.users)) * 2],  # even ids are never written
         }
         query_user_knowledge(root, user_ids=[1], ds=DS)  # warm the OS page cache and imports
         rows_out: list[dict[str, Any]] = []
         for kind, pick in kinds.items():
             seconds: list[float] = []
-            for _ in range(max(1, lookups // 10) if kind == "batch_100" else lookups):
+            for _ in range(max(1, cfg.lookups // 10) if kind == "batch_100" else cfg.lookups):
                 ids = pick()
                 start = time.perf_counter()
                 out = query_user_knowledge(root, user_ids=ids, ds=None if kind == "single_newest" else DS)
                 seconds.append(time.perf_counter() - start)
-                expected = 0 if kind == "unknown" else len(ids) * int(cfg["conditions"])
+                expected = 0 if kind == "unknown" else len(ids) * cfg.conditions
                 if out.num_rows != expected:
                     raise RuntimeError(f"{kind} lookup of {ids[:3]} returned {out.num_rows} rows, expected {expected}")
-            rows_out.append({"lookup": kind, "users_in_partition": users, "calls": len(seconds),
+            rows_out.append({"lookup": kind, "users_in_partition": cfg.users, "calls": len(seconds),
                              **_percentiles(seconds)})
         single = rows_out[0]
-        summary = {"users": users, "single_p50_ms": single["p50_ms"], "single_p95_ms": single["p95_ms"],
-                   "target_p50_ms": 20, "meets_target": single["p50_ms"] < 20}
-        return {"table": rows_out, "summary": summary, "config": cfg, "build_seconds": round(build_s, 2),
-                "files": files}
+        summary = {"users": cfg.users, "single_p50_ms": single["p50_ms"], "single_p95_ms": single["p95_ms"],
+                   "target_p50_ms": TARGET_P50_MS, "meets_target": single["p50_ms"] < TARGET_P50_MS}
+        return {"table": rows_out, "summary": summary, "config": dataclasses.asdict(cfg),
+                "build_seconds": round(build_s, 2), "files": files}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """``lum bench query`` options (``QUICK`` sizes first when ``quick``, then ``opts``) -> ``run``."""
+    fields = [f.name for f in dataclasses.fields(Config)]
+    unknown = sorted(set(opts) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown bench query option(s): {', '.join(unknown)}; known: {', '.join(fields)}")
+    return run(from_mapping(Config, {**(QUICK if quick else {}), **opts}), warehouse=warehouse)

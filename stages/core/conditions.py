@@ -24,8 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
-def parse_condition(text: str) -> dict[str, str]:
-    """``"category=Comedy,scenario=rating"`` -> ``{"category": "Comedy", "scenario": "rating"}``."""
+def condition_to_features(text: str) -> dict[str, str]:
+    """``"category=Comedy,scenario=rating"`` -> ``{"category": "Comedy", "scenario": "rating"}``.
+
+    Any features in any order (string order kept), values trimmed; a pair without ``=``, an empty name
+    or value, or a feature named twice is a ``ValueError``. ``stages.model.vocab.parse_condition`` is
+    the strict variant that also requires the model's features in the model's order.
+    """
     out: dict[str, str] = {}
     for part in str(text).split(","):
         name, sep, value = part.partition("=")
@@ -46,7 +51,7 @@ def format_condition(features: dict[str, str], feature_order: Sequence[str] = ()
 
 def feature_values(conditions: Iterable[str], feature: str) -> list[str]:
     """Sorted distinct values of ``feature`` among condition strings (those without it are ignored)."""
-    values = {parse_condition(c).get(feature) for c in conditions}
+    values = {condition_to_features(c).get(feature) for c in conditions}
     return sorted(v for v in values if v is not None)
 
 
@@ -89,7 +94,7 @@ class ConditionSet:
                 raise ValueError(f"conditions=all: the model knows no value of feature {self.feature!r}")
             return self._finish(({self.feature: v} for v in values), feature_order)
         if self.kind == "list":
-            return self._finish((parse_condition(c) for c in self.listed), feature_order)
+            return self._finish((condition_to_features(c) for c in self.listed), feature_order)
         raise ValueError(f"conditions kind {self.kind!r} depends on the user; use for_user")
 
     def for_user(self, history_conditions: Sequence[str], feature_order: Sequence[str] = ()) -> list[str]:
@@ -99,7 +104,7 @@ class ConditionSet:
         counts: Counter[str] = Counter()
         last_seen: dict[str, int] = {}
         for pos, cond in enumerate(history_conditions):
-            value = parse_condition(cond).get(self.feature)
+            value = condition_to_features(cond).get(self.feature)
             if value is not None:
                 counts[value] += 1
                 last_seen[value] = pos
@@ -109,7 +114,7 @@ class ConditionSet:
 
 def parse_spec(spec: str, *, feature: str = "category", with_features: str = "") -> ConditionSet:
     """``"all"`` | ``"top:K"`` | ``"list:C1;C2"`` (+ ``with_features`` "f=v,g=w") -> ``ConditionSet``."""
-    extra = tuple(parse_condition(with_features).items()) if with_features else ()
+    extra = tuple(condition_to_features(with_features).items()) if with_features else ()
     kind, _, arg = str(spec).strip().partition(":")
     if kind == "all" and not arg:
         return ConditionSet("all", feature=feature, with_features=extra)
@@ -122,6 +127,6 @@ def parse_spec(spec: str, *, feature: str = "category", with_features: str = "")
         if not listed:
             raise ValueError(f"conditions list: needs at least one condition, got {spec!r}")
         for c in listed:
-            parse_condition(c)
+            condition_to_features(c)
         return ConditionSet("list", feature=feature, listed=listed, with_features=extra)
     raise ValueError(f"conditions must be all, top:K or list:C1;C2..., got {spec!r}")

@@ -1,6 +1,7 @@
 """Progress lines with throughput and ETA for long work (training steps, users, rows).
 
-One log line every ``every_s`` seconds: ``infer: 120000/1000000 users (12.0%) 8,400 users/s ETA 1m45s``.
+One log line every ``every_s`` seconds: ``<name>: <count>/<total> <unit> (<pct>%) <rate> <unit>/s ETA <eta>``
+(no total: no percentage and no ETA), then any ``key=value`` extras.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def storage_options() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class SparkSettings:
-    """How to build the Spark session. Defaults fit a 2-core, 24 GiB machine (see ENV.md)."""
+    """How to build the Spark session. Defaults fit a small local machine (2 cores); override per cluster."""
 
     master: str = "local[2]"  # any cluster master (spark://, yarn, k8s://) works unchanged
     driver_memory: str = "4g"  # local mode: the driver is the executor

@@ -1,11 +1,12 @@
 """The Spark session: one cached session per process, built from ``stages.core.settings.SparkSettings``.
 
-Defaults fit a 2-core machine (ENV.md): ``local[2]``, driver memory 4g, 8 shuffle partitions, UTC
+Defaults fit a small local machine: ``local[2]``, driver memory 4g, 8 shuffle partitions, UTC
 session time zone, UI off, driver bound to 127.0.0.1, workers running this interpreter
 (``PYSPARK_PYTHON=sys.executable``, else workers lack pyarrow). Parquet timestamps are written as
 INT64 microseconds (Spark's default INT96 is not what delta-rs and pyarrow expect). Any master and
 extra ``spark.*`` settings come from ``LUM_SPARK_MASTER`` / ``LUM_SPARK_CONF`` and win over these.
-Session start costs 4-10 s; ``stop_spark`` also shuts down the py4j gateway so the JVM exits.
+Starting a session starts a JVM, so it is cached; ``stop_spark`` also shuts down the py4j gateway so
+the JVM exits.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def get_spark(settings: SparkSettings | None = None):
         settings = settings or SparkSettings.from_env()
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        # deferred: pyspark loads the JVM bridge; only Spark stages call get_spark
         from pyspark.sql import SparkSession
 
         builder = SparkSession.builder.master(settings.master).appName("lum-pipeline")
@@ -67,6 +69,7 @@ def stop_spark() -> None:
     with _LOCK:
         if _SESSION is None:
             return
+        # deferred: pyspark loads the JVM bridge; only a process that started a session gets here
         from pyspark import SparkContext
 
         _SESSION.stop()

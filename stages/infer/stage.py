@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from stages.core.conditions import parse_condition, parse_spec
+from stages.core.conditions import condition_to_features, parse_spec
 from stages.core.dates import check_ds
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
@@ -97,7 +97,7 @@ def check_model(loaded: Any, version: str, ds: str) -> int:
 def check_condition_features(vocab: Any, history_conditions: list[str], version: str) -> None:
     """A model from another config (other condition features) must not silently map everything to <unk>."""
     for cond in history_conditions[:50]:
-        names = tuple(parse_condition(cond))
+        names = tuple(condition_to_features(cond))
         if names != tuple(vocab.features):
             raise ValueError(f"model_version {version} expects condition features {','.join(vocab.features)}, "
                              f"but user_sequences has condition {cond!r} (a model from a different config)")

@@ -10,7 +10,7 @@ column is an error (a typo must not be dropped silently).
 microseconds, else nanoseconds), or an ISO-8601 string (``2000-12-01T10:00:00Z``, offsets converted
 to UTC, no offset means UTC). Null or unparseable values are an error naming the first bad row.
 
-Semantics (see stages/ingest/stage.py): the file replaces the days it contains in ``events`` and
+Semantics (``run``; writes as in ``stages.ingest.tables``): the file replaces the days it contains in ``events`` and
 ``dlrm_samples`` (rows with a rating become samples, label = rating >= 4; two rated scenarios of one
 (user, item, ts) are refused as duplicate samples); ``items`` and ``users``
 keep their rows and gain one row per id not seen before (item: title null, category ``unknown``;
@@ -20,11 +20,21 @@ user: source_id = the id as text, attributes null). Limits: the file is read who
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import csv
+
+import schemas
+from stages.ingest.tables import day_of, ingest
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +51,8 @@ def read_file(path: str) -> pa.Table:
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
             return pq.read_table(p)
         if suffix == ".csv":
-            from pyarrow import csv
-
             convert = csv.ConvertOptions(column_types={"ts": pa.string()}, null_values=[""],
                                          strings_can_be_null=True)  # an empty cell is null, in every column
             return csv.read_csv(p, convert_options=convert)
@@ -82,8 +88,6 @@ def parse_ts(column: pa.ChunkedArray | pa.Array) -> pa.Array:
         text = pc.utf8_trim_whitespace(column)
         if pc.all(pc.match_substring_regex(text, r"^-?\d+(\.\d+)?$")).as_py():
             return pa.array(_epoch_to_us(pc.cast(text, pa.float64()).to_numpy()), target)
-        import pandas as pd
-
         strings = pd.Series(text.to_pylist(), dtype=object)
         # Parse strings with and without a UTC offset apart: pandas applies one string's offset to
         # the naive strings of a mixed column; naive strings must mean UTC.
@@ -105,9 +109,6 @@ def parse_ts(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def events_from_raw(raw: pa.Table) -> pa.Table:
     """The ``events`` table (validated, sorted by ts then event_idx) from a raw file table."""
-    import schemas
-    from stages.ingest.stage import day_of
-
     missing = [c for c in REQUIRED if c not in raw.column_names]
     if missing:
         raise ValueError(f"events file: missing column(s) {', '.join(missing)}; "
@@ -170,14 +171,10 @@ def dimension_rows(events: pa.Table) -> tuple[pa.Table, pa.Table]:
     return items, users
 
 
-def read_events_source(path: str, *, warehouse: str) -> dict[str, pa.Table]:
+def read_events_source(path: str, wh: Warehouse) -> dict[str, pa.Table]:
     """``{"events", "items", "users"}`` for an events file; items/users = warehouse rows + new ids."""
-    import schemas
-    from stages.warehouse.facade import Warehouse
-
     events = events_from_raw(read_file(path))
     new_items, new_users = dimension_rows(events)
-    wh = Warehouse.of(warehouse)
     out = {"events": events}
     for name, new, key in (("items", new_items, "item_id"), ("users", new_users, "user_id")):
         spec = schemas.get(name)
@@ -186,3 +183,22 @@ def read_events_source(path: str, *, warehouse: str) -> dict[str, pa.Table]:
     log.info("events file %s: %d events over %d days", path, events.num_rows,
              len(pc.unique(events.column("ds"))))
     return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options of ``lum ingest events``."""
+
+    path: str = ""  # the events file (.parquet, .pq or .csv); required, no default file exists
+
+    def check(self) -> None:
+        if not self.path:
+            raise ValueError("ingest events: --path FILE (parquet or CSV) is required")
+
+
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """Replace the file's days in the fact tables, extend items/users; returns the ingest summary."""
+    cfg.check()
+    wh = Warehouse.of(warehouse)
+    started = time.perf_counter()
+    return ingest("events", read_events_source(cfg.path, wh), wh, days_only=True, started=started)

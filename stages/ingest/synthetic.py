@@ -1,13 +1,16 @@
-"""A seeded synthetic data set with the structure a user model can learn (``lum ingest synthetic``).
+"""``lum ingest synthetic``: a seeded data set with the structure a user model can learn.
+
+``run(Config(...), warehouse=...)`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples``
+(``stages.ingest.tables``: validated first, nothing written on error).
 
 Generative story (all numpy, vectorised per chunk of users):
 - Categories have a Zipf-like global popularity ``w_c ~ (c+1)^-0.7``. Every item has one primary
   category (each category gets at least one item when ``items >= categories``), and 30% of items a
   second one; items are ranked inside their category by a Zipf law ``(rank+1)^-item_zipf``.
 - Each user has a persistent category preference ``p_u ~ Dirichlet(K * concentration * w)``:
-  with the default 0.3 a user's top category takes ~40-50% of the history vs 1/K uniform.
+  with the default 0.3 a user's top category fills far more of the history than 1/K.
 - History length ``n_u ~ LogNormal`` with mean ``mean_events`` and ``length_sigma`` 1.0 (heavy tail:
-  the top 1% of users have ~10x the mean), clipped to ``[1, max_events]``.
+  the top 1% of users have many times the mean), clipped to ``[1, max_events]``.
 - Each event draws a category from ``p_u``, then an item from that category's Zipf popularity.
 - Times: user u is active from a random point ``a_u`` (skewed early) to the end of the ``days`` window;
   event seconds are uniform in it, sorted per user; ``ts`` adds the event's position within the user in
@@ -16,16 +19,17 @@ Generative story (all numpy, vectorised per chunk of users):
   so ``label = rating >= 4`` depends on the user's preference for the item's category and the item.
 ``event_idx``: user-major, time order within a user (unique; the stable tie-break).
 
-Determinism: the same config (seed AND chunk_users) gives identical tables. Cost: ~1M users x 20
-events in well under a minute on one core; working memory per chunk is ~chunk_users x (categories +
-100 x mean_events) x 8 bytes; the output tables themselves (~60 B per event, x2 with dlrm_samples)
-are held in memory for the single validated commit.
+Determinism: the same config (seed AND chunk_users) gives identical tables. Working memory per chunk
+is ~chunk_users x (categories + 100 x mean_events) x 8 bytes; the output tables themselves are held in
+memory for the single validated commit.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +38,8 @@ import pyarrow.compute as pc
 from stages.core.dates import parse_ds
 from stages.core.progress import Progress
 from stages.ingest.movielens import ML1M_OCCUPATIONS
+from stages.ingest.tables import day_of, ingest
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ RATING_NOISE = 0.7  # std of the per-rating noise: keeps labels learnable but no
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
+class Config:
     """Options of ``lum ingest synthetic`` (the CLI's --users/--items/... map onto these fields)."""
 
     users: int = 10_000  # number of users (1M+ for benchmarks)
@@ -87,7 +93,7 @@ class ItemModel:
     category_prior: np.ndarray  # (K,) global category popularity, sums to 1
 
 
-def build_items(cfg: SyntheticConfig, rng: np.random.Generator) -> ItemModel:
+def build_items(cfg: Config, rng: np.random.Generator) -> ItemModel:
     k, m = cfg.categories, cfg.items
     prior = (np.arange(k) + 1.0) ** -CATEGORY_POPULARITY_EXPONENT
     prior /= prior.sum()
@@ -130,7 +136,7 @@ def items_table(model: ItemModel) -> pa.Table:
     })
 
 
-def users_table(cfg: SyntheticConfig, rng: np.random.Generator) -> pa.Table:
+def users_table(cfg: Config, rng: np.random.Generator) -> pa.Table:
     n = cfg.users
     ids = np.arange(1, n + 1, dtype=np.int64)
     occupations = np.array(ML1M_OCCUPATIONS, dtype=object)
@@ -143,11 +149,9 @@ def users_table(cfg: SyntheticConfig, rng: np.random.Generator) -> pa.Table:
     })
 
 
-def events_chunk(cfg: SyntheticConfig, items: ItemModel, first_user: int, n_users: int,
+def events_chunk(cfg: Config, items: ItemModel, first_user: int, n_users: int,
                  first_event_idx: int, rng: np.random.Generator) -> pa.Table:
     """Events of users ``first_user .. first_user + n_users - 1`` (user-major, time-sorted per user)."""
-    from stages.ingest.stage import day_of
-
     k = cfg.categories
     mu = np.log(cfg.mean_events) - cfg.length_sigma ** 2 / 2  # lognormal mean = mean_events
     lengths = rng.lognormal(mu, cfg.length_sigma, n_users)
@@ -165,7 +169,7 @@ def events_chunk(cfg: SyntheticConfig, items: ItemModel, first_user: int, n_user
     window_s = cfg.days * 86_400
     active_from = (window_s * rng.random(n_users) ** 2).astype(np.int64)
     seconds = active_from[row] + (rng.random(len(row)) * (window_s - active_from[row])).astype(np.int64)
-    order = np.argsort(row * window_s + seconds, kind="stable")  # by user, then time; 15x faster than lexsort
+    order = np.argsort(row * window_s + seconds, kind="stable")  # by user, then time; one key beats lexsort
     row, cat, item_row, seconds = row[order], cat[order], item_row[order], seconds[order]
     user_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     position = np.arange(len(row)) - user_start[row]  # 0.. within each user
@@ -188,8 +192,8 @@ def events_chunk(cfg: SyntheticConfig, items: ItemModel, first_user: int, n_user
     })
 
 
-def generate(cfg: SyntheticConfig) -> dict[str, pa.Table]:
-    """``{"events", "items", "users"}`` for ``cfg`` (unvalidated; ``stages.ingest.stage`` validates and writes)."""
+def generate(cfg: Config) -> dict[str, pa.Table]:
+    """``{"events", "items", "users"}`` for ``cfg`` (unvalidated; ``run`` validates and writes them)."""
     cfg.check()
     items = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
     users = users_table(cfg, np.random.default_rng([cfg.seed, 1]))
@@ -204,3 +208,10 @@ def generate(cfg: SyntheticConfig) -> dict[str, pa.Table]:
         progress.update(n, events=n_events)
     progress.done(events=n_events)
     return {"events": pa.concat_tables(chunks), "items": items_table(items), "users": users}
+
+
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """Replace the four ingested tables with ``generate(cfg)``; returns the ingest summary (``tables.ingest``)."""
+    wh = Warehouse.of(warehouse)
+    started = time.perf_counter()
+    return ingest("synthetic", generate(cfg), wh, days_only=False, started=started)

@@ -2,14 +2,11 @@
 
 One or many users, one, several or all conditions, one day or the newest, any table version (Delta
 time travel). Only the needed files are read: the Delta log's partition values select the files of
-partition ``ds`` (other days are never opened), then the parquet scan filters on ``user_id`` and
-``condition`` with row-group min/max statistics, so with ``user_id``-sorted files (infer writes them
-sorted) one lookup reads the footer plus one ~64k-row group per file. Filters are Arrow expressions
-built from typed arguments (``user_id`` as int64, conditions as strings); no SQL or predicate text is
-ever assembled from user input.
-
-Measured (``lum bench query``): see the bench report; target p50 < 20 ms for one user in a 1M-user
-partition on the 2-core dev machine.
+partition ``ds`` (other days are never opened) whose ``user_id`` range covers a requested id, then
+row groups by their ``user_id`` min/max (``stages.warehouse.scan``), so with ``user_id``-sorted files
+(infer writes them sorted) one lookup reads a footer and one row group per user. Filters are Arrow
+expressions built from typed arguments (``user_id`` as int64, conditions as strings); no SQL or
+predicate text is ever assembled from user input. ``lum bench query`` times the lookups.
 """
 
 from __future__ import annotations
@@ -25,6 +22,9 @@ import pyarrow.compute as pc
 
 from stages.core.dates import check_ds
 from stages.core.tables import format_table
+from stages.warehouse.facade import Warehouse
+from stages.warehouse.reads import restore_types
+from stages.warehouse.scan import read_users
 
 TABLE = "user_knowledge"
 QUERYABLE = ("user_knowledge", "dlrm_training")  # tables keyed by user_id that `lum query` reads
@@ -51,7 +51,7 @@ def _check_conditions(conditions: Sequence[str] | None) -> list[str] | None:
     return sorted(set(conditions))
 
 
-def query_table(warehouse: str, table: str, *, user_ids: Sequence[int], ds: str | None = None,
+def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequence[int], ds: str | None = None,
                 conditions: Sequence[str] | None = None, version: int | None = None) -> pa.Table:
     """Rows of ``table`` (``user_knowledge`` or ``dlrm_training``) for ``user_ids`` on day ``ds``.
 
@@ -59,9 +59,6 @@ def query_table(warehouse: str, table: str, *, user_ids: Sequence[int], ds: str 
     travel). Unknown users give an empty table (same schema). ``ValueError`` for a malformed day,
     a day with no partition, a missing table or version, or bad arguments. Rows sorted by key.
     """
-    from stages.warehouse.facade import Warehouse, restore_types
-    from stages.warehouse.scan import read_users
-
     if table not in QUERYABLE:
         raise ValueError(f"table must be one of {', '.join(QUERYABLE)}, got {table!r}")
     ids = _check_user_ids(user_ids)
@@ -89,7 +86,7 @@ def query_table(warehouse: str, table: str, *, user_ids: Sequence[int], ds: str 
                                         b"lum.version": str(delta.version()).encode()})
 
 
-def query_user_knowledge(warehouse: str, *, user_ids: Sequence[int], ds: str | None = None,
+def query_user_knowledge(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds: str | None = None,
                          conditions: Sequence[str] | None = None, version: int | None = None) -> pa.Table:
     """``user_knowledge`` rows (ds, user_id, condition, embedding[D], model_version, history_len)."""
     return query_table(warehouse, TABLE, user_ids=user_ids, ds=ds, conditions=conditions, version=version)
@@ -102,9 +99,8 @@ def _display(value: Any) -> Any:
     return value
 
 
-def cli(args: argparse.Namespace, *, warehouse: str) -> dict[str, Any]:
+def cli(args: argparse.Namespace, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """``lum query``: print the rows (table or JSON lines) to stdout, return the summary."""
-
     table_name = getattr(args, "table", TABLE) or TABLE
     rows = query_table(warehouse, table_name, user_ids=args.user_ids, ds=args.ds,
                        conditions=args.conditions, version=args.version)

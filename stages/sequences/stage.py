@@ -10,8 +10,7 @@ Conditions: one string per behaviour from ``condition_features`` in that order, 
 ``"category=Comedy"``, ``("category", "scenario")`` -> ``"category=Comedy,scenario=rating"``. An item
 missing from the items table gets ``category=<unk>``. The feature list is stored in the table metadata
 (``lum.conditions``). Users with a single behaviour are kept (pretrain trains their c1 -> i1 prior).
-No events at all up to D is an error naming D (nothing is written).
-Cost: ML-1M (1M events) ~30-60 s on local[2], dominated by the window sort.
+No events at all up to D is an error naming D (nothing is written). The window sort dominates the cost.
 """
 
 from __future__ import annotations
@@ -19,6 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+
+from stages.core.dates import check_ds, day_end
+from stages.core.spark import get_spark
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,9 @@ class Config:
 
 def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
     """The Spark DataFrame of user_sequences rows for day ``ds`` (without writing it)."""
+    # deferred: pyspark loads the JVM bridge; importing the stage (configs, registry) must not
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-
-    from stages.core.dates import day_end
 
     ev = events_df.where(F.col("ts") < F.lit(day_end(ds)))
     items = items_df.select("item_id", F.col("category").alias("category"))
@@ -68,19 +70,15 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
         F.size("b").cast("int").alias("history_len"), F.col("total_events").cast("long").alias("total_events"))
 
 
-def run(cfg: Config, *, ds: str, warehouse: str) -> dict:
+def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "seconds"}."""
-    from stages.core.dates import check_ds
-    from stages.core.spark import get_spark
-    from stages.warehouse.facade import Warehouse
-
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
     wh = Warehouse.of(warehouse)
     for name in ("events", "items"):
         if not wh.exists(name):
-            raise ValueError(f"table {name} does not exist in {warehouse}; run `lum ingest` first")
+            raise ValueError(f"table {name} does not exist in {wh.uri}; run `lum ingest` first")
     if not any(p <= ds for p in wh.partitions("events")):
         raise ValueError(f"events has no partition with ds <= {ds}; nothing to build sequences from")
     spark = get_spark()

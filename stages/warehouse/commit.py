@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from stages.warehouse.stats import footer_stats
@@ -124,8 +124,6 @@ def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], sc
         table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
                                        partition_filters=[partition_filter], commit_properties=props)
     else:
-        from deltalake import Schema
-
         create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",
                                       partition_by=["ds"], storage_options=storage_options,
                                       commit_properties=props)

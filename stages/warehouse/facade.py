@@ -8,7 +8,7 @@ Every table lives at ``<warehouse>/<name>`` and is a Delta table written by delt
   outputs are written as parquet files first and made visible by ONE overwrite commit; a retried
   commit of the same ``run_id`` is a no-op (Delta app transaction).
 - ``read_spark`` / ``write_spark_partition`` (``stages.warehouse.spark_bridge``): Spark reads and writes the
-  data files, delta-rs makes the commit (the delta-spark jars are not installable here, ENV.md).
+  data files, delta-rs makes the commit (no delta-spark connector jars are needed).
 - ``read`` opens only the files of the requested partitions (file pruning on the Delta log's
   partition values), and of those only the files whose log min/max/nullCount statistics may match
   ``filters`` (delta-rs >= 1.x puts them in each fragment's expression; every commit path records
@@ -31,27 +31,20 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 import schemas
 from stages.core.dates import check_ds
 from stages.core.settings import resolve_warehouse
 from stages.core.settings import storage_options as env_storage_options
-
-if TYPE_CHECKING:  # pragma: no cover
-    from stages.warehouse.staging import PartitionStager
+from stages.warehouse import spark_bridge, staging
+from stages.warehouse.reads import Filter, filter_expression, partition_filters, restore_types
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
-
-Filter = tuple[str, str, Any]
 
 
 class Warehouse:
@@ -126,9 +119,9 @@ class Warehouse:
         the other files get parquet row-group pushdown. Known tables come back in their schema's types.
         """
         table = self.delta_table(name, version)
-        pruning = _partition_filters(ds, start, end)
+        pruning = partition_filters(ds, start, end)
         dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning or None)
-        expr = _filter_expression(list(pruning) + list(filters or ()), dataset.schema, name)
+        expr = filter_expression(list(pruning) + list(filters or ()), dataset.schema, name)
         if columns is not None:
             unknown = [c for c in columns if c not in dataset.schema.names]
             if unknown:
@@ -176,8 +169,8 @@ class Warehouse:
 
         ``days=None``: replace the whole table (old partitions not in ``table`` disappear). A list of
         days: replace exactly those partitions (``predicate ds IN (...)``; rows outside are refused).
-        One commit instead of one ``write_partition`` per day (ML-1M events: 1,040 days). Returns the
-        version. Added by the ingestion workstream (full ingests and events files).
+        One commit instead of one ``write_partition`` per day (full ingests span years of days).
+        Returns the version.
         """
         spec = schemas.get(name).SPEC
         if "ds" not in spec.partition_by:
@@ -211,30 +204,26 @@ class Warehouse:
         if changed:
             self.delta_table(name).alter.set_table_properties(changed, raise_if_not_exists=False)
 
-    # ---- staged and Spark writes, maintenance (implemented in helper modules) ----------------------
+    # ---- staged and Spark writes (stages.warehouse.staging, stages.warehouse.spark_bridge) ----------
     def stage_partition(self, name: str, *, ds: str, run_id: str, shard: str | None = None,
-                        dim: int | None = None) -> PartitionStager:
-        from stages.warehouse.staging import PartitionStager
-
-        return PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim)
+                        dim: int | None = None) -> staging.PartitionStager:
+        """A stager for shard ``shard`` ("i/n") of partition ``ds``; its files stay invisible until committed."""
+        return staging.PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim)
 
     def commit_staged(self, name: str, *, ds: str, run_id: str, shards: int | None = None,
                       metadata: dict[str, str] | None = None) -> int:
-        from stages.warehouse.staging import commit_staged
-
-        return commit_staged(self, name, ds=ds, run_id=run_id, shards=shards, metadata=metadata)
+        """ONE commit of every staged shard of ``run_id`` as partition ``ds``; returns the version."""
+        return staging.commit_staged(self, name, ds=ds, run_id=run_id, shards=shards, metadata=metadata)
 
     def read_spark(self, spark, name: str, *, ds: str | None = None, start: str | None = None,
                    end: str | None = None, version: int | None = None):
-        from stages.warehouse.spark_bridge import read_spark
-
-        return read_spark(self, spark, name, ds=ds, start=start, end=end, version=version)
+        """A Spark DataFrame over the snapshot's files of the selected partitions, ``ds`` restored."""
+        return spark_bridge.read_spark(self, spark, name, ds=ds, start=start, end=end, version=version)
 
     def write_spark_partition(self, name: str, df, *, ds: str, app_id: str | None = None,
                               metadata: dict[str, str] | None = None) -> int:
-        from stages.warehouse.spark_bridge import write_spark_partition
-
-        return write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata)
+        """Spark writes ``df`` as partition ``ds``; delta-rs makes ONE commit; returns the version."""
+        return spark_bridge.write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata)
 
     def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int = 1) -> list[str]:
         """Delete files no snapshot newer than ``retention_hours`` needs, and stray files of failed runs.
@@ -253,57 +242,3 @@ class Warehouse:
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """Commits, newest first: version, timestamp, operation, parameters and custom metadata."""
         return self.delta_table(name).history(limit)
-
-
-# ---- helpers ---------------------------------------------------------------------------------------
-def _partition_filters(ds: str | None, start: str | None, end: str | None) -> list[Filter]:
-    if ds is not None and (start is not None or end is not None):
-        raise ValueError("give either ds or start/end, not both")
-    out: list[Filter] = []
-    if ds is not None:
-        out.append(("ds", "=", check_ds(ds)))
-    if start is not None:
-        out.append(("ds", ">=", check_ds(start, name="start")))
-    if end is not None:
-        out.append(("ds", "<=", check_ds(end, name="end")))
-    if start is not None and end is not None and end < start:
-        raise ValueError(f"end {end} is before start {start}")
-    return out
-
-
-def _filter_expression(filters: Sequence[Filter], schema: pa.Schema, name: str) -> pads.Expression | None:
-    """AND of ``(column, op, value)`` tuples as a pyarrow dataset expression."""
-    expr = None
-    for item in filters:
-        if not (isinstance(item, (tuple, list)) and len(item) == 3):
-            raise ValueError(f"filter must be (column, op, value), got {item!r}")
-        column, op, value = item
-        op = "==" if op == "=" else op
-        if column not in schema.names:
-            raise ValueError(f"table {name}: filter on unknown column {column!r}")
-        if op not in _OPS:
-            raise ValueError(f"filter op must be one of {' '.join(_OPS)}, got {op!r}")
-        field = pc.field(column)
-        if op == "in":
-            term = field.isin(pa.array(list(value), type=schema.field(column).type))
-        else:
-            scalar = pa.scalar(value, type=schema.field(column).type)
-            term = {"==": field == scalar, "!=": field != scalar, "<": field < scalar,
-                    "<=": field <= scalar, ">": field > scalar, ">=": field >= scalar}[op]
-        expr = term if expr is None else expr & term
-    return expr
-
-
-def restore_types(name: str, table: pa.Table) -> pa.Table:
-    """Cast a table read back from Delta to its schema's types (fixed-size embeddings, string types).
-
-    Columns not in the schema and tables without a schema module are left as they are.
-    """
-    if name not in schemas.TABLES:
-        return table
-    spec = schemas.get(name).SPEC
-    target = spec.build_schema(spec.infer_dim(table) or 1)
-    for i, column in enumerate(table.column_names):
-        if column in target.names and table.schema.field(column).type != target.field(column).type:
-            table = table.set_column(i, column, table.column(column).cast(target.field(column).type))
-    return table

@@ -2,16 +2,16 @@
 
 Three levels of pruning, cheapest first:
 1. Delta log: the snapshot's add actions carry each file's partition value and ``user_id`` min/max, so
-   only files of partition ``ds`` whose range covers a requested id are opened (infer writes ~4k users
-   per file, i.e. ~250 files for 1M users; a lookup opens one).
-2. Parquet footer: row groups whose ``user_id`` min/max cover a requested id (infer writes 8,192-row
-   groups, sorted by user_id).
+   only files of partition ``ds`` whose range covers a requested id are opened (infer writes
+   ``user_id``-sorted files, so one user's rows lie in one file).
+2. Parquet footer: row groups whose ``user_id`` min/max cover a requested id (sorted files make the
+   ranges disjoint, so one group per user).
 3. Within those groups: the ``user_id`` column is read first; the other columns only when it matches.
 Local tables take this path; other URIs (s3://, ...) fall back to delta-rs' pyarrow dataset with the
 same filter (partition pruning plus parquet statistics), which is correct but opens more footers.
 
-Returns the matching rows with ``ds`` restored, in the file's column types (cast with
-``stages.warehouse.facade.restore_types``). Measured by ``lum bench query``.
+Returns the matching rows with ``ds`` restored, in the file's column types (callers cast them with
+``stages.warehouse.reads.restore_types``); ``lum bench query`` times it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Spark bridge: Spark reads and writes the data files, delta-rs makes every Delta commit.
 
-The delta-spark connector needs Maven jars that cannot be fetched here (ENV.md), so:
+No delta-spark connector (its Maven jars) is needed:
 - ``read_spark``: the snapshot's add actions (delta-rs) give each file and its ``ds``; Spark reads
   those parquet files and ``ds`` is joined back on ``_metadata.file_path``. Paths are escaped
   differently in the Delta log, on disk and in Spark (``sp ace`` vs ``sp%20ace``), so each file's key
@@ -26,7 +26,6 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -41,9 +40,7 @@ from stages.warehouse.commit import (
     commit_partition_files,
     filesystem_for,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from stages.warehouse.facade import Warehouse
+from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ def _normalize_key(key: str) -> str:
 _SAFE_REL = re.compile(r"^[A-Za-z0-9._=/-]+$")  # relative paths Hadoop leaves unescaped
 
 
-def snapshot_files(wh: Warehouse, name: str, *, ds: str | None = None, start: str | None = None,
+def snapshot_files(wh: TableStore, name: str, *, ds: str | None = None, start: str | None = None,
                    end: str | None = None, version: int | None = None) -> list[tuple[str, str | None]]:
     """(path relative to the table root, ds) of every file in the selected partitions of the snapshot.
 
@@ -85,7 +82,7 @@ def snapshot_files(wh: Warehouse, name: str, *, ds: str | None = None, start: st
     return out
 
 
-def read_spark(wh: Warehouse, spark, name: str, *, ds: str | None = None, start: str | None = None,
+def read_spark(wh: TableStore, spark, name: str, *, ds: str | None = None, start: str | None = None,
                end: str | None = None, version: int | None = None):
     """A DataFrame over the snapshot's files (partitions ``ds`` or ``start..end``), ``ds`` restored.
 
@@ -93,6 +90,7 @@ def read_spark(wh: Warehouse, spark, name: str, *, ds: str | None = None, start:
     Unpartitioned tables (items, users) are read whole. Cost: one py4j call for the table root plus
     one per file whose relative path needs escaping (delta-rs and Spark names need none).
     """
+    # deferred: pyspark loads the JVM bridge; lum query and DAG parsing never need it
     from pyspark.sql import functions as F
 
     for value, label in ((ds, "ds"), (start, "start"), (end, "end")):
@@ -119,6 +117,7 @@ def read_spark(wh: Warehouse, spark, name: str, *, ds: str | None = None, start:
 
 def conform(df, name: str, ds: str):
     """``df`` with ``ds`` filled when absent, cast to the schema's Spark types, in schema order."""
+    # deferred: pyspark loads the JVM bridge; lum query and DAG parsing never need it
     from pyspark.sql import functions as F
 
     struct = schemas.get(name).spark_schema()
@@ -148,7 +147,7 @@ def _list_written(fs: pafs.FileSystem, folder: str, folder_rel: str) -> list[Dat
     return sorted(out, key=lambda f: f.relpath)
 
 
-def write_spark_partition(wh: Warehouse, name: str, df, *, ds: str, app_id: str | None = None,
+def write_spark_partition(wh: TableStore, name: str, df, *, ds: str, app_id: str | None = None,
                           metadata: dict[str, str] | None = None) -> int:
     """Write ``df`` (Spark) as partition ``ds`` of table ``name`` with ONE delta-rs commit.
 
@@ -161,7 +160,7 @@ def write_spark_partition(wh: Warehouse, name: str, df, *, ds: str, app_id: str 
                        metadata=metadata)
 
 
-def write_spark_partitions(wh: Warehouse, name: str, df, *, days: Sequence[str], app_id: str | None = None,
+def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str], app_id: str | None = None,
                            metadata: dict[str, str] | None = None) -> int:
     """Write a many-day ``df`` (Spark, with a ``ds`` column) as partitions ``days`` in ONE commit.
 
@@ -170,7 +169,7 @@ def write_spark_partitions(wh: Warehouse, name: str, df, *, days: Sequence[str],
     (``partition_filters ds in days``) replaces exactly those partitions: all days of the call become
     visible together or none does (a day in ``days`` without rows ends up empty). Chosen over one commit
     per day: a failure never leaves half of the days new, and one commit instead of N (the log grows by
-    one entry; ML-1M December: 31 days, ~113k rows, one commit). ``app_id`` as in write_spark_partition
+    one entry). ``app_id`` as in write_spark_partition
     (recorded as ``lum/<name>/<first>..<last>/<app_id>``). Returns the table version.
     """
     spec = _partitioned_spec(name)
@@ -190,7 +189,7 @@ def _partitioned_spec(name: str):
     return spec
 
 
-def _write_days(wh: Warehouse, name: str, conformed, *, spec, days: list[str], label: str,
+def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], label: str,
                 app_id: str | None, metadata: dict[str, str] | None) -> int:
     """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
 

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import uuid
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -27,10 +26,8 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
-from stages.warehouse.commit import DataFile, commit_partition_files, filesystem_for
-
-if TYPE_CHECKING:  # pragma: no cover
-    from stages.warehouse.facade import Warehouse
+from stages.warehouse.commit import DataFile, already_committed, commit_partition_files, filesystem_for
+from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-def staging_dir(wh: Warehouse, name: str, ds: str, run_id: str) -> str:
+def staging_dir(wh: TableStore, name: str, ds: str, run_id: str) -> str:
     return f"{wh.uri}/_staging/{name}/{ds}/{run_id.replace(':', '_')}"
 
 
@@ -65,7 +62,7 @@ def app_id_for(name: str, ds: str, run_id: str) -> str:
 class PartitionStager:
     """Writes validated chunks of one shard of partition ``ds`` as parquet files, then a manifest."""
 
-    def __init__(self, wh: Warehouse, name: str, *, ds: str, run_id: str, shard: str | None = None,
+    def __init__(self, wh: TableStore, name: str, *, ds: str, run_id: str, shard: str | None = None,
                  dim: int | None = None):
         self.spec = schemas.get(name).SPEC
         if "ds" not in self.spec.partition_by:
@@ -84,7 +81,7 @@ class PartitionStager:
         """Validate one chunk and write it as one parquet file; returns the rows written.
 
         ``row_group_size``: rows per parquet row group (None: pyarrow's default); small groups of a
-        sorted chunk let a point lookup read one group (added by the infer workstream)."""
+        sorted chunk let a point lookup read one group."""
         if self.finished:
             raise ValueError(f"stager for {self.name} ds={self.ds} shard {self.shard} is already finished")
         data = self.spec.validate(table, ds=self.ds, dim=self.dim)
@@ -118,7 +115,7 @@ class PartitionStager:
                  self.n_shards, len(self.files), self.rows)
 
 
-def read_manifests(wh: Warehouse, name: str, ds: str, run_id: str) -> list[dict]:
+def read_manifests(wh: TableStore, name: str, ds: str, run_id: str) -> list[dict]:
     fs, root = filesystem_for(staging_dir(wh, name, ds, run_id))
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     out = []
@@ -129,7 +126,7 @@ def read_manifests(wh: Warehouse, name: str, ds: str, run_id: str) -> list[dict]
     return out
 
 
-def commit_staged(wh: Warehouse, name: str, *, ds: str, run_id: str, shards: int | None = None,
+def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: int | None = None,
                   metadata: dict[str, str] | None = None) -> int:
     """ONE overwrite commit of partition ``ds`` with every shard's files; returns the table version."""
     check_ds(ds)
@@ -144,8 +141,6 @@ def commit_staged(wh: Warehouse, name: str, *, ds: str, run_id: str, shards: int
     present = {m["shard"] for m in manifests}
     missing = [i for i in range(n_shards) if i not in present]
     if missing:
-        from stages.warehouse.commit import already_committed
-
         if already_committed(wh.table_uri(name), app_id, wh.storage_options or None):
             return wh.version(name)
         raise ValueError(f"table {name} ds={ds} run {run_id}: manifest missing for shard(s) "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.core.conditions import format_condition, parse_condition, parse_spec
+from stages.core.conditions import condition_to_features, format_condition, parse_spec
 
 KNOWN = ["category=Action", "category=Comedy", "category=Drama"]
 KNOWN2 = [f"category={c},scenario={s}" for c in ("Action", "Comedy") for s in ("click", "rating")]
@@ -50,11 +50,11 @@ def test_bad_specs_are_one_line_errors(spec):
 
 
 def test_parse_and_format_round_trip_and_errors():
-    assert parse_condition("category=Comedy,scenario=rating") == {"category": "Comedy", "scenario": "rating"}
+    assert condition_to_features("category=Comedy,scenario=rating") == {"category": "Comedy", "scenario": "rating"}
     assert format_condition({"scenario": "x", "category": "y"}, ("category", "scenario")) == "category=y,scenario=x"
     for bad in ("category", "=x", "category=a,category=b"):
         with pytest.raises(ValueError):
-            parse_condition(bad)
+            condition_to_features(bad)
 
 
 def test_all_refuses_a_model_without_the_feature_and_conflicting_with_features():

@@ -6,13 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.ingest.stage import dlrm_samples_from_events, run_source, validate_tables
-from stages.ingest.synthetic import SyntheticConfig, generate
+from stages.core.config import from_mapping
+from stages.ingest import events, movielens, synthetic
+from stages.ingest.stage import run_source, source_config
+from stages.ingest.synthetic import Config, generate
+from stages.ingest.tables import dlrm_samples_from_events, validate_tables
 from stages.warehouse.facade import Warehouse
 from tests.stages.ingest_helpers import tree_snapshot
 
-CFG = SyntheticConfig(users=1_500, items=400, categories=12, days=20, seed=3, start="2001-03-01",
-                      chunk_users=500)
+CFG = Config(users=1_500, items=400, categories=12, days=20, seed=3, start="2001-03-01",
+             chunk_users=500)
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +27,11 @@ def frames():
 
 
 def test_same_seed_same_tables_other_seed_differs():
-    small = SyntheticConfig(users=300, items=60, categories=5, days=4, seed=11, chunk_users=100)
+    small = Config(users=300, items=60, categories=5, days=4, seed=11, chunk_users=100)
     first, second = generate(small), generate(small)
     for name in ("events", "items", "users"):
         assert first[name].equals(second[name]), name
-    other = generate(SyntheticConfig(users=300, items=60, categories=5, days=4, seed=12, chunk_users=100))
+    other = generate(Config(users=300, items=60, categories=5, days=4, seed=12, chunk_users=100))
     assert not first["events"].equals(other["events"])
 
 
@@ -106,7 +109,7 @@ def test_bad_options_are_refused_before_any_write(warehouse, opts, word):
 
 
 def test_chunking_keeps_generation_bounded_and_ids_global():
-    cfg = SyntheticConfig(users=250, items=30, categories=3, days=2, chunk_users=100)
+    cfg = Config(users=250, items=30, categories=3, days=2, chunk_users=100)
     events = generate(cfg)["events"]
     users = np.unique(events.column("user_id").to_numpy())
     assert users.min() >= 1 and users.max() <= 250 and len(users) == 250  # every user has >= 1 event
@@ -114,3 +117,17 @@ def test_chunking_keeps_generation_bounded_and_ids_global():
     assert (np.diff(idx) == 1).all() and idx[0] == 0  # event_idx continues across chunks
     frame = pd.DataFrame({"u": events.column("user_id").to_numpy(), "t": events.column("ts").to_numpy()})
     assert frame.groupby("u")["t"].apply(lambda t: t.is_monotonic_increasing and t.is_unique).all()
+
+
+def test_sources_are_config_and_run_stages(warehouse):
+    """Each source module runs from its own Config; run_source maps loose options onto it."""
+    cfg = from_mapping(synthetic.Config, {"users": 20, "items": 10, "categories": 2, "days": 2, "seed": 5})
+    summary = synthetic.run(cfg, warehouse=Warehouse(warehouse))
+    assert summary["source"] == "synthetic" and Warehouse(warehouse).read("users").num_rows == 20
+    assert source_config("movielens-100k", {"users": 5, "path": None}) == movielens.Config("movielens-100k")
+    assert source_config("events", {"path": "x.csv", "users": 5}) == events.Config(path="x.csv")
+    assert source_config("synthetic", {"users": 7, "path": "x.csv"}) == synthetic.Config(users=7)
+    with pytest.raises(ValueError, match="movielens-2m"):
+        movielens.run(movielens.Config("movielens-2m"), warehouse=warehouse)
+    with pytest.raises(ValueError, match="--path"):
+        events.run(events.Config(), warehouse=warehouse)

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from stages.query.lookup import query_user_knowledge  # point lookups prune on min/max.user_id too
 from stages.warehouse.facade import Warehouse
 
 UTC = dt.UTC
@@ -142,9 +143,6 @@ def test_filtered_read_opens_only_matching_files(warehouse):
     assert wh.read("user_knowledge", filters=[("user_id", "==", 77)]).num_rows == 0
     with pytest.raises(FileNotFoundError):  # the filter the deleted file may satisfy must open it
         wh.read("user_knowledge", filters=[("user_id", ">", 3)])
-
-    from stages.query.lookup import query_user_knowledge  # query_scan prunes on min/max.user_id too
-
     assert query_user_knowledge(warehouse, user_ids=[3]).column("user_id").to_pylist() == [3]
 
 
