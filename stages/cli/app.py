@@ -227,9 +227,9 @@ def cmd_query(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
     from stages.evaluate import stage as evaluate
 
-    cfg = _stage_config(evaluate, args, {})
-    return evaluate.run_evaluate(cfg, train_start=args.train_start, train_end=args.train_end,
-                                 test_end=args.test_end, out_dir=args.out, warehouse=warehouse)
+    cfg = _stage_config(evaluate, args, {"train_start": args.train_start, "train_end": args.train_end,
+                                         "test_end": args.test_end, "out_dir": args.out})
+    return evaluate.run(cfg, warehouse=warehouse)
 
 
 def cmd_bench(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
