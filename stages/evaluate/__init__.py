@@ -1,1 +1,1 @@
-"""Does the knowledge pay? Consumers (reference DLRM, logistic regression) with vs without the LUM columns."""
+"""Does the knowledge pay? The reference DLRM trained with vs without the LUM columns."""

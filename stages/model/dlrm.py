@@ -1,12 +1,12 @@
 """The reference DLRM used by ``lum evaluate``: embeddings + MLP, DIN-style attention over the
 recent history, and the LUM columns as extra dense inputs.
 
-Inputs of one batch of B samples (built by ``stages.evaluate.stage``):
+Inputs of one batch of B samples (built by ``stages.evaluate.features``):
 - ``sparse``: int64 (B, F), one row index per categorical field (user, item, category, age, gender,
   occupation, hour, weekday ...); index 0 means unknown/out-of-vocabulary (every field's table has it).
 - ``history``: int64 (B, H), row indices into the *item* field's table of the user's last H items
   strictly before the sample's ts, oldest first, left-padded with 0 (= no item, masked out).
-- ``dense``: float32 (B, K) LUM features (K = 0 for the baseline); see ``stages.evaluate.stage``.
+- ``dense``: float32 (B, K) LUM features (K = 0 for the baseline); see ``stages.evaluate.features``.
 Output: logits (B,) for the label (rating >= 4).
 
 DIN attention (Zhou et al. 2018): a small MLP scores each history item h against the target item t
@@ -14,9 +14,6 @@ from [h, t, h - t, h * t]; the history is pooled by the masked softmax of the sc
 rows pool to zeros). The embeddings and the attention are built first, so two models made under the
 same seed start from identical embedding and attention weights (the top MLP's first layer differs in
 width, hence in its draw).
-
-Size at the defaults (emb_dim 16, 8 fields, H 20, MLP 128-64): ~20k parameters plus the
-embedding tables (ML-1M: ~10k ids x 16 = 160k); one CPU core trains ~50k samples/s.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ class DLRMConfig:
     mlp_hidden: tuple[int, ...] = (128, 64)  # the top MLP; two layers are the usual DLRM/DIN size
     attn_hidden: int = 32  # hidden width of the DIN scoring MLP
     dense_hidden: int = 32  # LUM dense inputs are projected to this width before the top MLP
-    dropout: float = 0.1  # light regularisation; ML-1M overfits ids within one or two epochs
+    dropout: float = 0.1  # light regularisation; id embeddings overfit within a few epochs
 
 
 class DINAttention(nn.Module):

@@ -185,8 +185,9 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     rows = query_user_knowledge(warehouse, user_ids=[sample_user], ds=window[-1]).to_pylist()
     print(f"demo: lum query --ds {window[-1]} --user-id {sample_user}: {len(rows)} rows, first "
           f"{rows[0]['condition']} {[round(v, 3) for v in rows[0]['embedding'][:4]]} ...", flush=True)
-    auc = evaluate.run_evaluate(from_mapping(evaluate.Config, {}), train_start=window[0], train_end=window[-2],
-                                test_end=window[-1], out_dir=os.path.join(out_dir, "evaluate"), warehouse=warehouse)
+    eval_cfg = from_mapping(evaluate.Config, {"train_start": window[0], "train_end": window[-2],
+                                              "test_end": window[-1], "out_dir": os.path.join(out_dir, "evaluate")})
+    auc = evaluate.run(eval_cfg, warehouse=warehouse)
     print(f"demo: DLRM AUC without LUM {auc['auc_without_lum']:.4f}, with LUM {auc['auc_with_lum']:.4f}, "
           f"lift {auc['lift']:+.4f}", flush=True)
 

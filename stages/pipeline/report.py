@@ -6,7 +6,7 @@
 - ``auc``: {"auc_without_lum": float, "auc_with_lum": float, "lift": float}
 - ``timings``: [{"ds": str, "sequences": s, "pretrain": s, "infer": s, "join": s}, ...]
 - ``summary``: dict shown as a key/value table; ``query``: list of row dicts (the sample lookup).
-The page is self-contained apart from the PNGs (same folder), ~100 KB in all.
+The page is self-contained apart from the PNGs (same folder).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ STAGE_COLORS = {"sequences": "#4c72b0", "pretrain": "#dd8452", "infer": "#55a868
 
 
 def _plt():
+    # deferred: matplotlib is only needed when a report is written, and Agg must be chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")  # no display; safe inside Airflow workers and tests

@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.evaluate.stage import Config, _history, auc, build_features, run_evaluate
+from stages.evaluate.features import _history, build_features
+from stages.evaluate.metrics import auc
+from stages.evaluate.stage import Config, run
 
 
 def brute_auc(labels, scores) -> float:
@@ -108,9 +110,9 @@ def test_evaluate_lift_is_positive_when_only_lum_carries_signal(warehouse, tmp_p
                                       "category": [f"c{i % 4}" for i in range(40)],
                                       "categories": [[f"c{i % 4}"] for i in range(40)]}))
     out = str(tmp_path / "report")
-    cfg = Config(epochs=3, batch_size=256, lr=5e-3, history_len=4)
-    summary = run_evaluate(cfg, train_start=_day(1), train_end=_day(3), test_end=_day(5), out_dir=out,
-                           warehouse=warehouse)
+    cfg = Config(epochs=3, batch_size=256, lr=5e-3, history_len=4, train_start=_day(1), train_end=_day(3),
+                 test_end=_day(5), out_dir=out)
+    summary = run(cfg, warehouse=warehouse)
     assert summary["train_rows"] == 2100 and summary["test_rows"] == 1400
     assert summary["auc_with_lum"] > 0.7
     assert abs(summary["auc_without_lum"] - 0.5) < 0.08
@@ -125,8 +127,16 @@ def test_evaluate_lift_is_positive_when_only_lum_carries_signal(warehouse, tmp_p
 
 def test_evaluate_rejects_bad_windows(warehouse, tmp_path):
     with pytest.raises(ValueError, match="train_end < test_end"):
-        run_evaluate(Config(), train_start="2001-01-03", train_end="2001-01-05", test_end="2001-01-05",
-                     out_dir=str(tmp_path), warehouse=warehouse)
+        run(Config(train_start="2001-01-03", train_end="2001-01-05", test_end="2001-01-05", out_dir=str(tmp_path)),
+            warehouse=warehouse)
     with pytest.raises(ValueError, match="dlrm_training does not exist"):
-        run_evaluate(Config(), train_start="2001-01-01", train_end="2001-01-02", test_end="2001-01-03",
-                     out_dir=str(tmp_path), warehouse=warehouse)
+        run(Config(train_start="2001-01-01", train_end="2001-01-02", test_end="2001-01-03", out_dir=str(tmp_path)),
+            warehouse=warehouse)
+
+
+def test_evaluate_requires_the_window_in_the_config(warehouse):
+    """The window is part of Config; an unset day is a ValueError naming the field, before any read."""
+    with pytest.raises(ValueError, match="train_start must be YYYY-MM-DD"):
+        run(Config(), warehouse=warehouse)
+    with pytest.raises(ValueError, match="test_end must be YYYY-MM-DD"):
+        run(Config(train_start="2001-01-01", train_end="2001-01-02"), warehouse=warehouse)
