@@ -47,7 +47,7 @@ def warehouse(tmp_path) -> str:
 @pytest.fixture(scope="session")
 def ml100k_warehouse(tmp_path_factory) -> str:
     """A warehouse with MovieLens-100K ingested once per session. Read-only: copy it before writing."""
-    from stages.ingest.stage import run_source
+    from stages.pipeline.registry import ingest as run_source
 
     path = tmp_path_factory.mktemp("ml100k") / "warehouse"
     run_source("movielens-100k", {}, warehouse=str(path))

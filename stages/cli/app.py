@@ -166,12 +166,11 @@ def _config(name: str, args: argparse.Namespace, options: dict[str, Any] | None 
 def cmd_ingest(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     if args.source not in INGEST_SOURCES:
         raise UsageError(f"unknown dataset {args.source!r}; choose one of {', '.join(INGEST_SOURCES)}")
-    name = f"ingest.{args.source}"
-    flags = {"synthetic": ("users", "items", "categories", "days", "seed", "start"), "events": ("path",)}
-    options = {k: getattr(args, k) for k in flags.get(args.source, ())}
     if args.source != "events" and args.path:
         raise UsageError("--path applies to `lum ingest events` only")
-    return registry.run(name, _config(name, args, options), warehouse=warehouse)
+    flags = {"synthetic": ("users", "items", "categories", "days", "seed", "start"), "events": ("path",)}
+    return registry.ingest(args.source, {k: getattr(args, k) for k in flags.get(args.source, ())},
+                           warehouse=warehouse)
 
 
 def _check_run_days(args: argparse.Namespace) -> bool:

@@ -127,8 +127,8 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     """Run the whole demo; returns the summary (also in ``out_dir/demo.json``)."""
     from stages.core.config import from_mapping
     from stages.evaluate import stage as evaluate
-    from stages.ingest.stage import run_source
     from stages.pipeline import daily
+    from stages.pipeline.registry import ingest as run_source
     from stages.pipeline.report import write_report
     from stages.query.lookup import query_user_knowledge
     if days < 3:

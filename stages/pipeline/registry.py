@@ -161,3 +161,17 @@ def run(name: str, cfg: Any, *, warehouse: Any = None, ds: str | None = None) ->
     if not stage.warehouse:
         return dict(module.run(cfg) or {})
     return dict(module.run(cfg, warehouse=warehouse) or {})
+
+
+def run_with(name: str, options: Mapping[str, Any] | None = None, *, warehouse: Any = None, ds: str | None = None,
+             config_path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``build_config`` and ``run`` in one call: the Python spelling of a ``lum`` command."""
+    cfg = build_config(name, config_path=config_path, options=options, overrides=overrides)
+    return run(name, cfg, warehouse=warehouse, ds=ds)
+
+
+def ingest(source: str, options: Mapping[str, Any] | None = None, *, warehouse: Any = None) -> dict[str, Any]:
+    """``lum ingest <source>``: the source's Config from ``options`` (None values skipped) and its run."""
+    if source not in names(INGEST):
+        raise ValueError(f"unknown dataset {source!r}; choose one of {', '.join(names(INGEST))}")
+    return run_with(f"ingest.{source}", options, warehouse=warehouse)

@@ -11,7 +11,7 @@ import pytest
 
 from stages.cli import app as cli
 from stages.ingest.movielens import locate_movielens, read_atomic
-from stages.ingest.stage import run_source
+from stages.pipeline.registry import ingest as run_source
 from stages.warehouse.facade import Warehouse
 from tests.stages.ingest_helpers import canonical, tree_snapshot
 

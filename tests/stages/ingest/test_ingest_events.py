@@ -10,7 +10,7 @@ import pytest
 
 from stages.cli import app as cli
 from stages.ingest.events import parse_ts
-from stages.ingest.stage import run_source
+from stages.pipeline.registry import ingest as run_source
 from stages.warehouse.facade import Warehouse
 from tests.stages.ingest_helpers import canonical, tree_snapshot
 

@@ -8,9 +8,10 @@ import pytest
 
 from stages.core.config import from_mapping
 from stages.ingest import events, movielens, synthetic
-from stages.ingest.stage import run_source, source_config
 from stages.ingest.synthetic import Config, generate
 from stages.ingest.tables import dlrm_samples_from_events, validate_tables
+from stages.pipeline.registry import build_config
+from stages.pipeline.registry import ingest as run_source
 from stages.warehouse.facade import Warehouse
 from tests.stages.ingest_helpers import tree_snapshot
 
@@ -87,7 +88,7 @@ def test_ratings_follow_preference_so_labels_are_learnable(frames):
 
 def test_run_source_writes_the_four_tables(warehouse):
     opts = {"users": 120, "items": 50, "categories": 5, "days": 3, "seed": 2, "start": "2002-02-02",
-            "path": None, "verbose": False}  # unrelated (CLI) keys are ignored
+            "path": None}  # flags the command did not get (None) are skipped
     summary = run_source("synthetic", opts, warehouse=warehouse)
     wh = Warehouse(warehouse)
     assert wh.read("users").num_rows == 120 and wh.read("items").num_rows == 50
@@ -120,13 +121,15 @@ def test_chunking_keeps_generation_bounded_and_ids_global():
 
 
 def test_sources_are_config_and_run_stages(warehouse):
-    """Each source module runs from its own Config; run_source maps loose options onto it."""
+    """Each source module runs from its own Config; the registry builds it from options, presets included."""
     cfg = from_mapping(synthetic.Config, {"users": 20, "items": 10, "categories": 2, "days": 2, "seed": 5})
     summary = synthetic.run(cfg, warehouse=Warehouse(warehouse))
     assert summary["source"] == "synthetic" and Warehouse(warehouse).read("users").num_rows == 20
-    assert source_config("movielens-100k", {"users": 5, "path": None}) == movielens.Config("movielens-100k")
-    assert source_config("events", {"path": "x.csv", "users": 5}) == events.Config(path="x.csv")
-    assert source_config("synthetic", {"users": 7, "path": "x.csv"}) == synthetic.Config(users=7)
+    assert build_config("ingest.movielens-100k", options={"path": None}) == movielens.Config("movielens-100k")
+    assert build_config("ingest.events", options={"path": "x.csv"}) == events.Config(path="x.csv")
+    assert build_config("ingest.synthetic", options={"users": 7}) == synthetic.Config(users=7)
+    with pytest.raises(ValueError, match="path"):  # another source's option is an error, not ignored
+        build_config("ingest.synthetic", options={"users": 7, "path": "x.csv"})
     with pytest.raises(ValueError, match="movielens-2m"):
         movielens.run(movielens.Config("movielens-2m"), warehouse=warehouse)
     with pytest.raises(ValueError, match="--path"):
