@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from stages.core.config import from_mapping
 from stages.core.device import resolve_device
 from stages.infer.chunks import JaggedBatch, build_batch, pack_by_budget
 from stages.infer.encode import MODES, encode, forward_budget, tokens_per_user
@@ -53,19 +52,9 @@ class Config:
     seed: int = 0  # model weights and synthetic users
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads (0 = torch's default); 1 gives steadier numbers on a shared machine
-    quick: bool = False  # smoke test: QUICK sizes for every option left at its default
 
 
-QUICK: dict[str, Any] = {"users": 8, "prefix_tokens": 32, "n_conditions": 4, "repeats": 1, "n_items": 50}
-OPTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "quick")  # the `--set` keys
-
-
-def effective(cfg: Config) -> Config:
-    """``cfg`` with QUICK applied to the options still at their defaults when ``cfg.quick``."""
-    if not cfg.quick:
-        return cfg
-    default = Config()
-    return dataclasses.replace(cfg, **{k: v for k, v in QUICK.items() if getattr(cfg, k) == getattr(default, k)})
+QUICK: dict[str, Any] = {"users": 8, "prefix_tokens": 32, "n_conditions": 4, "repeats": 1, "n_items": 50}  # --quick
 
 
 def useful_flops(o: Mapping[str, Any]) -> float:
@@ -123,9 +112,7 @@ def _time_mode(model: Any, batches: list[JaggedBatch], mode: str, repeats: int,
 
 def run(cfg: Config, *, warehouse: Warehouse | str | None = None) -> dict[str, Any]:
     """Grouped vs naive users/s; ``warehouse`` is unused (the bench needs no tables)."""
-    quick = cfg.quick
-    cfg = effective(cfg)
-    o = {k: getattr(cfg, k) for k in OPTIONS}
+    o = dataclasses.asdict(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -147,14 +134,6 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None = None) -> dict[str, A
                "grouped_users_per_s": round(rows[0]["users_per_s"], 1),
                "naive_users_per_s": round(rows[1]["users_per_s"], 1), "speedup": round(speedup, 2),
                "time_saved_pct": round(100 * (1 - 1 / speedup), 1), "max_abs_diff": max_diff}
-    return {"table": rows, "summary": summary, "options": o, "quick": quick,
+    return {"table": rows, "summary": summary, "options": o,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-
-
-def run_bench(opts: Mapping[str, Any], *, quick: bool, warehouse: str) -> dict[str, Any]:
-    """The ``lum bench`` entry: ``opts`` (config file + ``--set``) and ``--quick`` -> ``run``."""
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown bench infer option(s): {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
-    return run(from_mapping(Config, {**opts, "quick": quick}), warehouse=warehouse)

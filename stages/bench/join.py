@@ -11,7 +11,6 @@ user_knowledge holds users x conditions x D float32 values; the Spark driver mem
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stages.core.config import from_mapping
 from stages.core.spark import get_spark
 from stages.join import stage as join
 from stages.warehouse.facade import Warehouse
@@ -39,7 +37,6 @@ DAY, KNOWLEDGE_DAY = "2000-01-02", "2000-01-01"
 class Config:
     """Options of ``lum bench join`` (``--set key=value``)."""
 
-    quick: bool = False  # QUICK sizes (a CI-sized run) instead of FULL for every size left None
     samples: int | None = None  # sample rows of the joined day; None: the preset's
     users: int | None = None  # user ids 0..users-1 of the samples; None: the preset's
     items: int | None = None  # items dimension rows; None: the preset's
@@ -52,7 +49,7 @@ class Config:
     keep: bool = False  # keep the generated warehouse (its path is in the report) instead of deleting it
 
 
-SIZES = tuple(FULL)  # the Config fields that take their default from the FULL / QUICK preset
+SIZES = tuple(FULL)  # the Config fields that take their default from FULL when left None
 
 
 def _embeddings(rng: np.random.Generator, n: int, dim: int) -> pa.FixedSizeListArray:
@@ -111,8 +108,7 @@ def generate(wh: Warehouse, *, samples: int, users: int, items: int, categories:
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """Generate, join one day, report rows/s. ``warehouse`` is neither read nor written (a temp warehouse is)."""
     del warehouse
-    preset = QUICK if cfg.quick else FULL
-    sizes = {k: preset[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in SIZES}
+    sizes = {k: FULL[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in SIZES}
     root = cfg.dir or tempfile.mkdtemp(prefix="lum-bench-join-")
     bench_uri = f"{root.rstrip('/')}/warehouse"
     bench = Warehouse(bench_uri)
@@ -139,14 +135,5 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
         "table": [row],
         "summary": {"rows_per_s": round(rows_per_s, 1), "samples": sizes["samples"], "join_s": round(join_s, 2)},
         "sizes": sizes, "counts": counts, "generate_s": round(gen_s, 2), "spark_start_s": round(spark_s, 2),
-        "join_summary": summary, "quick": cfg.quick, "warehouse": bench_uri if cfg.keep else None,
+        "join_summary": summary, "warehouse": bench_uri if cfg.keep else None,
     }
-
-
-def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: str) -> dict[str, Any]:
-    """``lum bench join``'s entry (stages.cli.app calls every bench as ``run_bench``): ``run`` on ``opts``."""
-    known = [f.name for f in dataclasses.fields(Config) if f.name != "quick"]
-    for key in opts:
-        if key not in known:
-            raise ValueError(f"bench join: unknown option {key!r}; known: {', '.join(known)}")
-    return run(from_mapping(Config, {**opts, "quick": quick}), warehouse=warehouse)

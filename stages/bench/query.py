@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stages.core.config import from_mapping
 from stages.query.lookup import query_user_knowledge
 from stages.warehouse.facade import Warehouse
 
@@ -134,12 +133,3 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
                 "build_seconds": round(build_s, 2), "files": files}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: Warehouse | str | None) -> dict[str, Any]:
-    """``lum bench query`` options (``QUICK`` sizes first when ``quick``, then ``opts``) -> ``run``."""
-    fields = [f.name for f in dataclasses.fields(Config)]
-    unknown = sorted(set(opts) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown bench query option(s): {', '.join(unknown)}; known: {', '.join(fields)}")
-    return run(from_mapping(Config, {**(QUICK if quick else {}), **opts}), warehouse=warehouse)

@@ -157,10 +157,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _config(name: str, args: argparse.Namespace, options: dict[str, Any] | None = None) -> Any:
+def _config(name: str, args: argparse.Namespace, options: dict[str, Any] | None = None, *,
+            quick: bool = False) -> Any:
     """Stage ``name``'s Config from --config, the command's own flags (``options``) and --set."""
     return registry.build_config(name, config_path=getattr(args, "config", None), options=options,
-                                 overrides=parse_overrides(getattr(args, "overrides", None)))
+                                 overrides=parse_overrides(getattr(args, "overrides", None)), quick=quick)
 
 
 def cmd_ingest(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def cmd_evaluate(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, An
 
 def cmd_bench(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     name = f"bench.{args.name}"
-    report = registry.run(name, _config(name, args, {"quick": args.quick or None}), warehouse=warehouse)
+    report = {**registry.run(name, _config(name, args, quick=args.quick), warehouse=warehouse), "quick": args.quick}
     out = args.out or os.path.join("reports", f"bench_{args.name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:

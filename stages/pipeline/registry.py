@@ -134,18 +134,29 @@ def route_overrides(selected: Iterable[str], overrides: Mapping[str, Any] | None
 
 
 def build_config(name: str, *, config_path: str | None = None, options: Mapping[str, Any] | None = None,
-                 overrides: Mapping[str, Any] | None = None, scope: Iterable[str] | None = None) -> Any:
-    """The frozen Config of stage ``name``: file table, then ``options`` (command flags; None values skipped),
-    then ``overrides`` (``--set``), routed over ``scope`` (the stages the overrides were given for; default
-    ``[name]``): with the daily stages as scope, ``max_len=40`` reaches every daily stage that has it."""
+                 overrides: Mapping[str, Any] | None = None, scope: Iterable[str] | None = None,
+                 quick: bool = False) -> Any:
+    """The frozen Config of stage ``name``, from (later wins): its preset, the module's ``QUICK`` sizes when
+    ``quick`` (benches: a smoke run), the config file's table, ``options`` (command flags; None values
+    skipped), then ``overrides`` (``--set``), routed over ``scope`` (the stages the overrides were given for;
+    default ``[name]``): with the daily stages as scope, ``max_len=40`` reaches every daily stage that has it."""
     stage = get(name)
-    mapping = load_config_file(config_path, stage.section)
-    if any(isinstance(v, dict) for v in mapping.values()):
-        mapping = {}  # a sectioned file ([pretrain] ...) without a table for this stage: defaults
-    mapping.update(dict(stage.preset))
+    module = stage.load()
+    mapping: dict[str, Any] = dict(stage.preset)
+    if quick:
+        if not isinstance(getattr(module, "QUICK", None), dict):
+            raise ValueError(f"{name} has no quick preset")
+        mapping.update(module.QUICK)
+    from_file = load_config_file(config_path, stage.section)
+    if not any(isinstance(v, dict) for v in from_file.values()):  # else: other stages' tables, none for this one
+        mapping.update(from_file)
     mapping.update({k: v for k, v in (options or {}).items() if v is not None})
+    unknown = sorted(set(mapping) - option_names(module.Config))
+    if unknown:
+        raise ValueError(f"unknown {name} option(s): {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(option_names(module.Config)))}")
     mapping.update(route_overrides(scope or [name], overrides)[name])
-    return from_mapping(stage.load().Config, mapping)
+    return from_mapping(module.Config, mapping)
 
 
 def run(name: str, cfg: Any, *, warehouse: Any = None, ds: str | None = None) -> dict[str, Any]:
@@ -164,9 +175,10 @@ def run(name: str, cfg: Any, *, warehouse: Any = None, ds: str | None = None) ->
 
 
 def run_with(name: str, options: Mapping[str, Any] | None = None, *, warehouse: Any = None, ds: str | None = None,
-             config_path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             config_path: str | None = None, overrides: Mapping[str, Any] | None = None,
+             quick: bool = False) -> dict[str, Any]:
     """``build_config`` and ``run`` in one call: the Python spelling of a ``lum`` command."""
-    cfg = build_config(name, config_path=config_path, options=options, overrides=overrides)
+    cfg = build_config(name, config_path=config_path, options=options, overrides=overrides, quick=quick)
     return run(name, cfg, warehouse=warehouse, ds=ds)
 
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from stages.bench.infer import QUICK, Config, effective, run, run_bench, useful_flops
+from stages.bench.infer import QUICK, Config, run, useful_flops
+from stages.pipeline.registry import build_config, run_with
 
 
 def test_quick_bench_reports_both_modes(warehouse):
-    report = run_bench({}, quick=True, warehouse=warehouse)
+    report = run_with("bench.infer", {}, quick=True, warehouse=warehouse)
     rows = {r["mode"]: r for r in report["table"]}
     assert set(rows) == {"grouped", "naive"}
     assert rows["naive"]["forwards"] == rows["grouped"]["forwards"] * report["options"]["n_conditions"]
@@ -28,18 +29,18 @@ def test_useful_flops_counts_projection_mlp_and_attention():
 
 
 def test_bench_rejects_unknown_options(warehouse):
-    with pytest.raises(ValueError, match="unknown bench infer option"):
-        run_bench({"userz": 3}, quick=True, warehouse=warehouse)
+    with pytest.raises(ValueError, match="unknown bench.infer option"):
+        run_with("bench.infer", {"userz": 3}, quick=True, warehouse=warehouse)
 
 
-def test_quick_applies_only_to_options_left_at_their_default():
-    cfg = effective(Config(quick=True, n_conditions=2))
-    assert cfg.n_conditions == 2 and cfg.users == QUICK["users"] and cfg.repeats == 1
-    assert effective(Config(users=5)) == Config(users=5)  # no quick: unchanged
+def test_quick_sizes_give_way_to_explicit_options():
+    cfg = build_config("bench.infer", overrides={"n_conditions": 2, "users": 256}, quick=True)
+    assert cfg.n_conditions == 2 and cfg.users == 256 and cfg.repeats == QUICK["repeats"] == 1
+    assert build_config("bench.infer", overrides={"users": 5}) == Config(users=5)  # no quick: defaults
 
 
 def test_run_takes_a_config(warehouse):
-    report = run(Config(quick=True, users=3, repeats=1), warehouse=warehouse)
-    assert report["quick"] and report["options"]["users"] == 3 and "quick" not in report["options"]
+    report = run(Config(**{**QUICK, "users": 3}), warehouse=warehouse)
+    assert report["options"]["users"] == 3 and report["options"]["prefix_tokens"] == QUICK["prefix_tokens"]
     assert {r["mode"] for r in report["table"]} == {"grouped", "naive"}
     assert report["summary"]["max_abs_diff"] < 1e-4

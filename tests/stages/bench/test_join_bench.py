@@ -9,9 +9,9 @@ import pytest
 
 @pytest.mark.slow  # a benchmark run (Spark job + data generation), ~10-90 s depending on load
 def test_bench_join_quick_report(spark, tmp_path):
-    from stages.bench.join import run_bench
+    from stages.pipeline.registry import run_with
 
-    report = run_bench({"samples": 3000, "users": 300, "items": 50, "categories": 3, "dim": 4,
+    report = run_with("bench.join", {"samples": 3000, "users": 300, "items": 50, "categories": 3, "dim": 4,
                         "knowledge_coverage": 0.8, "dir": str(tmp_path / "bench"), "keep": True},
                        quick=True, warehouse=str(tmp_path / "unused"))
     row = report["table"][0]
@@ -29,7 +29,7 @@ def test_bench_join_quick_report(spark, tmp_path):
 
 
 def test_bench_join_rejects_unknown_option(tmp_path):
-    from stages.bench.join import run_bench
+    from stages.pipeline.registry import run_with
 
-    with pytest.raises(ValueError, match="unknown option 'rows'"):
-        run_bench({"rows": 5}, quick=True, warehouse=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown bench.join option.*rows"):
+        run_with("bench.join", {"rows": 5}, quick=True, warehouse=str(tmp_path))

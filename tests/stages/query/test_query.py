@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages.bench.query import run_bench
 from stages.cli.app import main
+from stages.pipeline.registry import run_with
 from stages.query.lookup import query_user_knowledge
 from stages.warehouse.facade import Warehouse
 
@@ -146,18 +146,18 @@ def test_env_warehouse_is_used(kwh, capsys, monkeypatch):
 
 
 def test_bench_query_small(warehouse):
-    report = run_bench({"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048},
+    report = run_with("bench.query", {"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048},
                        quick=True, warehouse=warehouse)
     assert [r["lookup"] for r in report["table"]] == ["single", "single_newest", "batch_100", "unknown"]
     assert report["files"] == 2 and report["summary"]["users"] == 3000
     assert all(r["p50_ms"] > 0 for r in report["table"])
     assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
-    with pytest.raises(ValueError, match="unknown bench query option"):
-        run_bench({"userz": 1}, quick=True, warehouse=warehouse)
+    with pytest.raises(ValueError, match="unknown bench.query option"):
+        run_with("bench.query", {"userz": 1}, quick=True, warehouse=warehouse)
     with pytest.raises(ValueError, match="users must be >= 100"):
-        run_bench({"users": 99}, quick=True, warehouse=warehouse)
+        run_with("bench.query", {"users": 99}, quick=True, warehouse=warehouse)
     with pytest.raises(ValueError, match="row_group_rows must be >= 1"):
-        run_bench({"row_group_rows": 0}, quick=True, warehouse=warehouse)
+        run_with("bench.query", {"row_group_rows": 0}, quick=True, warehouse=warehouse)
 
 
 def test_opens_only_files_whose_user_range_matches(warehouse):
