@@ -2,7 +2,9 @@
 
 A config file is TOML (``.toml``) or JSON. It may hold one table per stage (``[pretrain]``,
 ``[infer]`` ...); a stage reads its own table, or the whole file when there is none. Unknown keys
-are an error that names the key, so a typo never silently falls back to a default.
+are an error that names the key, so a typo never silently falls back to a default. A config may nest
+other config dataclasses (pretrain's ``model`` and ``train``): their options are set by a dotted key, by
+their own name when it is unique, or by a nested table (``[pretrain.model]``); see `from_mapping`.
 """
 
 from __future__ import annotations
@@ -56,17 +58,158 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None) -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ``ValueError``."""
-    mapping = dict(mapping or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - set(fields))
+    """Build dataclass ``cls`` from a mapping; config dataclasses nested in ``cls`` are built too.
+
+    A key is a field of ``cls``; a dotted path into a nested config (``model.d_model``); a nested config's
+    field by its own name when no other field of ``cls`` or of its nested configs has that name (``d_model``);
+    or a nested config's name with a table of its options (TOML ``[pretrain.model]``) or an instance of it.
+    Keys apply in order, a later one for the same field winning (a file's table, then ``--set`` overrides); a
+    nested config keeps ``cls``'s default for every field no key sets. Unknown or ambiguous keys (the error
+    names the candidate paths) and wrong types raise ``ValueError``.
+    """
+    assignments: list[tuple[tuple[str, ...], Any]] = []
+    unknown: list[str] = []
+    for key, value in dict(mapping or {}).items():
+        try:
+            path = _resolve(cls, str(key))
+        except _UnknownKey:
+            unknown.append(str(key))
+            continue
+        assignments += _expand(cls, path, value)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        known = sorted(option_names(cls))
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return _build(cls, assignments, cls.__name__, None)
+
+
+def option_names(cls: type) -> set[str]:
+    """The undotted keys ``from_mapping(cls, ...)`` knows: the fields of ``cls`` and of its nested configs
+    (a name several of them share is included: using it raises, naming the dotted paths to use instead)."""
+    return set(_leaf_paths(cls)) | set(_nested_fields(cls))
+
+
+def has_option(cls: type, key: str) -> bool:
+    """Whether ``key`` (undotted, or dotted into a nested config) names an option of ``cls``."""
+    try:
+        _resolve(cls, key)
+    except _UnknownKey:
+        return False
+    except ValueError:  # ambiguous: an option, which from_mapping refuses with the candidates
+        return True
+    return True
+
+
+def to_flat_dict(cfg: Any) -> dict[str, Any]:
+    """``to_dict`` with the fields of nested configs hoisted to the top level (names must be unique).
+
+    The form a config keeps when some of its fields are grouped into nested configs: what a model version
+    stores and what its config hash covers."""
+    out: dict[str, Any] = {}
+    for name, value in to_dict(cfg).items():
+        field_value = getattr(cfg, name)
+        inner = to_flat_dict(field_value) if dataclasses.is_dataclass(field_value) else {name: value}
+        for key, v in inner.items():
+            if key in out:
+                raise ValueError(f"{type(cfg).__name__}: option {key!r} appears twice; it has no flat form")
+            out[key] = v
+    return out
+
+
+class _UnknownKey(ValueError):
+    pass
+
+
+def _nested_fields(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` whose type is itself a dataclass (a nested config): name -> type."""
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in mapping.items():
-        kwargs[key] = _coerce(cls.__name__, key, hints.get(key), value)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name])}
+
+
+def _leaf_paths(cls: type) -> dict[str, list[tuple[str, ...]]]:
+    """Every plain (non-config) field of ``cls`` and its nested configs: its name -> the paths to it."""
+    nested = _nested_fields(cls)
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in nested:
+            for name, paths in _leaf_paths(nested[f.name]).items():
+                out.setdefault(name, []).extend((f.name, *p) for p in paths)
+        else:
+            out.setdefault(f.name, []).append((f.name,))
+    return out
+
+
+def _resolve(cls: type, key: str) -> tuple[str, ...]:
+    """The field path ``key`` names in ``cls``: ``model.d_model`` / ``d_model`` -> ("model", "d_model")."""
+    nested = _nested_fields(cls)
+    head, dot, rest = key.partition(".")
+    if dot:
+        if head not in nested:
+            raise _UnknownKey(key)
+        try:
+            return (head, *_resolve(nested[head], rest))
+        except _UnknownKey:
+            raise _UnknownKey(key) from None
+    paths = list(_leaf_paths(cls).get(key, [])) + ([(key,)] if key in nested else [])
+    if not paths:
+        raise _UnknownKey(key)
+    if len(paths) > 1:
+        raise ValueError(f"{cls.__name__} option {key!r} is ambiguous: use one of "
+                         f"{', '.join('.'.join(p) for p in paths)}")
+    return paths[0]
+
+
+def _expand(cls: type, path: tuple[str, ...], value: Any) -> list[tuple[tuple[str, ...], Any]]:
+    """(leaf path, value) assignments for ``path = value``; a nested config's table or instance expands into
+    one assignment per key / field."""
+    owner = cls
+    for name in path[:-1]:
+        owner = _nested_fields(owner)[name]
+    sub = _nested_fields(owner).get(path[-1])
+    if sub is None:
+        return [(path, value)]
+    if isinstance(value, sub):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(sub)}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{cls.__name__}.{'.'.join(path)} takes a table of {sub.__name__} options, got {value!r}")
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, v in value.items():
+        try:
+            inner = _resolve(sub, str(key))
+        except _UnknownKey:
+            known = ", ".join(sorted(option_names(sub)))
+            raise ValueError(f"unknown {cls.__name__}.{'.'.join(path)} option {key!r}; known: {known}") from None
+        out += _expand(cls, (*path, *inner), v)
+    return out
+
+
+def _build(cls: type[T], assignments: list[tuple[tuple[str, ...], Any]], where: str, base: Any) -> T:
+    """``cls`` with the assignments applied (in order) over ``base`` (an instance) or the field defaults."""
+    hints = typing.get_type_hints(cls)
+    nested = _nested_fields(cls)
+    kwargs: dict[str, Any] = {}
+    inner: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
+    for path, value in assignments:
+        if len(path) == 1:
+            kwargs[path[0]] = _coerce(where, path[0], hints.get(path[0]), value)
+        else:
+            inner.setdefault(path[0], []).append((path[1:], value))
+    for name, sub_assignments in inner.items():
+        sub_base = getattr(base, name) if base is not None else _field_default(cls, name)
+        kwargs[name] = _build(nested[name], sub_assignments, f"{where}.{name}", sub_base)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     return cls(**kwargs)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default value of field ``name`` of ``cls`` (None when it has none)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:

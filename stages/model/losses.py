@@ -31,8 +31,8 @@ def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, s
     item_table: callable rows (C,) -> (C, D) unit-norm item embeddings; scale: scalar (1/temperature);
     sampled: (K,) extra negative rows or None; log_q: (n_item_rows,) log sampling probability or None;
     weights: (P,) per-position weights (default 1) - the loss is sum(w * nll) / sum(w).
-    accuracy: compute the top-1 hit rate (an argmax over the (P, C) logits, ~2% of a training step;
-    the training loop asks for it on its last step only).
+    accuracy: compute the top-1 hit rate (an extra argmax over the (P, C) logits; the training loop asks for
+    it on its last step only).
     Returns (scalar loss, {"candidates": C, "accuracy": top-1 hit rate among candidates, or None}).
     """
     if queries.ndim != 2 or targets.ndim != 1 or queries.shape[0] != targets.shape[0]:

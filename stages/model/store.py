@@ -27,6 +27,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stages.warehouse.facade import Warehouse
 
+import torch
+
+from stages.model.lum import ModelConfig, build_model
+from stages.model.vocab import Vocab
+
 VERSION_RE = re.compile(r"^lum-(\d{4}-\d{2}-\d{2})$")
 
 
@@ -64,8 +69,6 @@ def latest_version(warehouse: str, *, through: str) -> str | None:
 
 def publish(warehouse: str, version: str, files: dict[str, Any]) -> Path:
     """Atomically write a version: ``files`` maps file name -> bytes | str | (torch object to save)."""
-    import torch
-
     root = store_root(warehouse)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"
@@ -95,19 +98,14 @@ class LoadedModel:
     """A loaded version: ``model`` (LUM, eval mode), ``meta`` (dict), ``vocab`` (stages.model.vocab.Vocab)."""
 
     version: str
-    model: Any
+    model: torch.nn.Module
     meta: dict
-    vocab: Any
+    vocab: Vocab
     path: Path
 
 
 def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
     """Load a version for inference. Raises ValueError naming the version when it does not exist."""
-    import torch
-
-    from stages.model.lum import ModelConfig, build_model
-    from stages.model.vocab import Vocab
-
     path = store_root(warehouse) / version
     if not (path / "meta.json").is_file():
         have = list_versions(warehouse)
@@ -124,8 +122,6 @@ def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
 
 def load_checkpoint(path: Path) -> dict | None:
     """The training checkpoint dict at ``path`` (checkpoint.pt) or None when absent."""
-    import torch
-
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -133,8 +129,6 @@ def load_checkpoint(path: Path) -> dict | None:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write a checkpoint atomically (temp file + os.replace)."""
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(state, tmp)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 KNOWN_FEATURES = ("category", "scenario")
 UNKNOWN = "<unk>"
@@ -183,8 +184,6 @@ def interleave(cond_tokens, item_tokens):
     Works on any torch tensors whose first dim is the behaviour index; packed offsets double
     (behaviour cu_seqlens * 2 = token cu_seqlens) because each behaviour becomes exactly 2 tokens.
     """
-    import torch
-
     if cond_tokens.shape != item_tokens.shape:
         raise ValueError(f"interleave: shapes differ {tuple(cond_tokens.shape)} vs {tuple(item_tokens.shape)}")
     return torch.stack([cond_tokens, item_tokens], dim=1).reshape(-1, *cond_tokens.shape[1:])

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,20 +47,6 @@ QUICK = {
     "pretrain.sampled_negatives": 128, "pretrain.eval_max_users": 200, "pretrain.threads": 1,
     "infer.conditions": "top:3",
 }
-_LOSS_RE = re.compile(r"pretrain: (\d+)/\d+ steps.*loss=([0-9.]+)")
-
-
-class _LossTap(logging.Handler):
-    """Collects (step, loss) from the training progress lines (stages.training.loop logs every ~10 s)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.points: list[tuple[int, float]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = _LOSS_RE.search(record.getMessage())
-        if match:
-            self.points.append((int(match.group(1)), float(match.group(2))))
 
 
 def _airflow_setup(out_dir: str) -> None:
@@ -144,15 +129,14 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     window = choose_window(warehouse, days)
     boot = prev_day(window[0])
     print(f"demo: bootstrap {boot}, daily DAG runs {window[0]} .. {window[-1]}", flush=True)
-    tap = _LossTap()
-    logging.getLogger("stages.training.loop").addHandler(tap)
     boot_times: dict[str, Any] = {"ds": boot}
-    try:
-        for stage in ("sequences", "pretrain", "infer"):
-            extra = {"pretrain.retrain": True, "pretrain.eval": True} if stage == "pretrain" else {}
-            boot_times[stage] = daily.run_stage(stage, boot, warehouse, None, {**overrides, **extra})["seconds"]
-    finally:
-        logging.getLogger("stages.training.loop").removeHandler(tap)
+    loss_points: list = []
+    for stage in ("sequences", "pretrain", "infer"):
+        extra = {"pretrain.retrain": True, "pretrain.eval": True} if stage == "pretrain" else {}
+        result = daily.run_stage(stage, boot, warehouse, None, {**overrides, **extra})
+        boot_times[stage] = result["seconds"]
+        if stage == "pretrain":
+            loss_points = result.get("loss_curve") or []
     timings = [boot_times]
     boot_meta = _meta(warehouse, boot)
     retrieval = {k: v for k, v in (boot_meta.get("metrics", {}).get("test") or {}).items() if "@" in k}
@@ -201,7 +185,7 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     }
     report = write_report(out_dir, {
         "title": f"lum-pipeline demo ({source}, {window[0]} .. {window[-1]})", "summary": summary,
-        "loss": {"points": tap.points, "daily": [d for d in daily_loss if d[1] is not None]},
+        "loss": {"points": loss_points, "daily": [d for d in daily_loss if d[1] is not None]},
         "retrieval": retrieval, "auc": auc, "timings": timings,
         "query": rows})
     summary["report"] = report

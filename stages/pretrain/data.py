@@ -4,7 +4,7 @@ and remapping a parent version's weights onto a grown vocabulary (daily continua
 Condition features are read from the sequences' condition strings (``category=Comedy,scenario=rating``
 -> ("category", "scenario")); the vocabulary takes every category of the ``items`` table (even ones no
 event has yet) and every scenario seen in the sequences. Reading cost: one partition of user_sequences
-(ML-1M: 6,040 rows of <= max_len lists, ~1 s) and the items table.
+and the items table.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 
-from stages.model.vocab import Vocab
+from stages.model.vocab import Vocab, parse_condition
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,8 @@ class SeqData:
     vocab: Vocab
 
 
-def load_sequences(warehouse: str, ds: str) -> SeqData:
+def load_sequences(wh: Warehouse, ds: str) -> SeqData:
     """Read partition ``ds`` of user_sequences; raises ValueError when it is missing or empty."""
-    import pyarrow.compute as pc
-
-    from stages.model.vocab import parse_condition
-    from stages.warehouse.facade import Warehouse
-
-    wh = Warehouse.of(warehouse)
     if not wh.exists("user_sequences") or ds not in wh.partitions("user_sequences"):
         raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
     t = wh.read("user_sequences", ds=ds, columns=["user_id", "item_ids", "conditions", "ts"])

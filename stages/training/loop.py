@@ -6,30 +6,35 @@ shuffled with ``default_rng(seed + e)``, packed best-fit into rows, and the rows
 holds model, optimizer, scheduler, step, the torch RNG state (dropout) and the negative sampler's
 generator; resuming from it replays exactly what an uninterrupted run would do (test_pretrain_resume).
 
-Distributed: under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on CPU / nccl on CUDA and the
-model is wrapped in DDP. Each rank takes rows ``rank::world`` of every step; the in-batch candidate set is
-the union over ranks (targets are all-gathered), every rank samples the same extra negatives (same
-generator), and the local loss is scaled by world/P_global so DDP's gradient average equals the gradient
-of the single-process loss on the same global batch (test_pretrain_ddp).
+Distributed (stages.training.distributed): under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on
+CPU / nccl on CUDA and the model is wrapped in DDP. Each rank takes rows ``rank::world`` of every step; the
+in-batch candidate set is the union over ranks (targets are all-gathered), every rank samples the same extra
+negatives (same generator), and the local loss is scaled by world/P_global so DDP's gradient average equals
+the gradient of the single-process loss on the same global batch (test_pretrain_ddp).
 GPU: bf16 autocast for the forward; the attention path is chosen and logged by stages.model.lum.
 Next-condition head (model.cfg.cond_loss_weight > 0): loss = (InfoNCE sum + w * next-condition CE sum) /
 condition positions of the global batch; "loss" reports that total, "cond_loss" the last step's mean CE.
+Loss curve: ``train`` returns "loss_curve", [(step, mean loss of the steps since the previous point)] with
+at most CURVE_POINTS points, each at the end of a block of steps; a checkpoint carries it, so a resumed
+run reports the curve of the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from stages.core.progress import Progress
 from stages.model.losses import info_nce_loss, next_condition_loss, popularity_log_q, sample_negatives
+from stages.model.store import load_checkpoint, save_checkpoint
+from stages.training.distributed import dist_info, gather_targets, global_mean
 from stages.training.packing import Sequences, best_fit_pack, make_batch, pack_fill
 
 log = logging.getLogger(__name__)
@@ -39,9 +44,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     epochs: float = 1.0            # passes over the training sequences (fractional allowed)
     max_steps: int = 0             # > 0 caps the step count (smoke runs); 0 = from epochs
-    row_tokens: int = 400          # token budget of one packed row; >= 2 * max_len. 400 (= 2 x 200) beat 512
-                                   # in `lum bench pack` (1.49x vs 1.32x over padded): dense-mask cost ~ S^2
-    rows_per_step: int = 10        # rows per optimizer step (10 x 400 = 4k tokens)
+    row_tokens: int = 400          # token budget of one packed row; >= 2 * max_len. Twice max_len: the dense
+                                   # attention mask costs ~ row_tokens^2, so longer rows cost more than they fill
+    rows_per_step: int = 10        # rows per optimizer step (the global batch, split across DDP ranks)
     lr: float = 2e-3               # AdamW peak learning rate (small model, large batch)
     weight_decay: float = 0.01     # light decoupled weight decay
     warmup_steps: int = 50         # linear warmup before the cosine decay
@@ -66,7 +71,8 @@ def epoch_rows(seqs: Sequences, cfg: TrainConfig, epoch: int) -> list[list[int]]
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size (ML-1M: 3,706; P x 20k logits/step)
+ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size: (positions x items) logits per step
+CURVE_POINTS = 50  # most points of a run's loss curve: short enough for a summary line, enough for a plot
 NEGATIVE_SAMPLINGS = ("auto", "all", "uniform", "popularity")
 
 
@@ -92,49 +98,24 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
-
-
-def launched_world_size() -> int:
-    """WORLD_SIZE set by torchrun (or stages.training.workers) for this process; 1 when run on its own."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed() -> bool:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    import torch.distributed as dist
-
-    if launched_world_size() <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    log.info("DDP: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), dist.get_backend())
-    return True
-
-
 def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor, ckpt_path: Path | None,
           resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None) -> dict:
-    """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "tokens", "seconds", "fill", ...}.
+    """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "loss_curve", "tokens", "seconds", ...}.
 
     item_counts: (n_item_rows,) training events per item (popularity sampling / logQ). ckpt_path: where
     checkpoints go (None = no checkpoints). resume: continue from ckpt_path when it exists.
     stop_after_step: test hook - raise RuntimeError after that step (simulates a killed run).
     init_state: optimizer state to warm-start from (daily continuation; ignored when resuming).
     """
-    dist, rank, world = _dist()
+    group, rank, world = dist_info()
     device = next(model.parameters()).device
     if len(seqs) == 0:
         raise ValueError("no training sequences (empty user_sequences partition or selection)")
     steps_per_epoch = math.ceil(len(epoch_rows(seqs, cfg, 0)) / cfg.rows_per_step)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     net = model
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(model)
+    if group is not None:
+        net = DistributedDataParallel(model)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -144,7 +125,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     torch.manual_seed(cfg.seed + 1 + rank)
     probs, log_q = popularity_log_q(item_counts)
     start = 0
-    state = load_ckpt(ckpt_path) if (resume and ckpt_path is not None) else None
+    curve = LossCurve(total)
+    state = load_checkpoint(ckpt_path) if (resume and ckpt_path is not None) else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -152,6 +134,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["neg_rng"])
         start = int(state["step"])
+        curve.load(state.get("loss_curve"))
         log.info("resumed from %s at step %d of %d", ckpt_path, start, total)
     elif init_state is not None and init_state.get("optimizer") and not _same_shapes(init_state["optimizer"], opt):
         log.info("warm start: parent optimizer state does not fit (vocabulary grew); fresh AdamW")
@@ -199,7 +182,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             out, item_h = out
             cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
                                               model.cond_features, batch.cu_seqlens.to(device))
-        all_targets, n_global = _gather_targets(items[:0] if idle else items, dist)
+        all_targets, n_global = gather_targets(items[:0] if idle else items, group)
         if all_items is not None:
             sampled = all_items
         else:
@@ -222,24 +205,53 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         opt.step()
         sched.step()
         tokens += 2 * int(n_global)
-        loss_val = _global_mean(loss_sum.detach(), n_global, dist)
+        loss_val = global_mean(loss_sum.detach(), n_global, group)
+        curve.add(step + 1, loss_val)
         acc = stats["accuracy"] if stats["accuracy"] is not None else acc
         progress.update(1, loss=loss_val, tok_s=round(tokens / max(1e-9, time.perf_counter() - t0)),
                         lr=sched.get_last_lr()[0])
         done = step + 1
         if ckpt_path is not None and rank == 0 and (
                 (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
-            save_ckpt(ckpt_path, model, opt, sched, done, gen)
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "step": done, "loss_curve": curve.state(),
+                                        "torch_rng": torch.get_rng_state(), "neg_rng": gen.get_state()})
         if stop_after_step is not None and done >= stop_after_step and done < total:
             raise RuntimeError(f"stopped after step {done} (test hook)")
     seconds = time.perf_counter() - t0
     progress.done(loss=loss_val)
-    return {"steps": total, "resumed_from": start, "loss": loss_val, "accuracy": acc, "tokens": tokens,
+    return {"steps": total, "resumed_from": start, "loss": loss_val, "loss_curve": curve.points,
+            "accuracy": acc, "tokens": tokens,
             "cond_loss": cond_val if cond_w > 0 else None,
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
             "pack_fill": round(float(np.mean(fills)), 4) if fills else None,
             "logit_scale": float(model.logit_scale.detach()), "steps_per_epoch": steps_per_epoch,
             "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict()}
+
+
+class LossCurve:
+    """The mean loss of each block of ceil(total / CURVE_POINTS) steps, as (last step of the block, mean)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.block = total, max(1, math.ceil(total / CURVE_POINTS))
+        self.points: list[tuple[int, float]] = []
+        self._sum, self._n = 0.0, 0
+
+    def add(self, step: int, loss: float) -> None:
+        """Record the loss of 1-based step ``step``; a block's point is added at its last step."""
+        self._sum, self._n = self._sum + loss, self._n + 1
+        if step % self.block == 0 or step == self.total:
+            self.points.append((step, self._sum / self._n))
+            self._sum, self._n = 0.0, 0
+
+    def state(self) -> dict:
+        return {"points": list(self.points), "sum": self._sum, "n": self._n}
+
+    def load(self, state: dict | None) -> None:
+        """Continue from a checkpoint's ``state()`` (None: a checkpoint without a curve; start empty)."""
+        if state:
+            self.points = [(int(s), float(v)) for s, v in state["points"]]
+            self._sum, self._n = float(state["sum"]), int(state["n"])
 
 
 def _same_shapes(saved: dict, opt) -> bool:
@@ -260,40 +272,3 @@ def _local_loss(model, out, targets, candidates, log_q, accuracy=True):
     loss, stats = info_nce_loss(out, targets, model.item_embeddings, scale=model.logit_scale,
                                 sampled=candidates, log_q=log_q, accuracy=accuracy)
     return loss * targets.numel(), stats
-
-
-def _gather_targets(items: torch.Tensor, dist) -> tuple[torch.Tensor, int]:
-    if dist is None:
-        return items, int(items.numel())
-    n = torch.tensor([items.numel()], device=items.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    m = int(max(s.item() for s in sizes))
-    padded = torch.zeros(m, dtype=items.dtype, device=items.device)
-    padded[: items.numel()] = items
-    bufs = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(bufs, padded)
-    allt = torch.cat([b[: int(s.item())] for b, s in zip(bufs, sizes)])
-    return allt, int(allt.numel())
-
-
-def _global_mean(loss_sum: torch.Tensor, n_global: int, dist) -> float:
-    if dist is None:
-        return float(loss_sum) / max(1, n_global)
-    t = loss_sum.clone().float()
-    dist.all_reduce(t)
-    return float(t) / max(1, n_global)
-
-
-def save_ckpt(path: Path, model, opt, sched, step: int, gen: torch.Generator) -> None:
-    from stages.model.store import save_checkpoint
-
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
-                           "neg_rng": gen.get_state()})
-
-
-def load_ckpt(path: Path) -> dict | None:
-    from stages.model.store import load_checkpoint
-
-    return load_checkpoint(path)

@@ -7,9 +7,8 @@ causal inside a row and positions restart at every sequence, so a packed sequenc
 would see alone (test_packing proves loss and gradients match). Nothing is split or cropped: a sequence
 longer than a row is an error (the trainer keeps ``2 * max_len <= row_tokens``).
 
-Cost, measured on the ML-1M length distribution (max_len 200 behaviours, rows of 400 tokens, 240 users):
-0.75% of row slots are empty (2.1% with 512-token rows), versus 48% padding when each sequence is padded
-to its batch's longest (see ``lum bench pack``). Only the rows' tail can be partly empty.
+Only a row's tail can be partly empty, so the empty share of row slots is small next to the padding of
+batches padded to their longest sequence (``lum bench pack`` reports both on real lengths).
 
 Batches travel as flat behaviour tensors plus ``cu_seqlens`` (behaviour offsets, int32 (B+1,)) and
 ``row_of_seq`` (B,) - the jagged "values + offsets" layout; token offsets are ``2 * cu_seqlens``.
@@ -21,6 +20,7 @@ import bisect
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 def best_fit_pack(lengths: np.ndarray, capacity: int) -> list[list[int]]:
@@ -106,8 +106,6 @@ class PackedBatch:
 def make_batch(seqs: Sequences, seq_ids: list[int], row_of_seq: list[int] | None,
                row_tokens: int | None) -> PackedBatch:
     """Gather sequences ``seq_ids`` (in order) into a `PackedBatch`."""
-    import torch
-
     idx = np.asarray(seq_ids, dtype=np.int64)
     starts, ends = seqs.offsets[idx], seqs.offsets[idx + 1]
     lens = ends - starts
@@ -140,8 +138,6 @@ def dense_layout(cu_tokens, row_of_seq=None, row_tokens: int | None = None):
     sequence, S = longest sequence). Returns (token_row (T,), token_col (T,), token_seq (T,), token_pos (T,),
     R, S) - token_pos is the position inside its own sequence (positions restart per sequence).
     """
-    import torch
-
     cu = cu_tokens.to(torch.long)
     lens = cu[1:] - cu[:-1]
     n_seq = lens.numel()

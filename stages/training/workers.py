@@ -1,98 +1,66 @@
-"""``--set workers=N``: run ``lum run pretrain`` as N DDP processes on this host (CPU, gloo).
+"""Local DDP: run one entry function as N processes on this host (CPU, gloo), like ``torchrun --standalone``.
 
-Small models do not speed up with more intra-op threads (64-wide matmuls are too small to split): on the
-2-core box one process trains at 28k tokens/s with 1 thread and no faster with 2. N processes of
-``threads`` each (1 when threads = 0) split every step's packed rows instead: 2 processes train ML-1M at
-43k tokens/s. The result equals one process on the same global batch (stages.training.loop DDP,
-test_pretrain_ddp), so ``workers`` changes the wall time, not the model (with dropout > 0 each rank draws
-its own masks: an equally valid run, not the same bits).
+Small models do not speed up with more intra-op threads (their matmuls are too small to split); N processes
+split every step's packed rows instead. The result equals one process on the same global batch
+(stages.training.loop DDP, test_pretrain_ddp), so the number of workers changes the wall time, not the model
+(with dropout > 0 each rank draws its own masks: an equally valid run, not the same bits).
 
-This is ``torchrun --nproc_per_node N lum run pretrain ...`` without a launcher: the parent picks a free
-local port, spawns the ranks (fresh interpreters), waits, and returns rank 0's summary. A rank that fails
-stops the others (a surviving rank would wait in a collective forever) and the parent raises one error
-naming the rank and its error; nothing is published (rank 0 publishes only after training). A run that
-is killed resumes from its checkpoint like a single-process run. GPUs: launch with torchrun (nccl).
+The ranks are fresh interpreters (``torch.multiprocessing`` spawn) that meet through a rendezvous file in a
+private temporary directory (gloo binds its own sockets), so no port is chosen ahead and none can be taken in
+between. Each rank joins the process group, sets RANK / WORLD_SIZE like torchrun (the entry sees itself as a
+launched rank: stages.training.distributed.launched_world_size), calls the entry, and rank 0's return value comes
+back to the caller. A rank that fails stops the others (a surviving rank would wait in a collective forever)
+and the caller gets one error naming the rank and its error. GPUs: launch with torchrun (nccl) instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import socket
 import tempfile
-import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 log = logging.getLogger(__name__)
 
 
-def run_workers(cfg, *, ds: str, warehouse: str) -> dict:
-    """Train with ``cfg.workers`` local DDP ranks; returns rank 0's summary (with "workers")."""
-    import torch.multiprocessing as mp
+def run_workers(entry: Callable[..., dict], kwargs: Mapping[str, Any], *, world: int, name: str) -> dict:
+    """Call ``entry(**kwargs)`` in ``world`` local gloo ranks; returns rank 0's (JSON-able) result.
 
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    child = dataclasses.replace(cfg, workers=1, threads=cfg.threads or 1)
+    entry: a module-level function (the spawned ranks unpickle it by reference); kwargs: picklable.
+    Raises RuntimeError "<name> worker rank R of N failed: <error>" when a rank fails (the rank's traceback
+    is its ``__cause__``).
+    """
+    if world < 2:
+        raise ValueError(f"run_workers needs world >= 2, got {world}")
     level = logging.getLogger().getEffectiveLevel()
-    with tempfile.TemporaryDirectory(prefix="lum-pretrain-") as tmp:
-        out = Path(tmp) / "summary.json"
-        procs = [ctx.Process(target=_worker, args=(rank, cfg.workers, port, child, ds, warehouse, str(out), level),
-                             name=f"pretrain-rank{rank}", daemon=True) for rank in range(cfg.workers)]
-        log.info("pretrain: %d DDP workers on this host (gloo, port %d, %d thread(s) each)", cfg.workers, port,
-                 child.threads)
-        for p in procs:
-            p.start()
+    with tempfile.TemporaryDirectory(prefix=f"lum-{name}-") as tmp:
+        out = Path(tmp)
         try:
-            failed = _wait(procs)
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                p.join()
-        if failed is not None:
-            rank, code = failed
-            err = Path(tmp) / f"error-{rank}.txt"
-            why = err.read_text() if err.is_file() else f"exit code {code}"
-            raise RuntimeError(f"pretrain worker rank {rank} of {cfg.workers} failed: {why}")
-        summary = json.loads(out.read_text())
-    summary["workers"] = cfg.workers
-    return summary
+            mp.spawn(_rank_main, args=(world, entry, dict(kwargs), str(out), level), nprocs=world, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:  # the first failure; the rest stopped
+            err = out / f"error-{exc.error_index}.txt"
+            why = err.read_text() if err.is_file() else str(exc).strip().splitlines()[0]
+            raise RuntimeError(f"{name} worker rank {exc.error_index} of {world} failed: {why}") from exc
+        return json.loads((out / "result.json").read_text())
 
 
-def _wait(procs) -> tuple[int, int] | None:
-    """Block until every rank has exited; (rank, exit code) of the first failure, else None."""
-    while True:
-        for rank, p in enumerate(procs):
-            if p.exitcode not in (None, 0):
-                return rank, p.exitcode
-        if all(p.exitcode == 0 for p in procs):
-            return None
-        time.sleep(0.2)
-
-
-def _worker(rank: int, world: int, port: int, cfg, ds: str, warehouse: str, out: str, level: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+def _rank_main(rank: int, world: int, entry: Callable[..., dict], kwargs: dict, out: str, level: int) -> None:
+    """One rank: join the group through the rendezvous file, run the entry, report its result or error."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     logging.basicConfig(level=level if rank == 0 else max(level, logging.WARNING),
                         format=f"%(asctime)s %(levelname)s %(name)s[rank{rank}]: %(message)s", datefmt="%H:%M:%S")
-    import torch.distributed as dist
-
-    from stages.pretrain.stage import run
-
     try:
-        summary = run(cfg, ds=ds, warehouse=warehouse)
-    except BaseException as exc:  # the parent names it in its one error; the traceback is in this rank's log
-        Path(out).with_name(f"error-{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+        dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
+        result = entry(**kwargs)
+    except BaseException as exc:  # one line for the caller's error; spawn sends the traceback (its cause)
+        Path(out, f"error-{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
         raise
     if rank == 0:
-        Path(out).write_text(json.dumps(summary, default=str))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        Path(out, "result.json").write_text(json.dumps(result, default=str))
+    dist.destroy_process_group()

@@ -2,12 +2,15 @@
 
 Run as ``torchrun --nproc_per_node 2 tests/stages/ddp_worker.py OUT [ROWS_PER_STEP]`` (DDP, gloo) or plainly
 (1 process). ROWS_PER_STEP (default 4) = 1 leaves rank 1 without a row in every step.
+``report_rank`` / ``fail_on_rank_1``: entry functions for the local launcher (stages.training.workers) tests.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 from stages.training import loop as train_loop
+from stages.training.distributed import dist_info, init_distributed
 from stages.training.packing import Sequences
 
 
 def main(out: str, rows_per_step: int = 4) -> None:
     torch.set_num_threads(1)
-    train_loop.init_distributed()
-    _, rank, world = train_loop._dist()
+    init_distributed()
+    _, rank, world = dist_info()
     rng = np.random.default_rng(0)
     vocab = Vocab.build(range(1, 41), [f"g{i % 4}" for i in range(40)])
     items = [rng.integers(1, 41, size=n) for n in rng.integers(1, 12, size=48)]
@@ -42,6 +46,22 @@ def main(out: str, rows_per_step: int = 4) -> None:
                                                           "steps": stats["steps"]}))
     if world > 1:
         torch.distributed.destroy_process_group()
+
+
+def report_rank(tag: str) -> dict:
+    """Each rank's view of the group: rank 0's is what the launcher returns."""
+    _, rank, world = dist_info()
+    total = torch.tensor([rank + 1.0])
+    torch.distributed.all_reduce(total)
+    return {"tag": tag, "rank": rank, "world": world, "env_world": os.environ["WORLD_SIZE"], "sum": float(total)}
+
+
+def fail_on_rank_1(why: str) -> dict:
+    """Rank 1 raises at once; rank 0 would sleep far longer than the test allows unless the launcher stops it."""
+    if dist_info()[1] == 1:
+        raise ValueError(why)
+    time.sleep(600)
+    return {}
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from stages.bench.pack import run_bench
+from stages.bench.pack import QUICK, Config, run, run_bench
+from stages.core.config import from_mapping
 
 
 def test_bench_pack_tiny(tmp_path):
     before = torch.get_num_threads()
-    r = run_bench({"users": 24, "max_len": 100, "row_tokens": 200, "rows_per_step": 2, "d_model": 16},
-                  quick=False, warehouse=str(tmp_path / "none"))
+    cfg = from_mapping(Config, {"users": 24, "max_len": 100, "row_tokens": 200, "rows_per_step": 2, "d_model": 16})
+    r = run(cfg, warehouse=str(tmp_path / "none"))
     packed, padded = r["table"]
     assert (packed["variant"], padded["variant"]) == ("packed", "padded")
     assert packed["real_tokens"] == padded["real_tokens"] > 0          # same sequences, pads not counted
@@ -28,6 +29,8 @@ def test_bench_pack_tiny(tmp_path):
 
 def test_bench_pack_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="threads"):
-        run_bench({"threads": 0}, quick=True, warehouse=str(tmp_path))
-    with pytest.raises(ValueError, match="unknown option"):
+        run(from_mapping(Config, {**QUICK, "threads": 0}), warehouse=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown Config option"):
+        from_mapping(Config, {"rows": 3})
+    with pytest.raises(ValueError, match="unknown Config option"):  # the CLI's entry point (options + --quick)
         run_bench({"rows": 3}, quick=True, warehouse=str(tmp_path))

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from stages.cli import app as cli
-from stages.core.config import from_mapping, load_config_file, parse_overrides
+from stages.core.config import from_mapping, has_option, load_config_file, option_names, parse_overrides, to_flat_dict
 from stages.core.dates import day_end, day_range, parse_ds, prev_day
 
 
@@ -19,6 +19,25 @@ class _Cfg:
     use_flag: bool = False
     names: tuple[str, ...] = ("a",)
     tag: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    width: int = 8
+    lr: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Other:
+    lr: float = 0.5
+    steps: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    net: _Inner = dataclasses.field(default_factory=lambda: _Inner(width=16))
+    opt: _Other = dataclasses.field(default_factory=_Other)
+    name: str = "x"
 
 
 def test_help_lists_every_command(capsys):
@@ -51,6 +70,46 @@ def test_from_mapping_coerces_and_rejects_unknown_keys():
         from_mapping(_Cfg, {"n_layer": 3})
     with pytest.raises(ValueError, match="_Cfg.n_layers must be int"):
         from_mapping(_Cfg, {"n_layers": "four"})
+
+
+def test_from_mapping_builds_nested_configs():
+    """Dotted keys, unique plain names and tables reach nested configs; untouched nested fields keep the outer
+    default (width 16, not _Inner's 8); a later key for the same field wins."""
+    assert from_mapping(_Outer, {}) == _Outer()
+    cfg = from_mapping(_Outer, {"steps": "7", "net.lr": 0.2, "name": "y"})
+    assert cfg == _Outer(net=_Inner(width=16, lr=0.2), opt=_Other(steps=7), name="y")
+    assert from_mapping(_Outer, {"net": {"width": 4}, "width": 5}).net == _Inner(width=5, lr=0.1)
+    assert from_mapping(_Outer, {"width": 5, "net": {"width": 4}}).net.width == 4
+    assert from_mapping(_Outer, {"opt": _Other(lr=0.9), "steps": 1}).opt == _Other(lr=0.9, steps=1)
+    with pytest.raises(ValueError, match=r"'lr' is ambiguous: use one of net\.lr, opt\.lr"):
+        from_mapping(_Outer, {"lr": 0.3})
+    with pytest.raises(ValueError, match="unknown _Outer option.*: net.steps"):
+        from_mapping(_Outer, {"net.steps": 1})
+    with pytest.raises(ValueError, match="unknown _Outer.net option 'steps'"):
+        from_mapping(_Outer, {"net": {"steps": 1}})
+    with pytest.raises(ValueError, match="_Outer.opt.steps must be int"):
+        from_mapping(_Outer, {"steps": "many"})
+    with pytest.raises(ValueError, match="takes a table of _Inner options"):
+        from_mapping(_Outer, {"net": 3})
+    assert {"width", "steps", "lr", "net", "opt", "name"} == option_names(_Outer)
+    assert has_option(_Outer, "steps") and has_option(_Outer, "opt.lr") and has_option(_Outer, "lr")
+    assert not has_option(_Outer, "net.steps") and not has_option(_Outer, "depth")
+
+
+def test_nested_config_from_a_toml_table_and_its_flat_form(tmp_path):
+    path = tmp_path / "lum.toml"
+    path.write_text('[pretrain]\nname = "z"\nsteps = 2\n[pretrain.net]\nwidth = 32\n')
+    cfg = from_mapping(_Outer, {**load_config_file(str(path), "pretrain"), "opt.lr": 0.7})
+    assert cfg == _Outer(net=_Inner(width=32), opt=_Other(lr=0.7, steps=2), name="z")
+
+    @dataclasses.dataclass(frozen=True)
+    class Flat:
+        net: _Inner = dataclasses.field(default_factory=_Inner)
+        steps: int = 3
+
+    assert to_flat_dict(Flat()) == {"width": 8, "lr": 0.1, "steps": 3}
+    with pytest.raises(ValueError, match="'lr' appears twice"):
+        to_flat_dict(_Outer())
 
 
 def test_config_file_sections_and_overrides(tmp_path):

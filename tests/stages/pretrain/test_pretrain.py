@@ -25,6 +25,9 @@ def test_scratch_then_warm_start_chain_and_rerun(warehouse):
     d1, d2, _ = make_warehouse(warehouse, days=3)
     s1 = pretrain.run(_cfg(), ds=d1, warehouse=warehouse)
     assert s1["version"] == "lum-" + d1 and s1["parent"] is None and s1["steps"] > 0
+    # fewer steps than curve points: one point per step, the last one the final loss
+    assert [p[0] for p in s1["loss_curve"]] == list(range(1, s1["steps"] + 1))
+    assert s1["loss_curve"][-1][1] == s1["loss"]
     assert model_store.latest_version(warehouse, through=d1) == "lum-" + d1
     assert model_store.latest_version(warehouse, through="1999-12-31") is None
     s2 = pretrain.run(_cfg(), ds=d2, warehouse=warehouse)
@@ -44,6 +47,19 @@ def test_scratch_then_warm_start_chain_and_rerun(warehouse):
     # --retrain ignores the parent
     s2r = pretrain.run(_cfg(retrain=True), ds=d2, warehouse=warehouse)
     assert s2r["parent"] is None and s2r["users"] == 24
+
+
+def test_config_nests_model_and_train_options():
+    """Flat names reach the nested configs; the flat form (stored config, run hash) is the pre-nesting one."""
+    cfg = _cfg(epochs=3, **{"model.n_layers": 2})
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.train.epochs) == (TINY["d_model"], 2, 3.0)
+    assert cfg.train_config(warm=False).epochs == 3.0
+    assert cfg.train_config(warm=True).epochs == TINY["continue_epochs"]
+    default = from_mapping(pretrain.Config, {})
+    assert default.train.epochs == 30.0 and default.continue_epochs == 1.0
+    assert pretrain.config_hash(default) == "59580bf1"  # the hash of the flat Config: runs in progress resume
+    with pytest.raises(ValueError, match="unknown Config option"):
+        _cfg(d_modle=8)
 
 
 def test_loaded_model_answers_grouped_queries(warehouse):

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stages.core.config import from_mapping
+from stages.model import store as model_store
+from stages.pretrain import stage as pretrain
+from tests.stages.pretrain_fixtures import TINY, make_warehouse
+
 WORKER = Path(__file__).resolve().parents[1] / "ddp_worker.py"
 
 
@@ -27,8 +32,8 @@ def _run(cmd: list[str], out: Path, rows_per_step: int) -> dict:
 def test_ddp_two_processes_match_one(tmp_path, rows_per_step):
     """rows_per_step 1: rank 1 has no row of its own in any step and must neither hang nor change the result."""
     one = _run([sys.executable, str(WORKER)], tmp_path / "one", rows_per_step)
-    port = str(29533 + rows_per_step)
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    # --standalone: a rendezvous on a port the OS picks, so concurrent runs on one host never collide
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 str(WORKER)], tmp_path / "two", rows_per_step)
     assert one["world"] == 1 and two["world"] == 2 and one["steps"] == two["steps"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
@@ -41,11 +46,6 @@ def test_ddp_two_processes_match_one(tmp_path, rows_per_step):
 @pytest.mark.slow
 def test_pretrain_workers_match_one_process(tmp_path):
     """`--set workers=2` (2 local gloo ranks) publishes the weights and loss of the single-process run."""
-    from stages.core.config import from_mapping
-    from stages.model import store as model_store
-    from stages.pretrain import stage as pretrain
-    from tests.stages.pretrain_fixtures import TINY, make_warehouse
-
     runs = {}
     for workers in (1, 2):
         wh = str(tmp_path / f"w{workers}")
@@ -55,17 +55,14 @@ def test_pretrain_workers_match_one_process(tmp_path):
     (one, w1), (two, w2) = runs[1], runs[2]
     assert two["workers"] == 2 and two["steps"] == one["steps"] > 0
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert [p[0] for p in two["loss_curve"]] == [p[0] for p in one["loss_curve"]]
+    assert [p[1] for p in two["loss_curve"]] == pytest.approx([p[1] for p in one["loss_curve"]], rel=1e-3)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 @pytest.mark.slow
 def test_pretrain_workers_failure_is_one_clear_error(tmp_path):
-    from stages.core.config import from_mapping
-    from stages.model import store as model_store
-    from stages.pretrain import stage as pretrain
-    from tests.stages.pretrain_fixtures import TINY, make_warehouse
-
     wh = str(tmp_path / "wh")
     make_warehouse(wh, days=1)
     cfg = from_mapping(pretrain.Config, {**TINY, "threads": 1, "workers": 2})

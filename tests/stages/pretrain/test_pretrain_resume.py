@@ -51,6 +51,7 @@ def test_killed_train_resumes_to_identical_weights(tmp_path):
     for (k, va), vc in zip(model_a.state_dict().items(), model_c.state_dict().values()):
         torch.testing.assert_close(va, vc, rtol=0, atol=0, msg=k)
     assert resumed["loss"] == pytest.approx(full["loss"], abs=0)
+    assert resumed["loss_curve"] == full["loss_curve"]  # the checkpoint carries the curve of the first steps
 
 
 def test_pretrain_run_killed_then_rerun_resumes(warehouse, tmp_path, monkeypatch):
@@ -58,7 +59,7 @@ def test_pretrain_run_killed_then_rerun_resumes(warehouse, tmp_path, monkeypatch
     other = str(tmp_path / "other")
     make_warehouse(other, days=1)
     cfg = from_mapping(pretrain.Config, {**TINY, "checkpoint_every": 2})
-    pretrain.run(cfg, ds=d1, warehouse=other)
+    full = pretrain.run(cfg, ds=d1, warehouse=other)
 
     real = train_loop.train
     monkeypatch.setattr(train_loop, "train", lambda *a, **kw: real(*a, stop_after_step=3, **kw))
@@ -68,7 +69,7 @@ def test_pretrain_run_killed_then_rerun_resumes(warehouse, tmp_path, monkeypatch
     assert (model_store.run_dir(warehouse, "lum-" + d1) / "checkpoint.pt").is_file()
     monkeypatch.setattr(train_loop, "train", real)
     s = pretrain.run(cfg, ds=d1, warehouse=warehouse)
-    assert s["resumed_from"] == 2
+    assert s["resumed_from"] == 2 and s["loss_curve"] == full["loss_curve"]
     a = model_store.load(other, "lum-" + d1).model.state_dict()
     b = model_store.load(warehouse, "lum-" + d1).model.state_dict()
     for k in a:
