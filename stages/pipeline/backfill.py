@@ -28,20 +28,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stages.core.dates import day_range
+from stages.join import range as join_range
+from stages.model import store as model_store
 from stages.pipeline import daily
+from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
 
 def _has_partition(warehouse: str, table: str, ds: str) -> bool:
-    from stages.warehouse.facade import Warehouse
-
     return ds in Warehouse.of(warehouse).partitions(table)
 
 
 def _model_trained_through(warehouse: str, ds: str) -> bool:
-    from stages.model import store as model_store
-
     version = model_store.latest_version(warehouse, through=ds)
     return version is not None and version == model_store.version_name(ds)
 
@@ -81,8 +80,6 @@ def _check_stages(stages: Sequence[str] | None) -> list[str]:
 def _run_join_range(start: str, end: str, warehouse: str, config_path: str | None,
                     overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """``join_range.run_range`` over ``start..end`` with the join Config the per-day runner would build."""
-    from stages.join import range as join_range
-
     cfg = daily.stage_config("join", config_path, overrides)
     return join_range.run_range(cfg, start=start, end=end, warehouse=warehouse)
 

@@ -21,26 +21,34 @@ import datetime as dt
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
+
 from stages.core.dates import day_range, prev_day
+from stages.model import store as model_store
+from stages.pipeline import daily, registry
+from stages.pipeline.report import write_report
+from stages.query.lookup import query_user_knowledge
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root, which holds dags/
 WINDOW_QUANTILE = 0.8  # the run window ends where this share of all events has happened
-# Embedded stage configs: small enough for the 30-minute budget on 2 cores (ML-1M), tiny for quick.
-FULL = {
-    # 3 passes: ~15 of the 30 minutes on 2 idle cores; the rest is 7 daily DAG runs.
+# Embedded stage options: small enough for the demo's time budget on a 2-core CPU (ML-1M), tiny for quick.
+FULL_OPTIONS = {
+    # a few passes: about half of the budget; the rest is the daily DAG runs
     "pretrain.epochs": 3.0, "pretrain.eval_max_users": 1000, "pretrain.threads": 2,
     # every genre: the target item's own genre always has a condition, so lum_user is rarely null
     "infer.conditions": "all",
 }
-QUICK = {
+QUICK_OPTIONS = {
     "sequences.max_len": 64,
     "pretrain.max_len": 60, "pretrain.row_tokens": 128, "pretrain.rows_per_step": 8, "pretrain.d_model": 32,
     "pretrain.d_ff": 64, "pretrain.d_item": 32, "pretrain.n_layers": 1, "pretrain.epochs": 1.0,
@@ -51,24 +59,19 @@ QUICK = {
 
 def _airflow_setup(out_dir: str) -> None:
     """Point Airflow at a private home and the repo's dags/ (unless configured), then create its DB."""
-    import sys
-
     if "airflow" not in sys.modules:
         home = os.environ.setdefault("AIRFLOW_HOME", os.path.abspath(os.path.join(out_dir, "airflow")))
         os.makedirs(home, exist_ok=True)
         os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
         os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
         os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
-    from airflow.utils import db
+    from airflow.utils import db  # deferred: Airflow reads its settings at import; they are set just above
 
     db.initdb()
 
 
 def choose_window(warehouse: str, days: int) -> list[str]:
     """``days`` consecutive days ending where WINDOW_QUANTILE of the events have happened."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     counts = pc.value_counts(Warehouse.of(warehouse).read("dlrm_samples", columns=["ds"]).column("ds"))
     order = np.argsort(counts.field("values").to_numpy(zero_copy_only=False))
     day_list = counts.field("values").to_numpy(zero_copy_only=False)[order]
@@ -79,8 +82,6 @@ def choose_window(warehouse: str, days: int) -> list[str]:
 
 
 def _meta(warehouse: str, ds: str) -> dict[str, Any]:
-    from stages.model import store as model_store
-
     path = model_store.store_root(warehouse) / model_store.version_name(ds) / "meta.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -105,25 +106,15 @@ class Config:
 
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """The whole demo (see module doc); returns the summary, also written to ``out_dir/demo.json``."""
-    return run_demo(warehouse=Warehouse.of(warehouse).uri, out_dir=cfg.out_dir, days=cfg.days, quick=cfg.quick)
-
-
-def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False) -> dict[str, Any]:
-    """Run the whole demo; returns the summary (also in ``out_dir/demo.json``)."""
-    from stages.core.config import from_mapping
-    from stages.evaluate import stage as evaluate
-    from stages.pipeline import daily
-    from stages.pipeline.registry import ingest as run_source
-    from stages.pipeline.report import write_report
-    from stages.query.lookup import query_user_knowledge
+    wh = Warehouse.of(warehouse)
+    warehouse, out_dir, days, quick = wh.uri, cfg.out_dir, cfg.days, cfg.quick
     if days < 3:
         raise ValueError(f"days must be >= 3 (train on >= 2 days, test on the last), got {days}")
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    overrides = QUICK if quick else FULL
+    overrides = QUICK_OPTIONS if quick else FULL_OPTIONS
     source = "movielens-100k" if quick else "movielens-1m"
-    wh = Warehouse.of(warehouse)
-    ingest = {"skipped": True} if wh.exists("events") else run_source(source, {}, warehouse=warehouse)
+    ingest = {"skipped": True} if wh.exists("events") else registry.ingest(source, warehouse=wh)
     print(f"demo: ingest {source}: {json.dumps(ingest, default=str)[:200]}", flush=True)
 
     window = choose_window(warehouse, days)
@@ -148,7 +139,7 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     with open(config_path, "w") as fh:
         json.dump(per_stage, fh, indent=1)
     _airflow_setup(out_dir)
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag  # deferred: after _airflow_setup chose AIRFLOW_HOME
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
@@ -169,9 +160,8 @@ def run_demo(*, warehouse: str, out_dir: str, days: int = 7, quick: bool = False
     rows = query_user_knowledge(warehouse, user_ids=[sample_user], ds=window[-1]).to_pylist()
     print(f"demo: lum query --ds {window[-1]} --user-id {sample_user}: {len(rows)} rows, first "
           f"{rows[0]['condition']} {[round(v, 3) for v in rows[0]['embedding'][:4]]} ...", flush=True)
-    eval_cfg = from_mapping(evaluate.Config, {"train_start": window[0], "train_end": window[-2],
-                                              "test_end": window[-1], "out_dir": os.path.join(out_dir, "evaluate")})
-    auc = evaluate.run(eval_cfg, warehouse=warehouse)
+    auc = registry.run_with("evaluate", {"train_start": window[0], "train_end": window[-2], "test_end": window[-1],
+                                         "out_dir": os.path.join(out_dir, "evaluate")}, warehouse=wh)
     print(f"demo: DLRM AUC without LUM {auc['auc_without_lum']:.4f}, with LUM {auc['auc_with_lum']:.4f}, "
           f"lift {auc['lift']:+.4f}", flush=True)
 

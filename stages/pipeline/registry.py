@@ -9,21 +9,19 @@ The CLI, the daily task bodies (so the DAG and ``lum backfill``) and the demo al
 
 Options: the config file's ``[section]`` table (or its flat keys when it has no tables), then the command's own
 flags, then ``--set`` overrides. ``key=value`` goes to every selected stage that has the option (an error when
-none has it); ``stage.key=value`` to that stage only; nested options read ``pretrain.model.d_model`` or plain
-``d_model`` when unambiguous (``stages.core.config.from_mapping``).
+none has it); ``stage.key=value`` to that stage only; nested options read ``pretrain.model.d_model``, ``model.d_model`` or
+plain ``d_model`` when unambiguous (``stages.core.config.from_mapping``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from stages.core.config import from_mapping, load_config_file
+from stages.core.config import from_mapping, has_option, load_config_file, option_names
 
 DAILY = "daily"
 INGEST = "ingest"
@@ -91,20 +89,6 @@ def get(name: str) -> Stage:
     return BY_NAME[name]
 
 
-def option_names(cls: type) -> set[str]:
-    """Every key ``from_mapping(cls, ...)`` accepts: field names, and for nested config dataclasses both the
-    dotted (``model.d_model``) and the plain (``d_model``) name."""
-    out: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        out.add(field.name)
-        hint = hints.get(field.name)
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            inner = option_names(hint)
-            out |= inner | {f"{field.name}.{key}" for key in inner}
-    return out
-
-
 def route_overrides(selected: Iterable[str], overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``{"epochs": 5, "infer.mode": "naive"}`` -> per-stage option dicts for the ``selected`` stages.
 
@@ -113,20 +97,20 @@ def route_overrides(selected: Iterable[str], overrides: Mapping[str, Any] | None
     """
     chosen = [get(n) for n in selected]
     per_stage: dict[str, dict[str, Any]] = {s.name: {} for s in chosen}
-    accepted = {s.name: option_names(s.load().Config) for s in chosen}
+    configs = {s.name: s.load().Config for s in chosen}
     for key, value in (overrides or {}).items():
         owner = next((s for s in sorted(chosen, key=lambda s: -len(s.name)) if key.startswith(s.name + ".")), None)
         if owner is not None:
             per_stage[owner.name][key[len(owner.name) + 1:]] = value
             continue
-        targets = [s.name for s in chosen if key in accepted[s.name]]
+        targets = [s.name for s in chosen if has_option(configs[s.name], key)]
         head, dot, _ = key.partition(".")
         if dot and not targets:
             if head in BY_NAME:
                 raise ValueError(f"override {key!r}: stage {head!r} is not run here ({', '.join(per_stage)})")
             raise ValueError(f"override {key!r}: unknown stage {head!r}; known: {', '.join(per_stage)}")
         if not targets:
-            known = sorted(set().union(*accepted.values()))
+            known = sorted(set().union(*(option_names(c) for c in configs.values())))
             raise ValueError(f"override {key!r} is not an option of {', '.join(per_stage)}; known: {', '.join(known)}")
         for name in targets:
             per_stage[name][key] = value
@@ -147,11 +131,9 @@ def build_config(name: str, *, config_path: str | None = None, options: Mapping[
         if not isinstance(getattr(module, "QUICK", None), dict):
             raise ValueError(f"{name} has no quick preset")
         mapping.update(module.QUICK)
-    from_file = load_config_file(config_path, stage.section)
-    if not any(isinstance(v, dict) for v in from_file.values()):  # else: other stages' tables, none for this one
-        mapping.update(from_file)
+    mapping.update(load_config_file(config_path, stage.section))  # other stages' tables are not this one's
     mapping.update({k: v for k, v in (options or {}).items() if v is not None})
-    unknown = sorted(set(mapping) - option_names(module.Config))
+    unknown = sorted(k for k in mapping if not has_option(module.Config, k))
     if unknown:
         raise ValueError(f"unknown {name} option(s): {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(option_names(module.Config)))}")

@@ -80,7 +80,7 @@ def test_overrides_reach_the_right_stage_configs():
     assert per_stage["sequences"] == {"max_len": 40} and per_stage["pretrain"] == {"max_len": 40, "max_steps": 3}
     assert per_stage["infer"] == {} and per_stage["join"] == {}
     cfg = daily.stage_config("pretrain", TINY, {"pretrain.max_steps": 3})
-    assert cfg.max_steps == 3 and cfg.d_model == 16  # file value kept, override applied
+    assert cfg.train.max_steps == 3 and cfg.model.d_model == 16  # file value kept, override applied
     assert daily.stage_config("join", TINY).__class__.__name__ == "Config"  # no [join] table: defaults
 
 
