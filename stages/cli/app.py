@@ -233,11 +233,15 @@ def cmd_evaluate(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace, warehouse: str) -> dict[str, Any]:
-    module = importlib.import_module(f"stages.bench.{args.name}")
     opts = load_config_file(args.config, f"bench_{args.name}")
     opts.update(parse_overrides(args.overrides))
     out = args.out or os.path.join("reports", f"bench_{args.name}.json")
-    report = module.run_bench(opts, quick=args.quick, warehouse=warehouse)
+    if args.name == "kernels":  # kernels.bench: Config + run(cfg), no warehouse
+        module = importlib.import_module("kernels.bench")
+        report = module.run(from_mapping(module.Config, {**(module.QUICK if args.quick else {}), **opts}))
+    else:
+        module = importlib.import_module(f"stages.bench.{args.name}")
+        report = module.run_bench(opts, quick=args.quick, warehouse=warehouse)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
         json.dump(report, fh, indent=2, default=str)
