@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,10 +79,11 @@ def environment() -> dict[str, Any]:
 
     props = torch.cuda.get_device_properties(0)
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                          "--format=csv,noheader"], capture_output=True, text=True, check=False)
+                          "--format=csv,noheader"], capture_output=True, text=True,
+                         check=False) if shutil.which("nvidia-smi") else None
     return {"device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
             "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
-            "nvidia_smi": smi.stdout.strip(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "nvidia_smi": smi.stdout.strip() if smi else None, "torch": torch.__version__, "cuda": torch.version.cuda,
             "triton": triton.__version__, "python": platform.python_version(), "passed": True}
 
 
