@@ -9,7 +9,8 @@ Parts, in order, each with its own status:
   training     bf16 training steps of the LUM with varlen attention (finite, falling loss)
   inference    users/s of grouped inference with 512-token histories x 16 conditions (synthetic, ML-1M's shape)
 The report goes to $LUM_GPU_CHECK_OUT, else $OUT/gpu-check.json when OUT is set, else reports/gpu-check.json,
-and is rewritten after every part, so a run stopped early still leaves what finished. Parts that would start
+and is rewritten after every part, so a run stopped early still leaves what finished; the subprocesses' logs
+and the bench's own report lie beside it. Parts that would start
 after the time budget (LUM_GPU_CHECK_BUDGET_S) are recorded as not run. Without CUDA nothing runs: the
 report says so and the exit code is 0. With CUDA the exit code is 0 only when every part passed.
 """
@@ -40,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 NO_CUDA = "no CUDA device: gpu-check not run"
 BUDGET_S = 450.0  # default wall budget: the whole check stays under 8 minutes on one GPU
 TESTS_TIMEOUT_S = 200  # kernel tests subprocess (compiles dominate)
-BENCH_TIMEOUT_S = 200  # bench subprocess (Triton autotune and the FlexAttention compile dominate)
+BENCH_TIMEOUT_S = 240  # bench subprocess (Triton autotune and the FlexAttention compile dominate)
 
 
 def report_path() -> Path:
@@ -58,23 +59,21 @@ def _write(path: Path, report: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _subprocess(cmd: list[str], timeout: int, env: dict[str, str]) -> tuple[int | None, str]:
-    """(return code or None on timeout, the output's tail)."""
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return None, out[-3000:]
-    return proc.returncode, (proc.stdout + proc.stderr)[-3000:]
-
-
-def _env() -> dict[str, str]:
+def _subprocess(cmd: list[str], timeout: int, log_path: Path) -> tuple[int | None, str]:
+    """(return code or None on timeout, the output's tail). The whole output goes to ``log_path`` as it
+    comes, so it survives a kill of this process."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return env
+    with log_path.open("w") as fh:
+        try:
+            code: int | None = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                              timeout=timeout, check=False).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    return code, log_path.read_text(errors="replace")[-3000:]
 
 
-def environment() -> dict[str, Any]:
+def environment(workdir: Path) -> dict[str, Any]:
     import triton  # deferred: only on a CUDA machine
 
     props = torch.cuda.get_device_properties(0)
@@ -87,11 +86,11 @@ def environment() -> dict[str, Any]:
             "triton": triton.__version__, "python": platform.python_version(), "passed": True}
 
 
-def kernel_tests() -> dict[str, Any]:
+def kernel_tests(workdir: Path) -> dict[str, Any]:
     xml_path = Path(tempfile.mkdtemp(prefix="lum-gpu-check-")) / "junit.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs",
            "tests/kernels/test_gpu.py", f"--junitxml={xml_path}"]
-    code, tail = _subprocess(cmd, TESTS_TIMEOUT_S, _env())
+    code, tail = _subprocess(cmd, TESTS_TIMEOUT_S, workdir / "gpu-check-kernel-tests.log")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if xml_path.exists():
         suite = ET.parse(xml_path).getroot()
@@ -102,11 +101,12 @@ def kernel_tests() -> dict[str, Any]:
             "passed": passed, "output_tail": tail}
 
 
-def bench() -> dict[str, Any]:
-    out = Path(tempfile.mkdtemp(prefix="lum-gpu-bench-")) / "bench_kernels.json"
+def bench(workdir: Path) -> dict[str, Any]:
+    out = workdir / "gpu-check-bench-kernels.json"
     cmd = [sys.executable, "-m", "stages.cli.app", "bench", "kernels", "--set", "sweep=false", "--out", str(out),
-           "--warehouse", str(out.parent / "warehouse")]
-    code, tail = _subprocess(cmd, BENCH_TIMEOUT_S, _env())
+           "--warehouse", tempfile.mkdtemp(prefix="lum-gpu-check-warehouse-")]
+    out.unlink(missing_ok=True)
+    code, tail = _subprocess(cmd, BENCH_TIMEOUT_S, workdir / "gpu-check-bench.log")
     result: dict[str, Any] = {"command": "lum bench kernels --set sweep=false", "returncode": code,
                               "timed_out": code is None}
     if out.exists():
@@ -119,17 +119,17 @@ def bench() -> dict[str, Any]:
     return result
 
 
-def training() -> dict[str, Any]:
+def training(workdir: Path) -> dict[str, Any]:
     return training_check(torch.device("cuda"), backend="varlen")
 
 
-def inference() -> dict[str, Any]:
+def inference(workdir: Path) -> dict[str, Any]:
     result = inference_check(torch.device("cuda"))
     result["passed"] = all(r["users_per_s"] > 0 for r in result["rows"])
     return result
 
 
-PARTS: tuple[tuple[str, Callable[[], dict[str, Any]]], ...] = (
+PARTS: tuple[tuple[str, Callable[[Path], dict[str, Any]]], ...] = (
     ("environment", environment), ("kernel_tests", kernel_tests), ("bench", bench), ("training", training),
     ("inference", inference))
 
@@ -146,7 +146,7 @@ def run(path: Path, *, budget_s: float) -> dict[str, Any]:
             continue
         part_started = time.perf_counter()
         try:
-            result = part()
+            result = part(path.parent)
         except Exception as exc:  # a broken part is reported, and the remaining parts still run
             log.exception("gpu-check part %s failed", name)
             result = {"passed": False, "error": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}

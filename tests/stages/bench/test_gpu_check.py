@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -30,11 +31,11 @@ def test_report_path_prefers_the_env_then_out(tmp_path, monkeypatch):
 def test_a_failing_part_fails_the_report_and_the_rest_still_runs(tmp_path, monkeypatch):
     seen = []
 
-    def ok():
+    def ok(workdir):
         seen.append(json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else None)
         return {"passed": True}
 
-    def broken():
+    def broken(workdir):
         raise RuntimeError("kernel exploded")
 
     monkeypatch.setattr(gpu_check, "PARTS", (("a", ok), ("b", broken), ("c", ok)))
@@ -46,8 +47,15 @@ def test_a_failing_part_fails_the_report_and_the_rest_still_runs(tmp_path, monke
     assert seen[1]["parts"]["b"]["error"]  # written before part c started
 
 
+def test_a_timed_out_subprocess_keeps_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    code, tail = gpu_check._subprocess([sys.executable, "-c", "import time; print('started', flush=True); "
+                                        "time.sleep(30)"], 2, tmp_path / "part.log")
+    assert code is None and "started" in tail and "started" in (tmp_path / "part.log").read_text()
+
+
 def test_parts_after_the_budget_are_not_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "PARTS", (("a", lambda: {"passed": True}), ("b", lambda: {"passed": True})))
+    monkeypatch.setattr(gpu_check, "PARTS", (("a", lambda w: {"passed": True}), ("b", lambda w: {"passed": True})))
     report = gpu_check.run(tmp_path / "r.json", budget_s=-1)
     assert report["status"] == "failed"
     assert all(p["status"].startswith("not run: time budget") for p in report["parts"].values())
