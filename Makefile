@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ test: install
 
 test-fast: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+# One command for every GPU check (kernel tests on CUDA, lum bench kernels, a bf16 training step, inference
+# throughput) into one JSON report ($$LUM_GPU_CHECK_OUT, else $$OUT/gpu-check.json, else reports/gpu-check.json).
+# The lock file pins torch's CPU build: GPU_PYTHON names an interpreter with a CUDA build of torch and triton
+# (then the venv is not needed). Without CUDA it says so and exits 0.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PYTHON)),install)
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PYTHON) -m stages.bench.gpu_check
 
 lint: install
 	$(BIN)/python -m ruff check stages kernels schemas dags tests

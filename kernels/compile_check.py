@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from kernels.tiles import TILE
+
 PTR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -40,11 +42,12 @@ def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
     """Compile forward (BLOCK_M/BLOCK_N 128/64 and 64/32) and both backward kernels; raise on failure."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("TRITON_INTERPRET=1 is set: unset it to compile for a GPU target")
-    import triton
+    import triton  # deferred: TRITON_INTERPRET is checked before triton loads
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import triton_grouped as tg
+    from kernels import triton_backward as tb
+    from kernels import triton_forward as tf
 
     target = GPUTarget("cuda", arch, 32)
     results = []
@@ -53,11 +56,11 @@ def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
         prec = "ieee" if dtype == "float32" else "tf32"
         for head_dim in head_dims:
             block_d = max(16, triton.next_power_of_2(head_dim))
-            common = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "GROUP": 2, "TILE_ROWS": tg.TILE,
+            common = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "GROUP": 2, "TILE_ROWS": TILE,
                       "PREC": prec, "UPCAST": False}
-            variants = [(tg._fwd_kernel, dict(common, STORE_LSE=True, BLOCK_M=bm, BLOCK_N=bn), warps)
+            variants = [(tf._fwd_kernel, dict(common, STORE_LSE=True, BLOCK_M=bm, BLOCK_N=bn), warps)
                         for bm, bn, warps in ((128, 64, 8), (64, 32, 4))]
-            variants += [(fn, dict(common, BLOCK=64), 4) for fn in (tg._bwd_dq_kernel, tg._bwd_dkdv_kernel)]
+            variants += [(fn, dict(common, BLOCK=64), 4) for fn in (tb._bwd_dq_kernel, tb._bwd_dkdv_kernel)]
             for fn, consts, warps in variants:
                 sig, const_idx = _signature(fn, short, consts)
                 kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const_idx), target=target,

@@ -18,23 +18,19 @@ of stages.training.retrieval_eval; models without it (weight 0, older versions) 
 Output space: ``o`` (condition-token outputs) and ``e`` (item embeddings) are both L2-normalised, so
 <o, e> is a cosine in [-1, 1]; the logit is ``logit_scale * <o, e>`` (stages.model.losses).
 
-Attention paths (one per call, logged once):
-- "kernel": kernels.grouped_query_attention - used by `encode_grouped` in every layer (and by training on
-  CUDA when the kernel supports backward); prefix k/v computed once per user, condition queries attend to
-  the prefix and themselves.
-- "sdpa_mask" (CPU training default): torch SDPA over a dense (rows, S, S) block-diagonal causal mask
-  built from cu_seqlens and the packed rows (FlexAttention has no CPU backward, varlen_attn is
-  CUDA-only in torch 2.13). Measured 1.8x faster than the kernel's bucketed torch path for training
-  (16 rows x 512 tokens, d_model 64, fwd+bwd). ``model.attention_backend = "kernel"`` selects the kernel.
-Dropout is applied to embeddings, attention outputs and MLP outputs, not to attention probabilities.
-- "varlen": torch.nn.attention.varlen.varlen_attn (CUDA, causal only) when importable.
+Attention goes through the kernels package in every layer. Training (`encode_packed`): packed causal
+attention planned once per batch by kernels.plan_causal_attention; ``model.attention_backend`` picks
+"auto" (varlen flash attention on CUDA, dense-mask SDPA over the packed rows on CPU), "sdpa_mask",
+"varlen" or "kernel" (the grouped kernel: Triton on CUDA, its bucketed torch path on CPU). Queries
+(`encode_grouped`): kernels.grouped_query_attention, the history's k/v computed once per user, each condition
+query attending to the history and itself. Dropout is applied to embeddings, attention outputs and MLP
+outputs, not to attention probabilities.
 Limits: histories longer than history_len (max_len - 1) are cut to their last history_len behaviours in
 encode_grouped.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -42,11 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import grouped_query_attention, plan_causal_attention
 from stages.model.vocab import interleave
-from stages.training.packing import dense_layout
 
-log = logging.getLogger(__name__)
-_LOGGED: set[str] = set()
+TRAINING_BACKENDS = ("auto", "sdpa_mask", "kernel", "varlen")  # LUM.attention_backend values
 
 
 @dataclass(frozen=True)
@@ -86,52 +81,6 @@ class ModelConfig:
         would put the last item token (2 * max_len - 1) and the query (2 * max_len) on position embeddings that
         training never updates. ML-1M (a quarter of users have >= 200 behaviours): test HR@10 0.2599 -> 0.2651."""
         return self.max_len - 1
-
-
-def _log_once(path: str, why: str) -> None:
-    if path not in _LOGGED:
-        _LOGGED.add(path)
-        log.info("attention path: %s (%s)", path, why)
-
-
-def attention_mask_layout(cu_tokens: torch.Tensor, prefix_lens: torch.Tensor,
-                          row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None):
-    """(row (T,), col (T,), allowed (R, 1, S, S) bool): where each packed token sits in the dense grid and
-    the mask. Built once per forward and shared by every layer (it is the same for all of them)."""
-    row, col, seq, pos, R, S = dense_layout(cu_tokens, row_of_seq, row_tokens)
-    dev = cu_tokens.device
-    plen = prefix_lens.to(device=dev, dtype=torch.long)[seq]
-    seq_d = torch.full((R, S), -1, dtype=torch.long, device=dev).index_put((row, col), seq)
-    pos_d = torch.zeros((R, S), dtype=torch.long, device=dev).index_put((row, col), pos)
-    pre_d = torch.zeros((R, S), dtype=torch.long, device=dev).index_put((row, col), plen)
-    same = (seq_d[:, :, None] == seq_d[:, None, :]) & (seq_d[:, :, None] >= 0)
-    pi, pj = pos_d[:, :, None], pos_d[:, None, :]
-    in_prefix = pi < pre_d[:, :, None]
-    allowed = same & ((in_prefix & (pj <= pi)) | (~in_prefix & ((pj < pre_d[:, :, None]) | (pj == pi))))
-    allowed = allowed | torch.eye(S, dtype=torch.bool, device=dev)[None]  # padding rows: self only
-    return row, col, allowed[:, None]
-
-
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_tokens: torch.Tensor,
-                     prefix_lens: torch.Tensor, row_of_seq: torch.Tensor | None = None,
-                     row_tokens: int | None = None, layout=None) -> torch.Tensor:
-    """Reference/CPU attention: q, k, v (T, H, Dh) packed -> (T, H, Dh) via SDPA with a dense mask.
-
-    Same semantics as kernels.grouped_query_attention: token i < prefix_lens[b] attends causally,
-    token i >= prefix_lens[b] attends to the prefix and itself; nothing crosses sequences. With
-    ``row_of_seq`` sequences share dense rows of ``row_tokens`` (packing); padding slots attend to
-    themselves only and are dropped on the way out. ``layout``: a precomputed `attention_mask_layout`.
-    """
-    _, H, Dh = q.shape
-    row, col, allowed = layout if layout is not None else attention_mask_layout(cu_tokens, prefix_lens,
-                                                                               row_of_seq, row_tokens)
-    R, S = allowed.shape[0], allowed.shape[-1]
-
-    def to_dense(x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(R, S, H, Dh).index_put((row, col), x).transpose(1, 2)  # (R, H, S, Dh)
-
-    out = F.scaled_dot_product_attention(to_dense(q), to_dense(k), to_dense(v), attn_mask=allowed)
-    return out.transpose(1, 2)[row, col]
 
 
 class Block(nn.Module):
@@ -182,7 +131,7 @@ class LUM(nn.Module):
                            if cfg.cond_loss_weight > 0 else None)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
                                       requires_grad=cfg.learn_temperature)
-        self.attention_backend = "auto"   # "auto" | "sdpa_mask" | "kernel" | "varlen" (training path)
+        self.attention_backend = "auto"   # training attention, one of TRAINING_BACKENDS
         self.apply(self._init)
 
     @staticmethod
@@ -240,29 +189,15 @@ class LUM(nn.Module):
             out = out + torch.log_softmax(logits.float(), dim=-1)[:, f[:, k]]
         return out
 
-    def _training_attend(self, cu_tok, prefix, row_of_seq, row_tokens):
+    def _training_attend(self, cu_tok: torch.Tensor, row_of_seq: torch.Tensor | None,
+                         row_tokens: int | None):
+        """The attend(q, k, v) of one training batch (kernels.plan_causal_attention)."""
         backend = self.attention_backend
-        if backend == "auto":
-            # CPU: the dense-mask path measured 1.8x faster than the kernel's bucketed torch path
-            # (16 rows x 512 tokens, d_model 64, fwd+bwd 1.9 s vs 3.4 s on the shared 2-core box)
-            backend = "varlen" if cu_tok.is_cuda and _varlen_fn() is not None else "sdpa_mask"
-        if backend == "varlen":
-            fn = _varlen_fn()
-            lens = (cu_tok[1:] - cu_tok[:-1])
-            max_len = int(lens.max())
-            _log_once("varlen", "CUDA, torch varlen_attn, causal")
-            return lambda q, k, v: fn(q.contiguous(), k.contiguous(), v.contiguous(), cu_tok, cu_tok, max_len,
-                                      max_len, window_size=(-1, 0))
+        if backend not in TRAINING_BACKENDS:
+            raise ValueError(f"attention_backend must be {'|'.join(TRAINING_BACKENDS)}, got {backend!r}")
         if backend == "kernel":
-            from kernels import grouped_query_attention
-            _log_once("kernel", "kernels.grouped_query_attention (CPU: bucketed causal SDPA, no mask tensor)")
-            return lambda q, k, v: grouped_query_attention(q.contiguous(), k.contiguous(), v.contiguous(),
-                                                           cu_tok, prefix, backend="torch" if not q.is_cuda else "auto")
-        if backend != "sdpa_mask":
-            raise ValueError(f"attention_backend must be auto|kernel|sdpa_mask|varlen, got {backend!r}")
-        _log_once("sdpa_mask", "SDPA with a block-diagonal causal mask per packed row")
-        layout = attention_mask_layout(cu_tok, prefix, row_of_seq, row_tokens)
-        return lambda q, k, v: masked_attention(q, k, v, cu_tok, prefix, layout=layout)
+            backend = "triton" if cu_tok.is_cuda else "torch"
+        return plan_causal_attention(cu_tok, backend=backend, row_of_seq=row_of_seq, row_tokens=row_tokens)
 
     def encode_packed(self, items: torch.Tensor, conds: torch.Tensor, cu_seqlens: torch.Tensor,
                       row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None,
@@ -281,7 +216,7 @@ class LUM(nn.Module):
         seq = torch.repeat_interleave(torch.arange(n_beh.numel(), device=items.device), 2 * n_beh, output_size=T)
         pos = torch.arange(T, device=items.device) - 2 * cu[:-1][seq]
         x = interleave(self._cond_tokens(conds), self._item_tokens(items)) + self.pos_emb(pos)
-        attend = self._training_attend(cu_tok, (2 * n_beh).to(torch.int32), row_of_seq, row_tokens)
+        attend = self._training_attend(cu_tok, row_of_seq, row_tokens)
         h = self._hidden(x, attend)
         out = F.normalize(self.head(h[0::2]), dim=-1)
         return (out, h[1::2]) if with_item_hidden else out
@@ -306,8 +241,6 @@ class LUM(nn.Module):
         at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
         Needs the next-condition head (raises ValueError without it).
         """
-        from kernels import grouped_query_attention
-
         dev = hist_item_rows.device
         cu_h = cu_seqlens_hist.to(device=dev, dtype=torch.long)
         cu_q = cu_queries.to(device=dev, dtype=torch.long)
@@ -344,7 +277,6 @@ class LUM(nn.Module):
         pos[c_slot], pos[c_slot + 1], pos[q_slot] = 2 * local_h, 2 * local_h + 1, 2 * L[user_q]
         x = x + self.pos_emb(pos)
         cu32, prefix = cu_tok.to(torch.int32), (2 * L).to(torch.int32)
-        _log_once("kernel-grouped", f"kernels.grouped_query_attention backend={backend}")
         h = self._hidden(x, lambda q, k, v: grouped_query_attention(
             q.contiguous(), k.contiguous(), v.contiguous(), cu32, prefix, backend=backend))
         out = F.normalize(self.head(h[q_slot]), dim=-1)
@@ -358,15 +290,6 @@ class LUM(nn.Module):
             last_item = cu_tok[:-1][has] + 2 * L[has] - 1
             log_p[has] = self.condition_log_probs(h[last_item])
         return out, log_p
-
-
-def _varlen_fn():
-    """torch's varlen attention when this torch build has it (CUDA builds), else None."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return varlen_attn
 
 
 def build_model(cfg: ModelConfig, vocab) -> LUM:

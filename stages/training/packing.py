@@ -129,34 +129,3 @@ def packed_step_batches(seqs: Sequences, rows: list[list[int]], rows_per_step: i
             row_of.extend([local] * len(row))
         steps.append((ids, row_of))
     return steps
-
-
-def dense_layout(cu_tokens, row_of_seq=None, row_tokens: int | None = None):
-    """Where each packed token sits in a dense (R, S) grid, for masked-SDPA attention.
-
-    cu_tokens: (B+1,) token offsets; row_of_seq: (B,) non-decreasing row per sequence or None (one row per
-    sequence, S = longest sequence). Returns (token_row (T,), token_col (T,), token_seq (T,), token_pos (T,),
-    R, S) - token_pos is the position inside its own sequence (positions restart per sequence).
-    """
-    cu = cu_tokens.to(torch.long)
-    lens = cu[1:] - cu[:-1]
-    n_seq = lens.numel()
-    T = int(cu[-1])
-    token_seq = torch.repeat_interleave(torch.arange(n_seq, device=cu.device), lens, output_size=T)
-    token_pos = torch.arange(T, device=cu.device) - cu[:-1][token_seq]
-    if row_of_seq is None:
-        S = int(lens.max()) if n_seq else 1
-        return token_seq, token_pos, token_seq, token_pos, n_seq, max(S, 1)
-    row_of_seq = row_of_seq.to(device=cu.device, dtype=torch.long)
-    if n_seq and bool((row_of_seq[1:] < row_of_seq[:-1]).any()):
-        raise ValueError("row_of_seq must be non-decreasing (a row's sequences contiguous)")
-    R = int(row_of_seq.max()) + 1 if n_seq else 1
-    # first token offset of each row = start of the first sequence on it
-    first_seq = torch.searchsorted(row_of_seq, torch.arange(R, device=cu.device))
-    row_start = cu[first_seq.clamp(max=max(n_seq - 1, 0))]
-    token_row = row_of_seq[token_seq]
-    token_col = torch.arange(T, device=cu.device) - row_start[token_row]
-    S = int(row_tokens) if row_tokens else int(token_col.max()) + 1
-    if T and int(token_col.max()) >= S:
-        raise ValueError(f"a packed row holds {int(token_col.max()) + 1} tokens > row_tokens {S}")
-    return token_row, token_col, token_seq, token_pos, R, S

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import pytest
 import torch
 from jagged_batches import jagged_batch
 
+import kernels.dispatch as dispatch
 from kernels import grouped_query_attention
-from kernels.grouped_query_attention import resolve_backend
-
-# the package re-exports the function under the module's own name, so fetch the module explicitly
-gqa_module = importlib.import_module("kernels.grouped_query_attention")
+from kernels.dispatch import resolve_backend
 
 
 def _good():
@@ -84,9 +81,9 @@ def test_auto_picks_torch_on_cpu_and_env_overrides(monkeypatch):
 
 def test_env_backend_runs_triton_and_logs_once(monkeypatch, caplog):
     monkeypatch.setenv("LUM_ATTENTION_BACKEND", "triton")
-    monkeypatch.setattr(gqa_module, "_logged", set())
+    monkeypatch.setattr(dispatch, "_logged", set())
     q, k, v, cu, pl = _good()
-    with caplog.at_level(logging.INFO, logger="kernels.grouped_query_attention"):
+    with caplog.at_level(logging.INFO, logger="kernels.dispatch"):
         first = grouped_query_attention(q, k, v, cu, pl)
         grouped_query_attention(q, k, v, cu, pl)
     lines = [r.getMessage() for r in caplog.records if "backend=" in r.getMessage()]

@@ -8,7 +8,9 @@ from jagged_batches import jagged_batch, random_lengths
 
 from kernels import grouped_query_attention
 from kernels.reference import reference_attention
-from kernels.triton_grouped import TILE, _configs, build_tiles, prune_configs, triton_grouped_attention
+from kernels.tiles import TILE
+from kernels.triton_forward import _configs, prune_configs
+from kernels.triton_grouped import triton_grouped_attention
 
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
@@ -72,19 +74,6 @@ def test_nan_in_one_sequence_does_not_leak(edge_batch):
     assert torch.isnan(out[inside]).all()
 
 
-def test_tile_table_covers_every_row_once():
-    offsets = [0, 0, 1, 131, 400, 403]
-    prefixes = [0, 1, 129, 10, 0]
-    tiles = build_tiles(offsets, prefixes)
-    covered = torch.zeros(offsets[-1], dtype=torch.int64)
-    for seq, start, is_cond in tiles.tolist():
-        end = offsets[seq + 1] - offsets[seq] if is_cond else prefixes[seq]
-        assert (start >= prefixes[seq]) == bool(is_cond)
-        lo, hi = offsets[seq] + start, offsets[seq] + min(start + TILE, end)
-        covered[lo:hi] += 1
-    assert torch.equal(covered, torch.ones_like(covered))
-
-
 def test_prune_keeps_valid_configs():
     kept = prune_configs(_configs(), {"SEQLEN_BUCKET": 64, "PREFIX_BUCKET": 32, "BLOCK_D": 128})
     assert kept and all(c.kwargs["BLOCK_M"] == 64 and c.kwargs["BLOCK_N"] == 32 for c in kept)
@@ -124,7 +113,7 @@ def test_condition_tokens_never_read_each_other():
 
 def test_prune_through_the_autotuner():
     """The Autotuner hands prune_configs positional args (SEQLEN_BUCKET ...) and constexpr kwargs."""
-    from kernels.triton_grouped import _fwd_tuned
+    from kernels.triton_forward import _fwd_tuned
 
     args = [None] * 8 + [0] * 9 + [1.0, 64, 16]  # pointers, strides, qk_scale, SEQLEN_BUCKET, PREFIX_BUCKET
     _fwd_tuned.nargs = dict(zip(_fwd_tuned.arg_names, args))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.model.lum import ModelConfig, build_model, masked_attention
+from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab, interleave, parse_condition
 
 
@@ -93,18 +93,6 @@ def test_item_embeddings_unit_norm_with_oov_row():
     assert e.shape == (vocab.n_item_rows, 16)
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(vocab.n_item_rows))
     torch.testing.assert_close(model.item_embeddings(torch.tensor([0, 3])), e[[0, 3]])
-
-
-def test_masked_attention_matches_kernel_reference():
-    from kernels import grouped_query_attention
-
-    torch.manual_seed(1)
-    cu = torch.tensor([0, 5, 6, 14], dtype=torch.int32)
-    prefix = torch.tensor([3, 1, 8], dtype=torch.int32)
-    q, k, v = (torch.randn(14, 2, 8) for _ in range(3))
-    ours = masked_attention(q, k, v, cu, prefix)
-    ref = grouped_query_attention(q, k, v, cu, prefix, backend="torch")
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("features", [("category",), ("category", "scenario")])

@@ -1,4 +1,4 @@
-"""Packing: best-fit rows, dense layout, and packed == unpacked loss and gradients."""
+"""Packing: best-fit rows and packed == unpacked loss and gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from stages.model.losses import info_nce_loss, next_condition_loss
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
-from stages.training.packing import Sequences, best_fit_pack, dense_layout, make_batch, pack_fill, packed_step_batches
+from stages.training.packing import Sequences, best_fit_pack, make_batch, pack_fill, packed_step_batches
 
 
 def test_best_fit_pack_fills_rows_and_keeps_every_sequence():
@@ -30,17 +30,6 @@ def test_best_fit_pack_rejects_too_long_and_is_deterministic():
     lengths = np.array([5, 3, 5, 2, 7, 1])
     assert best_fit_pack(lengths, 8) == best_fit_pack(lengths, 8)
     assert best_fit_pack(lengths, 8) == [[4, 5], [0, 1], [2, 3]]
-
-
-def test_dense_layout_positions_restart_per_sequence():
-    cu = torch.tensor([0, 3, 5, 9], dtype=torch.int32)
-    row, col, _seq, pos, R, S = dense_layout(cu, torch.tensor([0, 0, 1]), 6)
-    assert (R, S) == (2, 6)
-    assert row.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
-    assert col.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
-    assert pos.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
-    with pytest.raises(ValueError, match="row_tokens"):
-        dense_layout(cu, torch.tensor([0, 0, 0]), 6)
 
 
 def _tiny(seed: int = 0):
