@@ -82,7 +82,7 @@ def generate(wh: Warehouse, *, samples: int, users: int, items: int, categories:
     known_users = np.flatnonzero(rng.random(users) < knowledge_coverage).astype(np.int64)
     version = f"lum-{KNOWLEDGE_DAY}"
     stager_rows = 0
-    # user_knowledge in chunks of users (full size: 7.2M rows, ~1 GB of floats): one staged commit.
+    # user_knowledge in chunks of users (users x conditions x dim floats in all): one staged commit.
     stager = wh.stage_partition("user_knowledge", ds=KNOWLEDGE_DAY, run_id="bench-join", dim=dim)
     for lo in range(0, known_users.size, chunk_users):
         chunk = known_users[lo:lo + chunk_users]
