@@ -1,1 +1,1 @@
-"""``lum bench ...``: benchmarks writing JSON reports: ratios against a baseline run in the same process, or latencies."""
+"""``lum bench ...``: benchmarks writing JSON reports: ratios against a baseline run in the same process, or latency."""

@@ -1,10 +1,9 @@
 """``lum bench join``: rows/s of the point-in-time join (stages.join.stage) on synthetic tables, local Spark.
 
-Sizes: FULL (10M samples, 1M users x 8 conditions, 20k items, D = 32) or, with ``quick``, QUICK; any
-size field set overrides its preset value. The tables are generated with numpy and written into a
-throw-away warehouse under the temp dir (``dir`` to choose it, ``keep`` to keep it), never into the
-user's warehouse. Knowledge covers ``knowledge_coverage`` of the users so the null path is timed too.
-Timed: ``join.run`` for one day with the Spark session already started (start-up reported apart).
+Sizes: ``FULL`` or, with ``quick``, ``QUICK``; any size field set overrides its preset value. The tables are
+generated with numpy into a throw-away warehouse under the temp dir (``dir`` to choose it, ``keep`` to keep
+it), never into the user's warehouse. Knowledge covers ``knowledge_coverage`` of the users, so the null path is
+timed too. Timed: ``join.run`` for one day with the Spark session already started (start-up reported apart).
 user_knowledge holds users x conditions x D float32 values; the Spark driver memory comes from
 ``LUM_SPARK_DRIVER_MEMORY``.
 """
