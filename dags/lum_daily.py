@@ -6,15 +6,12 @@ alongside (it reads the knowledge of the newest day before D, never today's).
 
 - Schedule `CronDataIntervalTimetable("0 0 * * *", UTC)`: every task takes `ds` from the **data interval
   start**, so a scheduled run or a manual trigger only ever processes a complete day.
-- `max_active_runs=1`, `catchup=False`: days run one at a time, in date order (D warm-starts from D-1's
-  model); history is loaded by a backfill (`airflow backfill create ... --max-active-runs 1`, or
-  `lum backfill` without a scheduler).
-- `pretrain` and `infer` run in the pool `lum_gpu`. Every task replaces exactly its own partition (or model
-  version), so retries and reruns give the same tables.
-- Settings are read when a task runs, not at parse time: Variable `lum_warehouse` / `lum_config`, else
-  `$LUM_WAREHOUSE` / `$LUM_CONFIG`; `$LUM_DAG_START_DATE` / `$LUM_DAG_END_DATE` bound the schedule.
+- `max_active_runs=1`, `catchup=False`: days run one at a time, in date order; history is loaded by a backfill
+  (`airflow backfill create ... --max-active-runs 1`, or `lum backfill` without a scheduler).
+- `pretrain` and `infer` use the pool `lum_gpu`; every task replaces exactly its own partition, so retries are safe.
+- Settings are read when a task runs: Variable `lum_warehouse` / `lum_config`, else `$LUM_WAREHOUSE` / `$LUM_CONFIG`.
 
-Details (timetable choice, late data, assets, backfill): docs/orchestration.md.
+Details (timetable choice, late data, schedule bounds, assets, backfill): docs/orchestration.md.
 """
 
 from __future__ import annotations
