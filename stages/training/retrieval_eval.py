@@ -43,10 +43,9 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
     """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
 
     candidate_rows: the items ranked (default: every vocabulary item; pretrain passes those of the data set).
-    prior: "auto" (the learned head when the model has one, else frequency) | "learned" | "frequency", the
-    frequency smoothed by add-``prior_alpha``; filter_seen: drop the history window's items from each ranking.
-    Returns "users", "hr@k", "ndcg@k", "prior", "target_cond_*", "raw_own_cond_*", "unfiltered_*" and
-    "frequency_prior_*" (the frequency prior in the same pass). ``ValueError``: an unknown or unusable prior.
+    prior: "auto" (the learned head if any, else frequency, add-``prior_alpha`` smoothed) | "learned" |
+    "frequency"; filter_seen: drop the history window's items from each ranking. Returns "users", "hr@k",
+    "ndcg@k", "prior", "target_cond_*", "raw_own_cond_*", "unfiltered_*", "frequency_prior_*" (k in the names).
     """
     if prior not in ("auto", "learned", "frequency"):
         raise ValueError(f"prior must be auto|learned|frequency, got {prior!r}")
