@@ -1,45 +1,17 @@
 """
 # lum_daily: the daily Large User Model pipeline
 
-For each UTC day **D**, once D is complete:
+For each UTC day **D**, once D is complete: `sequences(D) -> pretrain(D) -> infer(D)`, and `join(D)`
+alongside (it reads the knowledge of the newest day before D, never today's).
 
-    sequences(D) -> pretrain(D) -> infer(D)
-    join(D)                      (alongside: it reads the knowledge of D-1, never today's)
+- Schedule `CronDataIntervalTimetable("0 0 * * *", UTC)`: every task takes `ds` from the **data interval
+  start**, so a scheduled run or a manual trigger only ever processes a complete day.
+- `max_active_runs=1`, `catchup=False`: days run one at a time, in date order; history is loaded by a backfill
+  (`airflow backfill create ... --max-active-runs 1`, or `lum backfill` without a scheduler).
+- `pretrain` and `infer` use the pool `lum_gpu`; every task replaces exactly its own partition, so retries are safe.
+- Settings are read when a task runs: Variable `lum_warehouse` / `lum_config`, else `$LUM_WAREHOUSE` / `$LUM_CONFIG`.
 
-| task | reads | writes (Delta table / model store) |
-|---|---|---|
-| `sequences` | `events` ds <= D | `user_sequences` partition D |
-| `pretrain` | `user_sequences` D, the model trained through D-1 | model version trained through D |
-| `infer` | `user_sequences` D, that model | `user_knowledge` D, `item_knowledge` D |
-| `join` | `dlrm_samples` D, knowledge of the newest day < D | `dlrm_training` D |
-
-**Which day a run processes.** The schedule is `CronDataIntervalTimetable("0 0 * * *", UTC)`: the run
-for day D has the data interval [D 00:00, D+1 00:00) UTC, its logical date is D, and it fires at
-D+1 00:00, i.e. only after D is complete. Every task takes `ds` from the **data interval start**, so a
-manual trigger (whose interval is the last complete day) never processes a partial day.
-(Airflow 3's default cron timetable dates a run at the moment it fires, which would make "the run
-for D" process D-1; hence the explicit data-interval timetable.) For late-landing events use
-`"0 2 * * *"`: the interval still starts on day D (so ds = D) and the run fires at D+1 02:00.
-
-**Order.** `max_active_runs=1`: day D warm-starts from the model trained through D-1 and joins the
-knowledge of D-1, so days run one at a time, in date order. `catchup=False`: enabling the DAG
-schedules the newest complete day only; history is loaded with an explicit backfill
-(`airflow backfill create --dag-id lum_daily --from-date A --to-date B --max-active-runs 1`, or
-`lum backfill --start A --end B` without a scheduler). Every task replaces exactly its own partition,
-so retries and reruns are idempotent.
-
-**Resources.** `pretrain` and `infer` run in the pool `lum_gpu` (create it once:
-`airflow pools set lum_gpu 1 "one slot per GPU"`), so GPU work never overlaps on one device.
-Retries: 2, exponential backoff from 2 minutes.
-
-**Settings (read when a task runs, not at parse time).** Warehouse: Airflow Variable `lum_warehouse`,
-else `$LUM_WAREHOUSE`, else `./warehouse`. Stage config file (TOML/JSON with `[sequences]`,
-`[pretrain]`, `[infer]`, `[join]` tables): Variable `lum_config`, else `$LUM_CONFIG`.
-`$LUM_DAG_START_DATE` / `$LUM_DAG_END_DATE` (YYYY-MM-DD) bound the schedule (default start
-1995-01-01, the earliest backfillable day; no end).
-
-**Assets.** Each written table is an Asset (`lum://warehouse/<table>`); schedule a downstream DAG on
-the knowledge with `@dag(schedule=[Asset("lum://warehouse/user_knowledge")])`.
+Details (timetable choice, late data, schedule bounds, assets, backfill): docs/orchestration.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
 """Table contracts: one ``TableSpec`` per table, a generic ``validate`` and the Spark ``StructType``.
 
-A ``TableSpec`` holds the table name, partition columns, key and a ``schema(dim)`` builder; every
-table module in ``schemas/`` exposes those as ``NAME``, ``PARTITION_BY``, ``KEY``, ``schema``,
-``validate`` and ``spark_schema``. The pyarrow schema is the one source of truth: the Spark struct
-is derived from it by ``to_spark_struct``.
+Every table module in ``schemas/`` exposes its spec as ``NAME``, ``PARTITION_BY``, ``KEY``, ``schema``,
+``validate`` and ``spark_schema``. The pyarrow schema is the one source of truth; the Spark struct is derived
+from it (``to_spark_struct``).
 
-``validate`` casts every column to the schema (column by column so that an error names the column)
-and checks, in order: unknown or missing columns, castability, non-null key/partition columns,
-``ds`` format (``YYYY-MM-DD`` and a calendar day), partition membership (every row has ``ds`` equal
-to the partition being written), key uniqueness within a partition, then table-specific checks.
-Errors are one-line ``ValueError``s naming the table and column and showing up to 5 offending rows.
-
-Limits: the checks run in Arrow compute (vectorised); the uniqueness check is a group-by over the
-key columns (the costliest check). Embedding columns are ``fixed_size_list<float32>[dim]``;
-Delta stores them as ``array<float>``, so ``dim`` is taken from the data when not given.
+``validate`` casts column by column (so an error names the column) and checks, in order: unknown or missing
+columns, castability, non-null key/partition columns, ``ds`` is a calendar day equal to the partition being
+written, key uniqueness within a partition (a group-by: the costliest check), then the table's own checks.
+Errors are one-line ``ValueError``s naming the table and column with up to 5 offending rows.
+Embedding columns are ``fixed_size_list<float32>[dim]``; Delta stores them as ``array<float>``, so ``dim``
+is taken from the data when not given.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``events``: one row per user behaviour, partitioned by the UTC day of ``ts``.
 
-``event_idx`` is the row's global position in the source: the stable tie-break for equal ``ts``
-(53% of an ML-1M user's ratings share a timestamp with an earlier one).
+``event_idx`` is the row's global position in the source: the stable tie-break for equal ``ts`` (sources
+such as MovieLens give many of one user's ratings the same timestamp).
 """
 
 from __future__ import annotations

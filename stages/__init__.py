@@ -1,5 +1,5 @@
-"""lum-pipeline stages: ingest, sequences, pretrain, infer, join, evaluate, query, cli.
+"""lum-pipeline stages: the daily steps, their shared layers, and the ways in (CLI, pipeline, benches).
 
-Every stage module exposes a frozen ``Config`` dataclass, pure functions, and one
-``run(cfg, *, ds, warehouse) -> dict`` entry point. Nothing runs at import time.
+Every stage module exposes a frozen ``Config`` dataclass and one ``run`` entry point, listed in
+``stages.pipeline.registry``. Nothing runs at import time.
 """

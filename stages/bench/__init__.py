@@ -1,1 +1,1 @@
-"""``lum bench ...``: throughput benchmarks that write JSON reports with ratios against a baseline run in the same process."""
+"""``lum bench ...``: benchmarks writing JSON reports: ratios against a baseline run in the same process, or latency."""

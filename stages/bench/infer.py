@@ -1,18 +1,13 @@
 """``lum bench infer``: users/s of grouped-query vs naive inference, same model and users, one run.
 
-Each user has a history of ``prefix_tokens`` tokens (``prefix_tokens / 2`` behaviours: every behaviour is a
-condition token plus an item token) and ``n_conditions`` query conditions. Both modes go through the stage's
-own path (``pack_by_budget`` -> ``build_batch`` -> ``stages.infer.encode.encode``) on a randomly initialised
-LUM of the pretrain default size (weights do not change the cost). Grouped costs ``P + N`` tokens per user,
-naive ``N (P + 1)``: naive pushes about N times more tokens through the MLPs and recomputes the history's
-attention N times.
-
-Reported per mode: users/s (median of ``repeats`` timed passes after one warm-up pass), ms per user and
-useful TFLOP/s, where "useful" is the grouped computation (the minimum needed to answer every query;
-matmul FLOPs only: 2 * D * (4 D + 2 d_ff) per token per layer for the projections and MLP, plus
-4 * Dh * H * (P (P + 1) / 2 + N P + N) per user per layer for QK^T and AV), so both modes are charged the
-same work and the ratio of their TFLOP/s equals their speed ratio. Also reports max |grouped - naive|.
-Limits: CPU timings on a shared machine vary from run to run; quick mode is a smoke test, not a number.
+Each user has ``prefix_tokens`` history tokens (``prefix_tokens / 2`` behaviours) and ``n_conditions`` query
+conditions; both modes go through the stage's own path (``pack_by_budget`` -> ``build_batch`` ->
+``stages.infer.encode.encode``) on a randomly initialised LUM of the pretrain default size (weights do not
+change the cost). Grouped costs P + N tokens per user, naive N (P + 1).
+Reported per mode: users/s (median of ``repeats`` timed passes after a warm-up), ms per user, max |grouped -
+naive|, and useful TFLOP/s: the grouped computation's matmul FLOPs (2 D (4 D + 2 d_ff) per token per layer,
+plus 4 Dh H (P (P + 1) / 2 + N P + N) per user per layer for QK^T and AV) charged to both modes, so their
+TFLOP/s ratio is their speed ratio. CPU timings on a shared machine vary; quick mode is a smoke test.
 """
 
 from __future__ import annotations

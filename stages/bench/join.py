@@ -1,10 +1,9 @@
 """``lum bench join``: rows/s of the point-in-time join (stages.join.stage) on synthetic tables, local Spark.
 
-Sizes: FULL (10M samples, 1M users x 8 conditions, 20k items, D = 32) or, with ``quick``, QUICK; any
-size field set overrides its preset value. The tables are generated with numpy and written into a
-throw-away warehouse under the temp dir (``dir`` to choose it, ``keep`` to keep it), never into the
-user's warehouse. Knowledge covers ``knowledge_coverage`` of the users so the null path is timed too.
-Timed: ``join.run`` for one day with the Spark session already started (start-up reported apart).
+Sizes: ``FULL`` or, with ``quick``, ``QUICK``; any size field set overrides its preset value. The tables are
+generated with numpy into a throw-away warehouse under the temp dir (``dir`` to choose it, ``keep`` to keep
+it), never into the user's warehouse. Knowledge covers ``knowledge_coverage`` of the users, so the null path is
+timed too. Timed: ``join.run`` for one day with the Spark session already started (start-up reported apart).
 user_knowledge holds users x conditions x D float32 values; the Spark driver memory comes from
 ``LUM_SPARK_DRIVER_MEMORY``.
 """
@@ -82,7 +81,7 @@ def generate(wh: Warehouse, *, samples: int, users: int, items: int, categories:
     known_users = np.flatnonzero(rng.random(users) < knowledge_coverage).astype(np.int64)
     version = f"lum-{KNOWLEDGE_DAY}"
     stager_rows = 0
-    # user_knowledge in chunks of users (full size: 7.2M rows, ~1 GB of floats): one staged commit.
+    # user_knowledge in chunks of users (users x conditions x dim floats in all): one staged commit.
     stager = wh.stage_partition("user_knowledge", ds=KNOWLEDGE_DAY, run_id="bench-join", dim=dim)
     for lo in range(0, known_users.size, chunk_users):
         chunk = known_users[lo:lo + chunk_users]

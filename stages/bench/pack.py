@@ -1,22 +1,14 @@
-"""``lum bench pack``: training tokens/s of packed vs padded batches on the ML-1M length distribution.
+"""``lum bench pack``: training tokens/s of packed vs padded batches on real sequence lengths.
 
-Lengths: the newest ``user_sequences`` partition of the warehouse when there is one, else the ML-1M
-ratings file (stages.ingest.movielens.locate_movielens; per-user counts), each capped at ``max_len``. A seeded
-sample of ``users`` sequences gets random item/condition ids; both variants run one pass (forward + InfoNCE +
-backward + AdamW step) over the same sequences with the same model, the two variants interleaved step by
-step so that a shared machine's changing load hits both alike:
-- packed: best-fit rows of ``row_tokens``, ``rows_per_step`` rows per step, no padding inside the flat
-  token stream (attention: block-diagonal mask per row);
-- padded: random batches of sequences (same mean real tokens per step), each right-padded with pad
-  behaviours to the batch's longest sequence; every op runs on the pads, the loss ignores them
-  (right padding + causal attention: real tokens never see pads, so the loss is the same function).
-Reported: real (non-pad) tokens/s of each (wall clock), real tokens per CPU-second (process time, which a
-shared machine's load does not inflate), the speedup against TARGET, and the padding share.
-
-Threads (``threads``, default 1): torch's intra-op threads during the bench. With 1 thread both variants do
-the same work per token, so the speedup is the padding saved. With more threads the packed steps, which
-have fewer tensor rows than the padded ones, parallelise worse, and on a loaded machine OpenMP spin-waits
-for descheduled peers, so multi-thread numbers there measure the load rather than packing.
+Lengths: the newest ``user_sequences`` partition, else the ML-1M ratings file (per-user counts), capped at
+``max_len``; a seeded sample of ``users`` sequences gets random ids. Both variants run one pass (forward +
+InfoNCE + backward + AdamW step) of the same model over the same sequences, interleaved step by step so that a
+shared machine's changing load hits both alike. Packed: best-fit rows of ``row_tokens``, ``rows_per_step`` per
+step. Padded: random batches with the same mean real tokens per step, right-padded to their longest sequence
+(the loss ignores pads, and causal attention keeps real tokens from seeing them). Reported: real tokens/s (wall
+clock) and per CPU-second, the speedup against TARGET, and the padding share. With ``threads`` = 1 both do the
+same work per token, so the speedup is the padding saved; with more, packed steps (fewer tensor rows)
+parallelise worse and a loaded machine's OpenMP spin-waits measure the load rather than packing.
 """
 
 from __future__ import annotations

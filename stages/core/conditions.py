@@ -1,20 +1,13 @@
 """Query condition sets: which condition tokens ``c_q`` each user is asked about (LUM step 2).
 
-A condition is a string of ``feature=value`` pairs joined by ``,`` in a fixed feature order, e.g.
-``category=Comedy`` or ``category=Comedy,scenario=rating`` (a "multi-condition" query: the paper's
-extra condition features ``f_1^c; f_2^c; ...`` in the Token Encoder). A spec string picks the set:
-
-- ``all`` (default): one condition per value of the query feature (``category``) that the model knows;
-  on MovieLens the 18 genres, ``category=<genre>``. Same N for every user.
-- ``top:K``: the user's K most frequent values of the query feature in their history (ties: the more
-  recent, then by name). N_b = min(K, distinct values in the history), so N varies per user.
-- ``list:C1;C2;...``: a fixed list of condition strings (``;`` separates conditions because ``,``
-  separates features inside one), e.g. ``list:category=Comedy;category=Drama,scenario=rating``.
-
-``with_features`` (e.g. ``scenario=rating``) is merged into every condition of the set, turning
-``all`` into 18 multi-condition queries ``category=<genre>,scenario=rating``. The feature order of
-the output strings is the model's (``feature_order``), so the same query always gets the same
-string, which is part of the ``user_knowledge`` key.
+A condition is ``feature=value`` pairs joined by ``,`` in the model's feature order: ``category=Comedy``, or
+``category=Comedy,scenario=rating`` (a multi-condition query: the paper's extra condition features). Specs:
+- ``all`` (default): one condition per value of the query feature the model knows; the same N for every user.
+- ``top:K``: the user's K most frequent values of the query feature (ties: the more recent, then by name),
+  so N = min(K, distinct values in the history) varies per user.
+- ``list:C1;C2;...``: fixed condition strings (``;`` between conditions, since ``,`` separates features).
+``with_features`` (e.g. ``scenario=rating``) is merged into every condition of the set. Output strings follow
+the model's feature order, so one query always gets one string: it is part of the ``user_knowledge`` key.
 """
 
 from __future__ import annotations

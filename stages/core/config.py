@@ -58,14 +58,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None) -> T:
-    """Build dataclass ``cls`` from a mapping; config dataclasses nested in ``cls`` are built too.
+    """Build dataclass ``cls``, and the config dataclasses nested in it, from a mapping.
 
-    A key is a field of ``cls``; a dotted path into a nested config (``model.d_model``); a nested config's
-    field by its own name when no other field of ``cls`` or of its nested configs has that name (``d_model``);
-    or a nested config's name with a table of its options (TOML ``[pretrain.model]``) or an instance of it.
-    Keys apply in order, a later one for the same field winning (a file's table, then ``--set`` overrides); a
-    nested config keeps ``cls``'s default for every field no key sets. Unknown or ambiguous keys (the error
-    names the candidate paths) and wrong types raise ``ValueError``.
+    Keys: a field of ``cls``; a dotted path (``model.d_model``); a nested field by its own name when no other
+    field has it (``d_model``); or a nested config's name with a table of its options (``[pretrain.model]``)
+    or an instance. Later keys win; unset nested fields keep ``cls``'s defaults. Unknown or ambiguous keys
+    (the error names the candidate paths) and wrong types raise ``ValueError``.
     """
     assignments: list[tuple[tuple[str, ...], Any]] = []
     unknown: list[str] = []

@@ -1,11 +1,9 @@
-"""Process-wide settings read from the environment, with the documented defaults.
+"""Process-wide settings read from the environment (the ``--warehouse`` flag wins over ``LUM_WAREHOUSE``).
 
-- ``LUM_WAREHOUSE``: warehouse URI (local path or any delta-rs URI: s3://, gs://, abfss://).
-  Default ``./warehouse``. ``--warehouse`` on the command line wins.
-- ``LUM_SPARK_MASTER``: Spark master URL. Default ``local[2]``.
-- ``LUM_SPARK_CONF``: extra Spark settings, ``key=value`` pairs separated by ``;``
-  (e.g. ``spark.executor.memory=8g;spark.sql.shuffle.partitions=400``).
-- ``LUM_STORAGE_OPTIONS``: JSON object passed to delta-rs as ``storage_options`` for object stores.
+``LUM_WAREHOUSE``: warehouse URI, a local path or any delta-rs URI (s3://, gs://, abfss://); default
+``./warehouse``. ``LUM_STORAGE_OPTIONS``: a JSON object passed to delta-rs as ``storage_options``.
+``LUM_SPARK_MASTER``, ``LUM_SPARK_DRIVER_MEMORY``, ``LUM_SPARK_SHUFFLE_PARTITIONS``: the Spark session's
+basics; ``LUM_SPARK_CONF``: extra ``spark.*`` settings as ``key=value`` pairs separated by ``;``, applied last.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The Spark session: one cached session per process, built from ``stages.core.settings.SparkSettings``.
 
-Defaults fit a small local machine: ``local[2]``, driver memory 4g, 8 shuffle partitions, UTC
-session time zone, UI off, driver bound to 127.0.0.1, workers running this interpreter
-(``PYSPARK_PYTHON=sys.executable``, else workers lack pyarrow). Parquet timestamps are written as
-INT64 microseconds (Spark's default INT96 is not what delta-rs and pyarrow expect). Any master and
-extra ``spark.*`` settings come from ``LUM_SPARK_MASTER`` / ``LUM_SPARK_CONF`` and win over these.
-Starting a session starts a JVM, so it is cached; ``stop_spark`` also shuts down the py4j gateway so
-the JVM exits.
+A session starts a JVM, so it is built once and cached; ``stop_spark`` also shuts down the py4j gateway so
+the JVM exits. ``base_conf`` holds what every session needs (UTC session time zone, INT64-microsecond parquet
+timestamps that delta-rs and pyarrow read, workers running this interpreter so they have pyarrow); the master
+and extra ``spark.*`` settings from the environment win over its defaults.
 """
 
 from __future__ import annotations

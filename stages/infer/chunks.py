@@ -1,18 +1,12 @@
 """Users -> jagged model inputs for grouped-query inference, and the stable user hash for sharding.
 
-A user with ``L`` behaviours and ``N`` query conditions costs ``2 L + N`` tokens in grouped mode (the
-history ``[c1, i1, ..., cL, iL]`` once, then one token per condition) and ``N (2 L + 1)`` tokens in
-naive mode (the history again for every condition). ``pack_by_budget`` cuts a user list, in order,
-into batches whose token count stays under ``token_budget`` (a user larger than the budget gets a
-batch of its own), so activation memory per forward is bounded whatever the history lengths are.
-
-Jagged layout (generative-recommenders style: values + offsets):
-``hist_item_rows`` (sum L,) int64, ``hist_cond_ids`` (sum L, ...) int64, ``cu_hist`` (B+1,) int32
-offsets into them; ``query_cond_ids`` (sum N, ...) int64, ``cu_queries`` (B+1,) int32.
-
-Sharding: ``stable_hash64`` is splitmix64 (Steele et al. 2014, the finaliser of ``java.util.SplittableRandom``)
-in numpy uint64 arithmetic, so every process, machine and Python version puts a user in the same shard
-(Python's ``hash`` is salted per process for str and not guaranteed across versions).
+A user with L behaviours and N conditions costs 2L + N tokens grouped (the history once, then one token per
+condition) and N (2L + 1) naive. ``pack_by_budget`` cuts a user list, in order, into batches under
+``token_budget`` tokens (a larger user gets a batch of its own), so activation memory per forward is bounded
+whatever the history lengths. Jagged layout (values + offsets): ``hist_item_rows`` (sum L,) int64,
+``hist_cond_ids`` (sum L, ...) int64, ``cu_hist`` (B+1,) int32; ``query_cond_ids`` (sum N, ...), ``cu_queries``
+(B+1,) int32. ``stable_hash64`` is splitmix64 in numpy uint64 arithmetic, so every process, machine and Python
+version puts a user in the same shard (Python's ``hash`` is salted per process for str).
 """
 
 from __future__ import annotations
@@ -163,13 +157,11 @@ MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks 
 
 def user_ordered_chunks(dataset: object, columns: list[str], chunk_users: int,
                         shard: ShardSpec | None = None, spill_dir: str | None = None) -> Iterator[pa.Table]:
-    """Yield tables of <= ``chunk_users`` users, sorted by user_id, chunks in increasing user_id order.
+    """Yield tables of <= ``chunk_users`` of this shard's users, sorted by user_id, chunks in increasing order.
 
-    ``dataset``: a pyarrow dataset with a ``user_id`` column (one partition of user_sequences); only this
-    shard's users are yielded. Memory: the user_id column of the partition (8 B/user) plus one spill bucket. If the scan is already in user_id order, batches stream straight through.
-    Otherwise rows are spilled once, in scan order, into up to ``MAX_SPILL_BUCKETS`` Arrow IPC files by
-    user_id range under ``spill_dir`` (a temporary directory on local disk), and each bucket is then read,
-    sorted and cut into chunks: one extra local write + read of ``columns``.
+    ``dataset``: a pyarrow dataset with ``user_id`` (one user_sequences partition). A scan already in user_id
+    order streams through; otherwise rows are spilled once into up to ``MAX_SPILL_BUCKETS`` Arrow IPC files by
+    user_id range under ``spill_dir`` (local disk), each then sorted and cut. Memory: the user_id column + one bucket.
     """
     def mine(table_or_batch):
         if shard is None:

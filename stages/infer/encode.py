@@ -1,14 +1,11 @@
 """Users of one chunk -> model outputs o_q -> user_knowledge rows, in grouped or naive mode.
 
-- ``grouped``: ``model.encode_grouped`` reads each user's history ``[c1, i1, ..., cL, iL]`` once; each of the
-  N condition tokens attends to the history and itself (``kernels.grouped_query_attention``): 2L + N tokens.
-- ``naive`` (the baseline): one forward per condition, history + that single condition token: N (2L + 1)
-  tokens. It calls ``encode_grouped`` with one query per user, whose mask is then exactly plain causal
-  attention, so both modes share the attention implementation and differ only in the grouping; they give
-  the same o_q up to float rounding.
-
-Every embedding block is checked (finite, width = the model's ``meta["dim"]``) before it becomes rows, so a
-bad model fails the run before anything is staged.
+``grouped``: ``model.encode_grouped`` reads each history ``[c1, i1, ..., cL, iL]`` once and each of the N
+condition tokens attends to it and to itself (``kernels.grouped_query_attention``): 2L + N tokens. ``naive``
+(the baseline): history + one condition token per forward, N (2L + 1) tokens, through ``encode_grouped`` with
+one query per user (whose mask is exactly causal attention), so both modes share the attention code and give
+the same o_q up to float rounding. Every embedding block is checked (finite, width = the model's
+``meta["dim"]``) before it becomes rows, so a bad model fails the run before anything is staged.
 """
 
 from __future__ import annotations

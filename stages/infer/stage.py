@@ -1,31 +1,15 @@
 """Stage 2 of LUM: query the pretrained model with condition tokens -> ``user_knowledge`` and ``item_knowledge``.
 
-``run(cfg, ds=D)`` loads the newest model version trained through D (or ``cfg.model_version``), reads
-partition D of ``user_sequences`` (one pinned Delta snapshot) in chunks of ``chunk_users`` users in user_id
-order (``stages.infer.chunks.user_ordered_chunks``), and for every user encodes its last ``max_len - 1``
-behaviours (``ModelConfig.history_len``) plus N query condition tokens (``stages.core.conditions``) in
-``grouped`` or ``naive`` mode (``stages.infer.encode``), packed into forwards of at most ``token_budget`` tokens.
-
-Outputs (partition D, one Delta commit per table, nothing visible before it; ``stages.infer.publish``):
-- ``user_knowledge``: one row per (user, condition), one file per chunk, sorted by user_id, files covering
-  disjoint user_id ranges, ``row_group_rows`` rows per parquet row group, so a point lookup reads one row
-  group per file it opens; ``history_len`` = behaviours the model saw (<= max_len - 1).
-  Memory: one chunk (``chunk_users`` x N x D floats) plus the partition's user_id column (8 B/user).
-- ``item_knowledge``: e_i of every item of the model vocabulary (``model.item_embeddings``).
-
-Edge cases (counted in the summary, never a crash or a NaN row): users with no history
-(``users_skipped_empty``) or no condition (``top:K`` with no category in the history,
-``users_skipped_no_conditions``) are skipped; history items unknown to the model map to its OOV row
-(``history_oov_items``); items of ``items`` not in the model vocabulary get no item_knowledge row
-(``items_not_in_model``). A model trained after D, or whose condition features differ from the condition
-strings in ``user_sequences``, is a ValueError before anything is written; so are NaN/Inf embeddings or a
-width other than the model's ``meta["dim"]``, so the old partition stays.
-
-Scale-out: ``shard="i/n"`` (or RANK/WORLD_SIZE under torchrun) processes users whose splitmix64(user_id)
-% n == i and items whose hash % n == i, and stages its files; ``shard="commit/n"`` publishes every shard's
-files. All shards of one run share ``run_id`` (``publish.default_run_id``); an unsharded run uses a fresh
-run_id and commits at its end, so a rerun always replaces the partition. Staged files of a run that never
-commits are invisible; ``Warehouse.vacuum`` removes them.
+``run(cfg, ds=D)`` uses the newest model trained through D (or ``cfg.model_version``) and reads partition D of
+``user_sequences`` (one pinned snapshot) in user_id-ordered chunks of ``chunk_users``; each user's last
+``history_len`` (max_len - 1) behaviours and N query conditions (``stages.core.conditions``) are encoded in
+``grouped`` or ``naive`` mode, at most ``token_budget`` tokens per forward. Each table's partition D is
+published by one commit (``stages.infer.publish``); ``user_knowledge`` files are user_id-sorted with disjoint
+ranges and ``row_group_rows``-row groups, so a point lookup reads about one group.
+Users skipped and items unknown to the model are counted in the summary, never a crash or a NaN row. A model
+trained after D, condition features unlike the sequences', or a non-finite or wrong-width embedding is a
+``ValueError`` before anything is written. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
+hash-share of the users and items, ``"commit/n"`` publishes all shards; an unsharded run commits at its end.
 """
 
 from __future__ import annotations

@@ -1,20 +1,14 @@
 """A user's own event log (``lum ingest events --path FILE``): parquet or CSV -> ``events`` etc.
 
-Columns: ``user_id`` (int64), ``item_id`` (int64), ``ts``, ``scenario`` (string) are required;
-``rating`` (float, null = implicit feedback), ``event_idx`` (int64; default: the row's position in
-the file) and ``ds`` (must equal the UTC day of ts; it is always derived) are optional. Any other
-column is an error (a typo must not be dropped silently).
-
-``ts`` may be a parquet timestamp (tz-naive means UTC), a number or numeric string of epoch time
-(unit from the magnitude of the largest value: < 1e11 seconds, < 1e14 milliseconds, < 1e17
-microseconds, else nanoseconds), or an ISO-8601 string (``2000-12-01T10:00:00Z``, offsets converted
-to UTC, no offset means UTC). Null or unparseable values are an error naming the first bad row.
-
-Semantics (``run``; writes as in ``stages.ingest.tables``): the file replaces the days it contains in ``events`` and
-``dlrm_samples`` (rows with a rating become samples, label = rating >= 4; two rated scenarios of one
-(user, item, ts) are refused as duplicate samples); ``items`` and ``users``
-keep their rows and gain one row per id not seen before (item: title null, category ``unknown``;
-user: source_id = the id as text, attributes null). Limits: the file is read whole into memory.
+Columns: ``user_id``, ``item_id`` (int64), ``ts``, ``scenario`` (string) are required; ``rating`` (float, null =
+implicit feedback), ``event_idx`` (int64; default: the row's position in the file) and ``ds`` (must equal the
+UTC day of ts) are optional; any other column is an error, so a typo is never dropped silently. ``ts``: a
+parquet timestamp (naive = UTC), epoch numbers or numeric strings (unit from the largest value: below 1e11
+seconds, 1e14 milliseconds, 1e17 microseconds, else nanoseconds) or ISO-8601 strings (offsets converted, none =
+UTC); a null or unparseable value is an error naming the first bad row.
+The file replaces the days it contains in ``events`` and ``dlrm_samples`` (rated rows become samples, label =
+rating >= 4; two rated scenarios of one (user, item, ts) are refused as duplicate samples); ``items`` and
+``users`` gain a row per new id (item category ``unknown``, user attributes null). Read whole into memory.
 """
 
 from __future__ import annotations

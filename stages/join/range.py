@@ -1,21 +1,13 @@
 """``run_range``: the join of every day in ``start..end``, one Spark job and ONE commit per knowledge group.
 
-    days D in start..end with a samples partition
-      -> knowledge partition K(D), exactly run()'s choice (stages.join.plan)
-      -> groups: runs of consecutive such days with the same K (or with no knowledge)
-    per group: dlrm_samples[first..last] (only the group's files)
-      -> stage.join_days (the same frame and per-day checks as run())
-      -> write_spark_partitions: ONE commit replacing exactly the group's days
-
-Same rows as run() for every day, lum_knowledge_ds included; the fixed per-day cost of run() (Spark
-jobs for the checks, the knowledge checks, the commit) is paid once per group instead.
-
-Days without a samples partition are skipped, logged and listed in ``days_without_samples`` (as
-``lum backfill`` treats them: nothing to join); their output partition, if any, is left as it is. A
-range with no samples partition at all is a ``ValueError``. ``require_knowledge`` is checked for every
-group before anything is written. A bad day or bad knowledge raises ``ValueError`` naming it; that
-group and every later one are left as they were, earlier groups stay committed: rerunning the same
-range finishes it with the same rows.
+Each day gets exactly ``run()``'s knowledge partition (``stages.join.plan``); consecutive days with the same
+choice form a group, whose samples are read once, joined by ``stage.join_days`` (the same frame and per-day
+checks as ``run()``) and written by one ``write_spark_partitions`` commit of exactly its days. Same rows as
+``run()`` for every day; the fixed per-day cost (check jobs, knowledge checks, the commit) is paid per group.
+Days without a samples partition are skipped and listed in ``days_without_samples`` (their output is left as
+it is); a range with none at all is a ``ValueError``. ``require_knowledge`` is checked for every group before
+any write. A bad day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as
+they were, earlier groups stay committed, so rerunning the range finishes it with the same rows.
 """
 
 from __future__ import annotations
@@ -63,10 +55,9 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
 def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) -> dict[str, Any]:
     """Write every day of ``start..end`` (inclusive) of the spec's output table, as ``run`` would.
 
-    One Spark job and one commit per group of consecutive days sharing a knowledge partition. Returns
-    a JSON-able summary: ``days`` (days written), ``days_without_samples``, ``rows``,
-    ``rows_without_knowledge``, ``groups`` (per group: start, end, days, knowledge_ds, fallback, rows,
-    rows_without_knowledge, version, seconds), ``seconds``, ``rows_per_s``.
+    Returns a JSON-able summary: ``days`` (days written), ``days_without_samples``, ``rows``,
+    ``rows_without_knowledge``, ``groups`` (per group: start, end, days, knowledge_ds, fallback, model_version,
+    rows, rows_without_knowledge, version, seconds), ``seconds``, ``rows_per_s``.
     """
     wh = Warehouse.of(warehouse)
     days = day_range(start, end)

@@ -66,14 +66,12 @@ def _list_column(matrix: np.ndarray, null_rows: np.ndarray, null_values: np.ndar
 
 def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array, *, n_cond: int, n_ext: int,
                 dim: int, knowledge_ds: str, model_version: str, wanted: frozenset[str]) -> dict[str, pa.Array]:
-    """The six LUM columns of one batch of joined samples (B rows), numpy only.
+    """The six LUM columns of one batch of B joined samples, numpy only; a column not in ``wanted`` is all null.
 
-    Inputs per row: ``user_list`` = the user's knowledge as list<struct<i, e>> (i = 0-based index into the
-    n_ext extended conditions: the n_cond configured ones first, then target conditions not configured;
-    null: user has no knowledge), ``target_index`` (int, null: item has no target condition or it is not
-    in the list), ``item_vec`` (list<float> D raw e_i, null: no item knowledge). Memory: B x n_ext x D x 4
-    bytes. sim = dot(o_q, e_i/|e_i|)/|o_q|, 0.0 when either norm is 0; a column not in ``wanted`` (the
-    spec's features) is all null.
+    Per row: ``user_list`` list<struct<i, e>> (i indexes the n_ext conditions: the n_cond configured ones, then
+    unconfigured target conditions; null: no user knowledge), ``target_index`` (null: no target condition in the
+    list), ``item_vec`` list<float> of D raw e_i (null: no item knowledge). sim = cosine, 0.0 when a norm is 0.
+    Memory: B x n_ext x D float32.
     """
     users, norms, present = _entries(user_list, n_ext, dim)
     items, i_ok = _matrix(item_vec, dim, np.float32)

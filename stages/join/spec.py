@@ -1,22 +1,10 @@
 """The declarative consumer spec of the point-in-time join: one foundation model, many consumers.
 
-A consumer (a ranking model's training table) is described by data, not code:
-
-```toml
-# stages/specs/<name>.toml (then: --set spec=<name>) or any file: lum run join --ds D --set spec=path.toml
-# (or a --config file holding  [join]  spec = "path.toml"  lag_days = 2 ...)
-name = "dlrm"
-samples_table = "dlrm_samples"      # a registered ds table with the dlrm_samples columns (user_id, item_id, ts ...)
-output_table = "dlrm_training"      # samples columns + the LUM columns (a registered schema)
-conditions = []                     # lum_match order; [] = "category=<c>" for every items.category, sorted
-target_feature = "category"         # the target item's condition is "<target_feature>=<items.<target_feature>>"
-features = ["lum_match", "lum_target_match", "lum_user", "lum_item"]   # the others are written as null
-lag_days = 1                        # knowledge partition used: newest with knowledge_ds <= ds - lag_days
-```
-
-``lag_days`` >= 1 always: the contract forbids knowledge of day D (or later) in the features of D.
-``load_spec(ref)`` takes a built-in name (``"dlrm"``, or a file ``stages/specs/<name>.toml``) or a
-path to a TOML/JSON file; unknown keys are an error naming the key.
+A consumer (a ranking model's training table) is data, not code: a ``JoinSpec`` names its samples and output
+tables, the ``lum_match`` condition order, the target item's condition feature, the LUM columns it wants and
+``lag_days`` (>= 1 always: knowledge of day D or later never reaches the features of D). ``load_spec(ref)``
+takes a built-in name (``"dlrm"``, or a file ``stages/join/specs/<name>.toml``) or a TOML/JSON path; unknown keys
+are a ``ValueError`` naming the key. A spec file, by example: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -62,7 +50,7 @@ DEFAULT_SPEC = JoinSpec()
 
 
 def load_spec(ref: str | None) -> JoinSpec:
-    """A spec from a built-in name, ``stages/specs/<name>.toml`` or a TOML/JSON file path."""
+    """A spec from a built-in name, ``stages/join/specs/<name>.toml`` or a TOML/JSON file path."""
     if ref is None or ref == DEFAULT_SPEC.name:
         return DEFAULT_SPEC
     path = Path(ref)

@@ -1,19 +1,14 @@
-"""The reference DLRM used by ``lum evaluate``: embeddings + MLP, DIN-style attention over the
-recent history, and the LUM columns as extra dense inputs.
+"""The reference DLRM of ``lum evaluate``: embeddings + MLP, DIN attention over the recent history, and the
+LUM columns as extra dense inputs.
 
-Inputs of one batch of B samples (built by ``stages.evaluate.features``):
-- ``sparse``: int64 (B, F), one row index per categorical field (user, item, category, age, gender,
-  occupation, hour, weekday ...); index 0 means unknown/out-of-vocabulary (every field's table has it).
-- ``history``: int64 (B, H), row indices into the *item* field's table of the user's last H items
-  strictly before the sample's ts, oldest first, left-padded with 0 (= no item, masked out).
-- ``dense``: float32 (B, K) LUM features (K = 0 for the baseline); see ``stages.evaluate.features``.
-Output: logits (B,) for the label (rating >= 4).
-
-DIN attention (Zhou et al. 2018): a small MLP scores each history item h against the target item t
-from [h, t, h - t, h * t]; the history is pooled by the masked softmax of the scores (all-padding
-rows pool to zeros). The embeddings and the attention are built first, so two models made under the
-same seed start from identical embedding and attention weights (the top MLP's first layer differs in
-width, hence in its draw).
+A batch of B samples (``stages.evaluate.features``): ``sparse`` int64 (B, F), one row index per categorical
+field, 0 = unknown (every field's table has that row); ``history`` int64 (B, H), item-field rows of the user's
+last H items strictly before the sample's ts, oldest first, left-padded with 0 (masked out); ``dense`` float32
+(B, K) LUM features, K = 0 for the baseline. Output: logits (B,) of the label.
+DIN attention (Zhou et al. 2018) scores each history item h against the target t from [h, t, h - t, h * t]
+and pools by the masked softmax (all-padding rows pool to zeros). Embeddings and attention are built first, so
+two models made under one seed start from the same embedding and attention weights; only the top MLP's first
+layer, whose width depends on K, differs.
 """
 
 from __future__ import annotations

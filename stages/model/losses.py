@@ -2,18 +2,13 @@
 
     loss = mean_l -log( exp(s(o_l, e_{i_l})) / sum_{j in C} exp(s(o_l, e_j)) ),   s(o, e) = scale * <o, e>
 
-o and e are unit vectors (cosine similarity); ``scale`` = 1/temperature (learned or fixed, clamped to
-<= 100 as in CLIP). The candidate set C is the *unique* items of the batch's targets (in-batch negatives;
-an item that is the target of several positions appears once, so a repeat is never its own negative)
-plus ``sampled`` extra items. Optional logQ correction subtracts log q(j) (the item's share of training
-events, the probability that it shows up as an in-batch or popularity-sampled negative) from every
-candidate's logit (Yi et al. 2019, "Sampling-bias-corrected neural modeling"). Positions are only the
-condition tokens: callers pass the condition-position outputs (N,) and their targets, never item tokens.
-
-Auxiliary next-condition loss (`next_condition_loss`, weight ModelConfig.cond_loss_weight): the output at
-item token i_{l-1} predicts c_l by cross-entropy over each condition feature's values, inside one sequence.
-The training loop adds weight * (sum of its CE terms) to the InfoNCE sum and divides both by the number of
-condition positions of the global batch, so the total does not depend on packing or on the DDP split.
+o and e are unit vectors; ``scale`` = 1/temperature, clamped to <= 100 as in CLIP. C is the *unique* items of
+the batch's targets (a repeated item is never its own negative) plus ``sampled`` extra items. The optional
+logQ correction subtracts log q(j), the item's share of training events, from each candidate's logit (Yi et
+al. 2019). Only condition positions are scored: callers pass their outputs, never item tokens.
+``next_condition_loss``: the output at item token i_{l-1} predicts c_l within one sequence; the loop adds
+weight * its sum to the InfoNCE sum and divides both by the condition positions of the global batch, so the
+total depends neither on packing nor on the DDP split.
 """
 
 from __future__ import annotations
@@ -25,15 +20,12 @@ import torch.nn.functional as F
 def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, scale: torch.Tensor | float,
                   sampled: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
                   weights: torch.Tensor | None = None, accuracy: bool = True) -> tuple[torch.Tensor, dict]:
-    """InfoNCE over in-batch (+ sampled) candidates.
+    """InfoNCE over in-batch (+ sampled) candidates; returns (scalar loss, {"candidates": C, "accuracy": a}).
 
-    queries: (P, D) unit-norm outputs at condition positions; targets: (P,) int64 item rows;
-    item_table: callable rows (C,) -> (C, D) unit-norm item embeddings; scale: scalar (1/temperature);
-    sampled: (K,) extra negative rows or None; log_q: (n_item_rows,) log sampling probability or None;
-    weights: (P,) per-position weights (default 1) - the loss is sum(w * nll) / sum(w).
-    accuracy: compute the top-1 hit rate (an extra argmax over the (P, C) logits; the training loop asks for
-    it on its last step only).
-    Returns (scalar loss, {"candidates": C, "accuracy": top-1 hit rate among candidates, or None}).
+    queries (P, D) unit-norm condition-position outputs; targets (P,) int64 item rows; item_table: rows (C,) ->
+    (C, D) unit-norm embeddings; scale: 1/temperature; sampled (K,) extra rows or None; log_q (n_item_rows,) or
+    None; weights (P,), default 1: loss = sum(w * nll) / sum(w). ``a``: the top-1 hit rate among candidates
+    when ``accuracy`` (an extra argmax over (P, C) logits), else None. Mismatched shapes: ``ValueError``.
     """
     if queries.ndim != 2 or targets.ndim != 1 or queries.shape[0] != targets.shape[0]:
         raise ValueError(f"info_nce_loss: queries {tuple(queries.shape)} and targets {tuple(targets.shape)} mismatch")
@@ -76,13 +68,12 @@ def popularity_log_q(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def next_condition_loss(logits: list[torch.Tensor], conds: torch.Tensor, cond_features: torch.Tensor,
                         cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of next-condition cross-entropies: the item token i_n predicts the condition c_{n+1} of the SAME
-    sequence; the last behaviour of each sequence has no target (so packing never leaks across sequences).
+    """Sum of next-condition cross-entropies: item token i_n predicts c_{n+1} of the SAME sequence.
 
-    logits: per condition feature k, (N, n_values_k) from the item-token hidden states (LUM.cond_logits);
-    conds: (N,) condition ids of the packed behaviours; cond_features: (n_conditions, K) value index per
-    feature; cu_seqlens: (B+1,) behaviour offsets. Each target position adds sum_k CE(logits_k, f_k(c_{n+1})).
-    Returns (sum over target positions, number of target positions = N - B for non-empty sequences).
+    logits: per condition feature k, (N, n_values_k) from the item-token states (LUM.cond_logits); conds (N,)
+    packed condition ids; cond_features (n_conditions, K) value index per feature; cu_seqlens (B+1,). A
+    sequence's last behaviour has no target, so packing never leaks across sequences. Each target adds
+    sum_k CE(logits_k, f_k(c_{n+1})). Returns (sum, number of targets = N - B for non-empty sequences).
     """
     N = conds.shape[0]
     if any(lg.shape[0] != N for lg in logits):

@@ -1,17 +1,13 @@
 """LUM model versions under ``<warehouse>/models/lum/<version>/``, written atomically.
 
-A version directory holds ``model.pt`` (state_dict), ``vocab.json`` (stages.model.vocab.Vocab),
-``meta.json`` (through_ds, config, model_config, metrics, dim, parent version) and ``checkpoint.pt``
-(optimizer, scheduler, step, RNG states: what a warm start or a resume needs).
-
-Naming: ``version = "lum-<through_ds>"`` - the last day of events the model has seen. A rerun of day D
-(or a ``--retrain`` through D) replaces version ``lum-D`` with the new content; with the same seed and
-inputs the content is the same. Atomicity: a version is first written to ``.tmp-<version>-<pid>`` beside
-it and then renamed into place (an old version is renamed aside first and deleted after), so a reader
-sees either the old or the new complete directory, never a half-written one; a crash leaves only a
-``.tmp-*`` directory that `latest_version` ignores.
-Training checkpoints of a running job live in ``_runs/<version>/checkpoint.pt`` (atomic file replace)
-until the version is published. Limits: local (or ``file://``) warehouses only for now.
+A version holds ``model.pt`` (state_dict), ``vocab.json``, ``meta.json`` (through_ds, configs, metrics, dim,
+parent version) and ``checkpoint.pt`` (optimizer, scheduler, step, RNG states: what a warm start needs).
+``version = "lum-<through_ds>"``, the last day of events seen: a rerun of day D (or ``--retrain`` through D)
+replaces ``lum-D``, with the same content for the same seed and inputs. A version is written to
+``.tmp-<version>-<pid>`` beside it and renamed into place (an old one is renamed aside first), so a reader sees a
+whole old or new directory; ``latest_version`` ignores the ``.tmp-*`` a crash leaves. A running job's
+checkpoints live in ``_runs/<version>/checkpoint.pt`` until it publishes. Limits: local (or ``file://``)
+warehouses only.
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """Conditions <-> features, the item/condition vocabulary, and the token layout ``[c1, i1, c2, i2, ...]``.
 
-A *condition string* is ``feature=value`` pairs joined by ``,`` in the configured feature order, e.g.
-``"category=Comedy"`` or ``"category=Comedy,scenario=rating"``.
-
-Vocabulary (`Vocab`), all ids are row indices into embedding tables:
-- item rows: row 0 is the OOV row (item ids unseen at vocab-building time, and unknown ids at inference);
-  known item ids get rows 1..n_items in ascending id order. The OOV row is trained like any other row
-  only if OOV ids appear in training data (they do not: the vocab is built from the items table), so
-  its embedding stays near its random init and scores ~0 against users - documented, not an error.
-- condition ids: id 0 is the unknown condition; ids 1.. are the cartesian product of the feature values
-  (every category of the items table, even categories never seen in events, and every scenario), so
-  any condition a query asks for has a row. `cond_features[c, k]` gives feature k's value index.
-- item_category[row]: the category value index of each item row (feeds the item token's category feature).
-
-Token layout: a sequence of L behaviours becomes 2L tokens ``c1, i1, ..., cL, iL``; the condition token of
-a behaviour precedes its item (`interleave`). Outputs at condition positions (even offsets) predict the
-item that follows them.
+All ids are row indices into embedding tables (`Vocab`):
+- items: row 0 is the OOV row (ids unknown to the vocabulary); known ids get rows 1..n_items in ascending id
+  order. The vocabulary comes from the items table, so training never sees an OOV id and that row stays near
+  its random init, scoring about 0 against users: documented, not an error.
+- conditions: id 0 is unknown; ids 1.. are the cartesian product of the feature values (every category of
+  ``items``, even ones no event has, and every scenario), so any condition a query asks for has a row;
+  ``cond_features[c, k]`` is feature k's value index, ``item_category[row]`` feeds the item token's category.
+A sequence of L behaviours becomes 2L tokens ``c1, i1, ..., cL, iL`` (``interleave``); outputs at condition
+positions (even offsets) predict the item that follows them.
 """
 
 from __future__ import annotations

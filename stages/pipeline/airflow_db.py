@@ -1,14 +1,9 @@
-"""Connection arguments for Airflow's SQLite metadata DB (the `airflow standalone` default).
+"""Connection arguments for Airflow's SQLite metadata DB (the ``airflow standalone`` default).
 
-SQLite lets one writer in at a time; Python's sqlite3 gives up after 5 s with "database is locked".
-On a busy 2-core machine the scheduler, the dag processor, the API server and a CLI command such as
-`airflow backfill create` can hold the write lock longer than that. Point Airflow at these dicts to
-wait up to 60 s instead:
-
-    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS
-    export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS_ASYNC
-
-Postgres or MySQL (any production deployment) needs neither.
+SQLite lets one writer in at a time, and Python's sqlite3 soon gives up with "database is locked"; the
+scheduler, the dag processor, the API server and a CLI command such as ``airflow backfill create`` can hold the
+lock longer. These dicts make every connection wait up to ``SQLITE_BUSY_TIMEOUT_S`` instead; the settings that
+select them are in docs/orchestration.md. Postgres or MySQL deployments need neither.
 """
 
 from __future__ import annotations

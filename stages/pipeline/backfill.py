@@ -1,23 +1,13 @@
 """``lum backfill``: the daily DAG's tasks for every day of a range, in date order, without a scheduler.
 
-It calls the very task bodies the DAG runs (``stages.pipeline.daily``), day by day, stage by stage
-(sequences -> pretrain -> infer -> join), so a backfill and a scheduled run produce the same tables.
-
-Resumable: a stage is *complete* for day D when its output for D exists --
-``user_sequences`` partition D; a model version trained through D; ``user_knowledge`` and
-``item_knowledge`` partitions D; ``dlrm_training`` partition D (or no ``dlrm_samples`` partition D,
-i.e. nothing to join). A day whose selected stages are all complete is skipped; otherwise it restarts
-at its first incomplete stage and reruns every selected stage after it (later outputs depend on
-earlier ones). ``force=True`` reruns everything. Each stage replaces exactly its own partition, so
-backfilling a range twice leaves the same rows (the second time, by default, nothing runs at all).
-
-Stretches of consecutive days whose only stage to run is ``join`` (e.g. ``--stages join``) are joined
-by one ``stages.join.range.run_range`` call instead of one join per day (same rows; the per-day cost is
-Spark jobs and a commit, not rows). Days with no ``dlrm_samples`` partition are complete (skipped) and
-so end a stretch.
-
-Limits: one process, days strictly sequential (day D needs D-1's model and knowledge); a failure stops
-the backfill at that day with everything before it committed -- rerun the same command to resume.
+It calls the task bodies the DAG runs (``stages.pipeline.daily``), so a backfill and scheduled runs produce the
+same tables. A stage is complete for day D when its output for D exists (``user_sequences`` D; a model version
+through D; both knowledge partitions D; ``dlrm_training`` D, or no ``dlrm_samples`` D). A day whose selected
+stages are all complete is skipped; otherwise it restarts at its first incomplete stage and reruns every
+selected stage after it (later outputs depend on earlier ones). ``force=True`` reruns everything. Consecutive
+days that need only ``join`` run as one ``stages.join.range.run_range`` (same rows, fewer Spark jobs and
+commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
+day with everything before it committed, so rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -103,12 +93,10 @@ def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, f
                  warehouse: str) -> dict[str, Any]:
     """Run ``stages`` for each day ``start..end`` (inclusive) in order; returns a small summary.
 
-    Summary: ``days`` (number in range), ``ran`` / ``skipped`` (lists of days), ``stage_runs`` (count),
-    ``seconds``, ``runs`` (per day: the stages run and their seconds) and ``join_ranges`` (per stretch
-    of >= 2 consecutive days that need only the join: start, end, days, seconds). Such a stretch is
-    joined by ONE ``join_range.run_range`` (one Spark job and commit per knowledge partition, ML-1M
-    December: 31 days in ~60 s instead of ~211 s); its days' ``runs`` entries carry the stretch's
-    seconds divided evenly. A day that runs other stages too is joined by the per-day runner.
+    Summary: ``days`` (number in range), ``ran`` / ``skipped`` (lists of days), ``stage_runs``, ``seconds``,
+    ``runs`` (per day: the stages run and their seconds) and ``join_ranges`` (per stretch of >= 2 consecutive
+    join-only days, joined by ONE ``run_range``: start, end, days, seconds; its days' ``runs`` entries share
+    the stretch's seconds evenly). A day that runs other stages too is joined by the per-day runner.
     """
     days = day_range(start, end)
     chosen = _check_stages(stages)

@@ -1,18 +1,12 @@
-"""``lum demo``: the main job on embedded defaults, one command from a fresh clone.
+"""``lum demo``: the main job on embedded defaults, one command from a fresh clone (the README describes the run).
 
-1. ingest MovieLens-1M (``quick``: ML-100K) unless the warehouse already holds events;
-2. choose the run window: ``days`` consecutive days ending where 80% of all events have happened
-   (busy days, so every day has samples of both labels), D0 = its first day;
-3. bootstrap day D0-1: sequences, a small LUM trained from scratch with leave-last-out evaluation
-   (HR@10 / NDCG@10), infer (so D0's join has knowledge to use);
-4. run the real Airflow DAG ``lum_daily`` for D0 .. D0+days-1 through ``dag.test`` (in-process, no
-   scheduler; a private SQLite metadata DB under ``out_dir/airflow`` unless AIRFLOW_HOME is set);
-5. print a sample ``lum query``, the HR@10 and the AUC lift of the reference DLRM with vs without LUM
-   features (``lum evaluate``: train on D0..Dn-2, test on Dn-1);
-6. write ``out_dir/index.html`` with plots (training loss, HR@10, AUC with and without LUM, per-stage
-   timings) and ``out_dir/demo.json``.
-Budget: under 30 minutes on a 2-core CPU for ML-1M (measured time in the README); ``quick`` takes
-a few minutes. Prints progress lines (this is the user-facing command); logs go to stderr.
+The run window is ``days`` consecutive days ending where ``WINDOW_QUANTILE`` of all events have happened (busy
+days, so every day has samples of both labels). Day D0-1 is bootstrapped (sequences, a LUM trained from scratch
+with leave-last-out evaluation, infer) so that D0's join has knowledge; then the real DAG ``lum_daily`` runs
+each day through ``dag.test`` (in-process; a private SQLite metadata DB under ``out_dir/airflow`` unless
+AIRFLOW_HOME is set), ``lum evaluate`` trains on every day but the last and tests on it, and ``out_dir`` gets
+``index.html`` and ``demo.json``. A warehouse that already holds events is reused (no ingest). Prints progress
+lines, as the user-facing command; logs go to stderr.
 """
 
 from __future__ import annotations
@@ -41,7 +35,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root, which holds dags/
 WINDOW_QUANTILE = 0.8  # the run window ends where this share of all events has happened
-# Embedded stage options: small enough for the demo's time budget on a 2-core CPU (ML-1M), tiny for quick.
+# Embedded stage options: small enough for the demo's time budget on a small CPU machine (ML-1M); tiny for quick.
 FULL_OPTIONS = {
     # a few passes: about half of the budget; the rest is the daily DAG runs
     "pretrain.epochs": 3.0, "pretrain.eval_max_users": 1000, "pretrain.threads": 2,

@@ -1,16 +1,12 @@
 """The one list of stages, and the one way to build their configs.
 
-Every entry names a module that holds a frozen ``Config`` dataclass and a ``run``:
-- daily stages (sequences, pretrain, infer, join): ``run(cfg, *, ds, warehouse) -> dict``;
-- ingest sources, evaluate, the demo and the benches: ``run(cfg, *, warehouse) -> dict``; ``kernels.bench``
-  takes no warehouse (``kernels`` never imports ``stages``).
-The CLI, the daily task bodies (so the DAG and ``lum backfill``) and the demo all go through ``build_config`` and
-``run``. Modules are imported on first use, so ``lum --help`` and DAG parsing never load torch or Spark.
-
-Options: the config file's ``[section]`` table (or its flat keys when it has no tables), then the command's own
-flags, then ``--set`` overrides. ``key=value`` goes to every selected stage that has the option (an error when
-none has it); ``stage.key=value`` to that stage only; nested options read ``pretrain.model.d_model``, ``model.d_model`` or
-plain ``d_model`` when unambiguous (``stages.core.config.from_mapping``).
+Every entry names a module with a frozen ``Config`` and a ``run``: ``run(cfg, *, ds, warehouse) -> dict`` for
+the daily stages, ``run(cfg, *, warehouse) -> dict`` for ingest sources, evaluate, the demo and the benches
+(``kernels.bench`` takes no warehouse: ``kernels`` never imports ``stages``). The CLI, the daily task bodies (so
+the DAG and ``lum backfill``) and the demo all build configs with ``build_config`` (file table, then command
+flags, then ``--set``, as the README says; nested options via ``stages.core.config.from_mapping``) and run
+stages with ``run``. Modules are imported on first use, so ``lum --help`` and DAG parsing never load torch or
+Spark.
 """
 
 from __future__ import annotations

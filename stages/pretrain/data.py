@@ -109,13 +109,11 @@ def _by_values(old_w, old_values: list[str], new_w, new_values: list[str]):
 
 def training_windows(items: list[np.ndarray], conds: list[np.ndarray], max_len: int,
                      windows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Cut each user's history into training sequences of at most ``max_len`` behaviours, newest first:
-    window 0 is the last max_len behaviours (what SASRec trains on), window 1 the max_len before it, ...
+    """Cut each user's history into windows of at most ``max_len`` behaviours, newest first: window 0 is the
+    last max_len behaviours (what SASRec trains on), window 1 the max_len before it, ...
 
-    windows: how many windows per user (1 = the last max_len only; 0 = all of the history the
-    user_sequences partition holds, which `lum run sequences` cuts to its own max_len). Older windows
-    shorter than 2 behaviours are dropped (no next-item target after the first). Empty histories are dropped.
-    Returns (items, conds) lists of the kept windows (oldest behaviour first inside each window).
+    windows: per user, 0 = all the partition holds. Older windows under 2 behaviours (no next-item target) and
+    empty histories are dropped. Returns (items, conds) of the kept windows, oldest behaviour first in each.
     """
     if max_len <= 0 or windows < 0:
         raise ValueError(f"training_windows: max_len {max_len} must be > 0 and windows {windows} >= 0")

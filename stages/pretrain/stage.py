@@ -1,23 +1,14 @@
 """``lum run pretrain --ds D``: train the LUM on ``user_sequences`` partition D and publish ``lum-D``.
 
-Daily continuation (default): warm-start from ``model_store.latest_version(through=prev_day(D))`` and train
-``continue_epochs`` over the sequences of users whose history changed on day D (their last behaviour has
-ts inside day D): each one's newest max_len window, with the loss at every condition position. The version
-records the last day seen (``through_ds = D``); rerunning D replaces ``lum-D`` (same content: seeded). No
-parent version: log it and train from scratch over everything (``train.epochs``), or raise when
-``require_warm_start``. No user changed on D: publish the parent's weights unchanged as ``lum-D`` (steps 0, logged).
-``--retrain``: from scratch over every user's sequence, cut into max_len windows (``train_windows``; 0 = the
-whole history the partition holds, so a longer ``lum run sequences --set max_len=...`` trains on more).
-New items / categories since the parent are added to the vocabulary (new rows start random; known rows
-are copied by id/value). Users with a single behaviour are kept: they train the c1 -> i1 prior only.
-
-Evaluation (``--set eval=true``): leave-last-out (stages.training.retrieval_eval): training excludes each user's
-last two behaviours; HR@10/NDCG@10 (comparable) and the target-conditioned numbers go into the version's
-metrics and the summary line. With the next-condition head (cond_loss_weight > 0) p(category | history)
-is the learned one; ``frequency_prior_hr@10`` reports the same model under the history-frequency prior.
-Under torchrun the same entry point runs DDP (stages.training.loop); rank 0 evaluates and publishes.
-``--set workers=N`` starts N such ranks on this host itself (CPU, stages.training.workers).
-The summary's ``loss_curve`` is the training loss as [step, mean loss] points (stages.training.loop.train).
+Warm start (default): from the newest version through D-1, ``continue_epochs`` over the users whose history
+changed on day D (last behaviour inside D), each one's newest max_len window. No parent: train from scratch
+(``train.epochs``), or raise with ``require_warm_start``; no user changed on D: publish the parent's weights as
+``lum-D`` (steps 0). ``--retrain``: from scratch over every user's history cut into max_len windows
+(``train_windows``; 0 = all the partition holds). Items and categories new since the parent get new random rows;
+known rows are copied by id/value. Users with one behaviour are kept (they train the c1 -> i1 prior).
+``eval=true``: training excludes each user's last two behaviours and the version's metrics get the leave-last-out
+numbers (``stages.training.retrieval_eval``). ``workers=N`` runs N local DDP ranks; under torchrun the same entry
+runs DDP; rank 0 evaluates and publishes. The summary's ``loss_curve`` holds [step, mean loss] points.
 """
 
 from __future__ import annotations
@@ -62,13 +53,11 @@ class Config:
     require_warm_start: bool = False  # error (not scratch) when no version through D-1 exists
     eval: bool = False               # hold out the last 2 behaviours per user and report HR@10/NDCG@10
     eval_max_users: int = 0          # > 0: evaluate a seeded sample of users (faster smoke runs)
-    train_windows: int = 0           # scratch runs: max_len windows per user, newest first (0: the whole history
-                                     # user_sequences holds; 1: the last max_len, as SASRec)
+    train_windows: int = 0           # scratch runs: max_len windows per user, newest first; 0 = all, 1 = as SASRec
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
     device: str = "auto"             # "auto" (cuda when available) | "cpu" | "cuda"
     threads: int = 0                 # > 0: torch.set_num_threads (the machine is shared)
-    workers: int = 1                 # CPU: > 1 trains with that many DDP processes on this host (gloo, `threads`
-                                     # each, 1 if 0; stages.training.workers): same model, less wall time
+    workers: int = 1                 # CPU: > 1 splits each step over N local DDP processes: same model, less wall time
 
     def check(self) -> None:
         if self.workers < 1:

@@ -1,12 +1,9 @@
 """Look up user knowledge: ``query_user_knowledge`` (Python, returns Arrow) and ``lum query``.
 
-One or many users, one, several or all conditions, one day or the newest, any table version (Delta
-time travel). Only the needed files are read: the Delta log's partition values select the files of
-partition ``ds`` (other days are never opened) whose ``user_id`` range covers a requested id, then
-row groups by their ``user_id`` min/max (``stages.warehouse.scan``), so with ``user_id``-sorted files
-(infer writes them sorted) one lookup reads a footer and one row group per user. Filters are Arrow
-expressions built from typed arguments (``user_id`` as int64, conditions as strings); no SQL or
-predicate text is ever assembled from user input. ``lum bench query`` times the lookups.
+One or many users, one, several or all conditions, one day or the newest, any table version (Delta time
+travel). Reads go through ``stages.warehouse.scan``: only the files and row groups whose ``user_id`` range can
+hold a requested user are opened. Filters are Arrow expressions built from typed arguments (``user_id`` as
+int64, conditions as strings); no SQL or predicate text is ever assembled from user input.
 """
 
 from __future__ import annotations

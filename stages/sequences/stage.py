@@ -1,16 +1,13 @@
 """``lum run sequences --ds D``: per user, the last ``max_len`` behaviours with ts < end of day D.
 
-A Spark job: events of partitions ds <= D (read through Warehouse.read_spark, so only those files are
-opened) filtered on ts < day_end(D), left-joined with items for the category, ranked per user newest
-first by (ts, event_idx) - the stable tie-break, since 53% of an ML-1M user's ratings share a timestamp -
-cut to ``max_len``, then collected oldest first. One Delta commit replaces partition D of
-``user_sequences`` (Warehouse.write_spark_partition); a rerun writes the same rows.
-
-Conditions: one string per behaviour from ``condition_features`` in that order, e.g. ``("category",)`` ->
-``"category=Comedy"``, ``("category", "scenario")`` -> ``"category=Comedy,scenario=rating"``. An item
-missing from the items table gets ``category=<unk>``. The feature list is stored in the table metadata
-(``lum.conditions``). Users with a single behaviour are kept (pretrain trains their c1 -> i1 prior).
-No events at all up to D is an error naming D (nothing is written). The window sort dominates the cost.
+A Spark job: events of partitions ds <= D (only those files are opened) with ts < day_end(D), left-joined with
+items for the category, ranked per user newest first by (ts, event_idx) (the stable tie-break for equal
+timestamps), cut to ``max_len`` and collected oldest first; that window sort dominates the cost. One Delta
+commit replaces partition D of ``user_sequences``, so a rerun writes the same rows.
+Each behaviour gets one condition string from ``condition_features`` in that order
+(``category=Comedy,scenario=rating``; an item missing from ``items`` gets ``category=<unk>``); the feature list
+is stored in the table metadata (``lum.conditions``). Users with a single behaviour are kept (pretrain trains
+their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """The LUM training loop: packed batches, InfoNCE, AdamW, warmup + cosine, clipping, checkpoints, DDP.
 
-Determinism and resume: the data order of epoch e is a pure function of (seed, e): the sequence order is
-shuffled with ``default_rng(seed + e)``, packed best-fit into rows, and the rows shuffled again, so
-"data position" is just the global step. A checkpoint (every ``checkpoint_every`` steps and at the end)
-holds model, optimizer, scheduler, step, the torch RNG state (dropout) and the negative sampler's
-generator; resuming from it replays exactly what an uninterrupted run would do (test_pretrain_resume).
-
-Distributed (stages.training.distributed): under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on
-CPU / nccl on CUDA and the model is wrapped in DDP. Each rank takes rows ``rank::world`` of every step; the
-in-batch candidate set is the union over ranks (targets are all-gathered), every rank samples the same extra
-negatives (same generator), and the local loss is scaled by world/P_global so DDP's gradient average equals
-the gradient of the single-process loss on the same global batch (test_pretrain_ddp).
-GPU: bf16 autocast for the forward; the attention path is chosen and logged by stages.model.lum.
-Next-condition head (model.cfg.cond_loss_weight > 0): loss = (InfoNCE sum + w * next-condition CE sum) /
-condition positions of the global batch; "loss" reports that total, "cond_loss" the last step's mean CE.
-Loss curve: ``train`` returns "loss_curve", [(step, mean loss of the steps since the previous point)] with
-at most CURVE_POINTS points, each at the end of a block of steps; a checkpoint carries it, so a resumed
-run reports the curve of the uninterrupted one.
+Epoch e's data order is a function of (seed, e) alone and a checkpoint holds model, optimizer, scheduler, step,
+the RNG states and the loss curve, so a resumed run replays exactly what an uninterrupted one does
+(test_pretrain_resume). Under a process group (torchrun, or ``stages.training.workers``) each rank takes rows
+``rank::world`` of every step, the candidates are the union of all ranks' targets, and the loss is scaled so
+that DDP's gradient average equals the single-process gradient on the same global batch (test_pretrain_ddp).
+Loss = (InfoNCE sum + cond_loss_weight * next-condition CE sum) / condition positions of the global batch.
+GPU: bf16 autocast for the forward. ``train``'s ``loss_curve`` has at most CURVE_POINTS (step, mean loss since
+the previous point) pairs.
 """
 
 from __future__ import annotations
@@ -102,10 +93,9 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
           resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None) -> dict:
     """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "loss_curve", "tokens", "seconds", ...}.
 
-    item_counts: (n_item_rows,) training events per item (popularity sampling / logQ). ckpt_path: where
-    checkpoints go (None = no checkpoints). resume: continue from ckpt_path when it exists.
-    stop_after_step: test hook - raise RuntimeError after that step (simulates a killed run).
-    init_state: optimizer state to warm-start from (daily continuation; ignored when resuming).
+    item_counts: (n_item_rows,) training events per item (popularity sampling, logQ). ckpt_path: None = no
+    checkpoints; resume: continue from it when it exists. init_state: optimizer state to warm-start from (ignored
+    when resuming). stop_after_step: test hook, raises RuntimeError after that step. No sequences: ValueError.
     """
     group, rank, world = dist_info()
     device = next(model.parameters()).device

@@ -1,17 +1,11 @@
 """Best-fit sequence packing into rows of a fixed token budget, and the batches the trainer feeds the model.
 
-Sequences (one per user, L behaviours = 2L tokens) are packed best-fit-decreasing into rows of
-``row_tokens`` tokens: longest first, each into the open row with the *least* room that still fits it
-(a new row when none fits). A row holds several whole sequences back to back; attention is block-diagonal
-causal inside a row and positions restart at every sequence, so a packed sequence sees exactly what it
-would see alone (test_packing proves loss and gradients match). Nothing is split or cropped: a sequence
-longer than a row is an error (the trainer keeps ``2 * max_len <= row_tokens``).
-
-Only a row's tail can be partly empty, so the empty share of row slots is small next to the padding of
-batches padded to their longest sequence (``lum bench pack`` reports both on real lengths).
-
-Batches travel as flat behaviour tensors plus ``cu_seqlens`` (behaviour offsets, int32 (B+1,)) and
-``row_of_seq`` (B,) - the jagged "values + offsets" layout; token offsets are ``2 * cu_seqlens``.
+Sequences (L behaviours = 2L tokens) are packed best-fit-decreasing into rows of ``row_tokens``: longest first,
+each into the open row with the least room that still fits it. Attention is block-diagonal causal inside a row
+and positions restart at every sequence, so a packed sequence sees exactly what it would see alone
+(test_packing checks loss and gradients). Nothing is split or cropped: a sequence longer than a row is an
+error (the trainer keeps ``2 * max_len <= row_tokens``). Batches are jagged: flat behaviour tensors plus
+``cu_seqlens`` (behaviour offsets, int32 (B+1,)) and ``row_of_seq`` (B,); token offsets are ``2 * cu_seqlens``.
 """
 
 from __future__ import annotations

@@ -1,30 +1,15 @@
 """Leave-last-out next-item retrieval: HR@10 and NDCG@10 with full ranking over all items.
 
-Protocol (SASRec / HSTU ML-1M tables): per user with >= 3 behaviours, the last item is the test target and
-the second-to-last the validation target; training sees neither. Test history = everything before the
-last item (validation history = everything before the second-to-last), cut to the model's history_len
-(max_len - 1: see stages.model.lum.ModelConfig.history_len).
-Every item that occurs in the data set is ranked (``candidate_rows``; never the OOV row); ties count against
-the target (rank = number of items scoring >= it, minus itself). Seen items are filtered as in the HSTU
-evaluation that produced the published ML-1M tables (generative-recommenders ``eval_metrics_v2_from_tensors``,
-``filter_invalid_ids=True``: "the entire corpus excluding all the items that users have seen in the past ...
-consistent with papers like SASRec"): the items of the history window the model reads (its last history_len
-behaviours) cannot be recommended; a target that is itself in that window counts as a miss.
-``unfiltered_hr@10`` / ``unfiltered_ndcg@10`` rank the same comparable scores without that filter.
-
-Two numbers, because the condition token reveals the next item's category:
-- ``hr@10`` / ``ndcg@10`` (the comparable ones): one grouped query per category (``encode_grouped``
-  with every category condition), s(i) = scale * <o(category of i), e_i> for every item i, made comparable
-  across categories: score(i) = log p(c(i) | history) + log_softmax_j s_c(i)(j) - the model's item
-  distribution under each condition, times p(c | history). p(c | history) is the model's learned
-  next-condition head (output at the history's last item token, renormalised over the category
-  conditions) when the model has one (``prior="auto"`` or ``"learned"``), else (``"frequency"``, or a model
-  trained with cond_loss_weight = 0) an add-1 smoothed category frequency of the user's history.
-  Nothing about the target is used. ``raw_own_cond_*`` ranks the raw <o(c(i)), e_i> (uncalibrated across
-  categories, so far below either of the others: a diagnostic, not a metric to compare).
-- ``target_cond_hr@10`` / ``..._ndcg@10``: one query under the target item's own condition, all items
-  scored with that o. It knows the category of the answer, so it is reported separately.
-Cost: U users x C conditions queries and one (U, n_items) score matrix per chunk.
+The README's protocol (the SASRec / HSTU ML-1M tables): per user with >= 3 behaviours the last item is the test
+target and the one before it the validation target; histories are cut to the model's ``history_len``; items of
+the history window cannot be recommended (``filter_seen``; a target inside it is a miss). Every item of the data
+set is ranked, never the OOV row; ties count against the target.
+- ``hr@10`` / ``ndcg@10``: score(i) = log p(c(i) | history) + log_softmax over items of s_c(i), one grouped
+  query per category; p(c | history) is the next-condition head, or an add-1 smoothed category frequency of
+  the history (``prior``). Nothing about the target is used. ``unfiltered_*``: the same without the filter;
+  ``raw_own_cond_*``: raw <o(c(i)), e_i>, uncalibrated across categories, a diagnostic only.
+- ``target_cond_*``: one query under the target's own condition; it knows the answer's category, so it is
+  reported apart. Cost: users x categories queries and one (users, items) score matrix per chunk.
 """
 
 from __future__ import annotations
@@ -57,15 +42,10 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
              prior_alpha: float = 1.0, prior: str = "auto", filter_seen: bool = True) -> dict:
     """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
 
-    candidate_rows: item rows that take part in the ranking (default: every vocabulary item). Pretrain
-    passes the items that occur in the data set (as SASRec ranks the rated movies of ML-1M).
-
-    prior_alpha: add-alpha smoothing of the history's category counts (the frequency p(c | history)).
-    prior: "auto" (learned head when the model has one, else frequency) | "learned" | "frequency".
-    filter_seen: drop the history window's items from every ranking (the published protocol; see above).
-    Returns {"users", "hr@10", "ndcg@10", "target_cond_*", "raw_own_cond_*", "prior", "frequency_prior_*",
-    "unfiltered_*"} (k in the names); ``frequency_prior_*`` ranks with the frequency p(c | history) in the
-    same pass; ``unfiltered_*`` ranks hr/ndcg's scores with the seen items left in.
+    candidate_rows: the items ranked (default: every vocabulary item; pretrain passes those of the data set).
+    prior: "auto" (the learned head if any, else frequency, add-``prior_alpha`` smoothed) | "learned" |
+    "frequency"; filter_seen: drop the history window's items from each ranking. Returns "users", "hr@k",
+    "ndcg@k", "prior", "target_cond_*", "raw_own_cond_*", "unfiltered_*", "frequency_prior_*" (k in the names).
     """
     if prior not in ("auto", "learned", "frequency"):
         raise ValueError(f"prior must be auto|learned|frequency, got {prior!r}")

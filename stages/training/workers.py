@@ -1,16 +1,11 @@
 """Local DDP: run one entry function as N processes on this host (CPU, gloo), like ``torchrun --standalone``.
 
-Small models do not speed up with more intra-op threads (their matmuls are too small to split); N processes
-split every step's packed rows instead. The result equals one process on the same global batch
-(stages.training.loop DDP, test_pretrain_ddp), so the number of workers changes the wall time, not the model
-(with dropout > 0 each rank draws its own masks: an equally valid run, not the same bits).
-
-The ranks are fresh interpreters (``torch.multiprocessing`` spawn) that meet through a rendezvous file in a
-private temporary directory (gloo binds its own sockets), so no port is chosen ahead and none can be taken in
-between. Each rank joins the process group, sets RANK / WORLD_SIZE like torchrun (the entry sees itself as a
-launched rank: stages.training.distributed.launched_world_size), calls the entry, and rank 0's return value comes
-back to the caller. A rank that fails stops the others (a surviving rank would wait in a collective forever)
-and the caller gets one error naming the rank and its error. GPUs: launch with torchrun (nccl) instead.
+Small models gain little from more intra-op threads (their matmuls are too small to split), so N processes
+split every step's packed rows instead: the model equals one process's on the same global batch (with dropout
+> 0 each rank draws its own masks). Ranks are spawned interpreters that meet through a rendezvous file in a
+private temporary directory, so no port is chosen ahead; each sets RANK / WORLD_SIZE like torchrun and calls
+the entry, and rank 0's result comes back. A failing rank stops the others (a survivor would wait in a
+collective forever). GPUs: launch with torchrun (nccl) instead.
 """
 
 from __future__ import annotations

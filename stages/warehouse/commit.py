@@ -1,18 +1,11 @@
 """One delta-rs commit of parquet files that already lie inside a table directory.
 
-Used by the staged writer (``stages.warehouse.staging``) and the Spark bridge
-(``stages.warehouse.spark_bridge``): files are written first (invisible to readers: no commit names them),
-then ``commit_partition_files`` builds one ``AddAction`` per file from its parquet footer and makes
-ONE overwrite commit of partition ``ds`` (``DeltaTable.create_write_transaction``, or
-``create_table_with_add_actions`` for a new table). delta-rs does not check that added files belong
-to the partition being replaced, so every file is checked here: its path must lie under the table
-directory and its partition value must be ``ds``.
-
-Idempotence: the commit carries a Delta app transaction ``(app_id, 1)``; when the table already
-records ``app_id`` the commit is skipped and the current version returned, so a retried task that
-already committed does not apply twice (and does not bump the version). The check happens before the
-commit, so two writers racing with the same ``app_id`` at the same moment could both apply: one
-Airflow task instance per (table, ds) is the assumption.
+Used by the staged writer and the Spark bridge: ``commit_partition_files`` / ``commit_overwrite`` build one
+``AddAction`` per file (statistics from its parquet footer) and make ONE overwrite commit of the given
+partitions, creating the table if needed. Every file is checked first (inside the table directory, in the
+partition being replaced) because delta-rs does not check it. The commit records the app transaction
+``(app_id, 1)`` and is skipped when ``app_id`` is already recorded, so a retried task does not apply twice;
+the check precedes the commit, so one task instance per (table, ds) is assumed.
 """
 
 from __future__ import annotations

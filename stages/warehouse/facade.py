@@ -1,29 +1,12 @@
 """The warehouse: Delta tables by name under one URI, written only through validated, atomic commits.
 
-Every table lives at ``<warehouse>/<name>`` and is a Delta table written by delta-rs (``deltalake``):
-- ``write_partition`` validates against ``schemas.<name>`` and replaces exactly partition ``ds`` in one
-  commit (``write_deltalake(mode="overwrite", predicate="ds = '<ds>'")``; rows outside it are refused),
-  so writing the same rows twice leaves the same rows.
-- ``stage_partition`` / ``commit_staged`` (``stages.warehouse.staging``): big, streamed or sharded
-  outputs are written as parquet files first and made visible by ONE overwrite commit; a retried
-  commit of the same ``run_id`` is a no-op (Delta app transaction).
-- ``read_spark`` / ``write_spark_partition`` (``stages.warehouse.spark_bridge``): Spark reads and writes the
-  data files, delta-rs makes the commit (no delta-spark connector jars are needed).
-- ``read`` opens only the files of the requested partitions (file pruning on the Delta log's
-  partition values), and of those only the files whose log min/max/nullCount statistics may match
-  ``filters`` (delta-rs >= 1.x puts them in each fragment's expression; every commit path records
-  them, ``stages.warehouse.stats``), then pushes ``filters`` down to the parquet scan, restores ``ds``
-  and casts back to the schema types (Delta stores ``fixed_size_list`` embeddings as ``array<float>``).
-
-Table metadata: ``write_partition(..., metadata={...})`` stores each key in the Delta table's
-configuration (``table_metadata(name)`` reads it back; e.g. ``dlrm_training``'s condition order under
-``schemas.dlrm_training.CONDITIONS_KEY``) and also in the data commit's ``custom_metadata`` (visible
-in ``history``), so the value that went with each partition write is on record atomically.
-delta-rs refuses unknown keys at table creation, so the configuration is set by a second commit
-(``alter.set_table_properties``) only when the value changes.
-
-Limits: remote URIs work for delta-rs reads/writes; the staged and Spark paths write files with
-``pyarrow.fs`` and are tested on local paths only.
+Every table lives at ``<warehouse>/<name>``. ``write_partition`` / ``write_table`` / ``write_full`` validate
+against ``schemas.<name>`` and replace exactly what they name in one commit, so writing the same rows twice
+leaves the same rows. Big, streamed or sharded outputs go through ``stage_partition`` / ``commit_staged``
+(``stages.warehouse.staging``), Spark data through ``read_spark`` / ``write_spark_partition``
+(``stages.warehouse.spark_bridge``). ``read`` prunes partitions and files on the Delta log before opening any
+and returns the schema's types. A write's ``metadata`` goes to the table configuration (``table_metadata``)
+and to that commit's ``custom_metadata``. The commit protocol and its limits: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -110,13 +93,11 @@ class Warehouse:
     def read(self, name: str, *, ds: str | None = None, start: str | None = None, end: str | None = None,
              columns: Sequence[str] | None = None, filters: Sequence[Filter] | None = None,
              version: int | None = None) -> pa.Table:
-        """Rows of the snapshot (latest or ``version``) as Arrow, with ``ds`` restored.
+        """Rows of the snapshot (latest or ``version``) as Arrow, with ``ds`` restored, in the schema's types.
 
-        ``ds`` (one day) or ``start``/``end`` (inclusive) select partitions from the Delta log; only
-        their files are opened. ``filters``: ``(column, op, value)`` with op in ``== != < <= > >= in``,
-        ANDed. delta-rs gives each file's fragment an expression built from its partition value AND
-        its log min/max/nullCount, so files whose statistics rule a filter out are never opened;
-        the other files get parquet row-group pushdown. Known tables come back in their schema's types.
+        ``ds`` (one day) or ``start``/``end`` (inclusive) select partitions; only their files are opened, and of
+        those only files whose log statistics may match ``filters`` (``(column, op, value)``, op in
+        ``== != < <= > >= in``, ANDed; pushed down to the row groups too). Unknown columns: ``ValueError``.
         """
         table = self.delta_table(name, version)
         pruning = partition_filters(ds, start, end)
@@ -165,12 +146,11 @@ class Warehouse:
         return version
 
     def write_full(self, name: str, table: pa.Table, *, days: Sequence[str] | None = None) -> int:
-        """Validate a many-day ``table`` of a ds-partitioned table and write it in ONE commit.
+        """Validate a many-day ``table`` of a ds-partitioned table and write it in ONE commit; returns the version.
 
-        ``days=None``: replace the whole table (old partitions not in ``table`` disappear). A list of
-        days: replace exactly those partitions (``predicate ds IN (...)``; rows outside are refused).
-        One commit instead of one ``write_partition`` per day (full ingests span years of days).
-        Returns the version.
+        ``days=None``: replace the whole table (old partitions not in ``table`` disappear). A list of days:
+        replace exactly those partitions (rows outside are refused). One commit, not one per day: full ingests
+        span years of days.
         """
         spec = schemas.get(name).SPEC
         if "ds" not in spec.partition_by:
@@ -228,10 +208,9 @@ class Warehouse:
     def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int = 1) -> list[str]:
         """Delete files no snapshot newer than ``retention_hours`` needs, and stray files of failed runs.
 
-        Runs delta-rs ``vacuum(full=True)``: also removes files that no commit ever referenced (parquet
-        left by a crashed Spark or staged write). The 1 h default protects files of a run still in
-        flight (staged but not yet committed); pass 0 only when no writer of this table is running.
-        Time travel to versions whose files were removed stops working. Returns the deleted paths.
+        delta-rs ``vacuum(full=True)`` also removes files no commit ever named (a crashed Spark or staged write).
+        The retention protects staged files of a run still in flight: pass 0 only when no writer of this table
+        runs. Time travel to versions whose files were removed stops working. Returns the deleted paths.
         """
         if not isinstance(retention_hours, int) or retention_hours < 0:
             raise ValueError(f"retention_hours must be an int >= 0, got {retention_hours!r}")

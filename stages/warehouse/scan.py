@@ -1,17 +1,10 @@
 """Point reads of a few ``user_id`` values from one partition of a Delta snapshot, touching little data.
 
-Three levels of pruning, cheapest first:
-1. Delta log: the snapshot's add actions carry each file's partition value and ``user_id`` min/max, so
-   only files of partition ``ds`` whose range covers a requested id are opened (infer writes
-   ``user_id``-sorted files, so one user's rows lie in one file).
-2. Parquet footer: row groups whose ``user_id`` min/max cover a requested id (sorted files make the
-   ranges disjoint, so one group per user).
-3. Within those groups: the ``user_id`` column is read first; the other columns only when it matches.
-Local tables take this path; other URIs (s3://, ...) fall back to delta-rs' pyarrow dataset with the
-same filter (partition pruning plus parquet statistics), which is correct but opens more footers.
-
-Returns the matching rows with ``ds`` restored, in the file's column types (callers cast them with
-``stages.warehouse.reads.restore_types``); ``lum bench query`` times it.
+Local tables: the log's per-file ``user_id`` min/max picks the files of partition ``ds``, the parquet footers
+pick the row groups, and the ``user_id`` column is read before the other columns (infer writes sorted files,
+so a user is about one row group). Other URIs use delta-rs' pyarrow dataset with the same filter: correct,
+but it opens more footers. Returns the matching rows with ``ds`` restored, in the files' column types
+(callers cast them with ``stages.warehouse.reads.restore_types``).
 """
 
 from __future__ import annotations

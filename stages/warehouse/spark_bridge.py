@@ -1,23 +1,14 @@
 """The Spark bridge: Spark reads and writes the data files, delta-rs makes every Delta commit.
 
-No delta-spark connector (its Maven jars) is needed:
-- ``read_spark``: the snapshot's add actions (delta-rs) give each file and its ``ds``; Spark reads
-  those parquet files and ``ds`` is joined back on ``_metadata.file_path``. Paths are escaped
-  differently in the Delta log, on disk and in Spark (``sp ace`` vs ``sp%20ace``), so each file's key
-  is computed by Hadoop's own ``Path`` qualification in the JVM, exactly as Spark spells it.
-- ``write_spark_partition``: Spark writes ``df.write.partitionBy("ds").parquet`` into a fresh folder
-  ``<table>/spark-<uuid>/`` (invisible: no commit names it); the driver checks that every file lies
-  in ``ds=<ds>`` (rows of another day are refused), builds AddActions from the parquet footers and
-  makes ONE overwrite commit of partition ``ds``. A failure before the commit deletes the folder and
-  leaves the table's version and rows unchanged; a crash that skips the cleanup leaves stray files
-  that ``Warehouse.vacuum`` removes. With ``app_id`` a retried write that already committed is a no-op.
-- ``write_spark_partitions``: the same for a many-day DataFrame (``stages.join.range``): one Spark
-  write partitioned by ds, every file checked to lie in one of the given days, ONE commit replacing
-  exactly those days (``partition_filters ds in days``).
-
-Limits: the DataFrame is cast to the schema's column types; key uniqueness and null keys are not
-re-checked in Spark (one more pass over the data): callers build keys by construction. Tested on
-local paths; object stores need the matching Hadoop filesystem jars in Spark.
+- ``read_spark``: the snapshot's files, listed by delta-rs, read by Spark; ``ds`` is joined back on
+  ``_metadata.file_path``, each file's key qualified by Hadoop's ``Path`` in the JVM (the Delta log, the disk
+  and Spark escape paths differently).
+- ``write_spark_partition`` / ``write_spark_partitions``: Spark writes ``partitionBy("ds")`` parquet into a
+  fresh, invisible ``<table>/spark-<uuid>/``; the driver refuses any file outside the given days and makes
+  ONE overwrite commit of exactly those days (``stages.warehouse.commit``). A failure before the commit
+  deletes the folder; with ``app_id`` a retried write that already committed is a no-op.
+The DataFrame is cast to the schema's types; key uniqueness and null keys are not re-checked in Spark (one
+more pass over the data): callers build keys by construction.
 """
 
 from __future__ import annotations
@@ -164,13 +155,10 @@ def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str]
                            metadata: dict[str, str] | None = None) -> int:
     """Write a many-day ``df`` (Spark, with a ``ds`` column) as partitions ``days`` in ONE commit.
 
-    Spark writes every day's files once (``partitionBy("ds")``) into the invisible ``spark-<uuid>/``
-    folder; the driver refuses any file whose ds is not in ``days``, then ONE delta-rs overwrite commit
-    (``partition_filters ds in days``) replaces exactly those partitions: all days of the call become
-    visible together or none does (a day in ``days`` without rows ends up empty). Chosen over one commit
-    per day: a failure never leaves half of the days new, and one commit instead of N (the log grows by
-    one entry). ``app_id`` as in write_spark_partition
-    (recorded as ``lum/<name>/<first>..<last>/<app_id>``). Returns the table version.
+    All days of the call become visible together or none does (a day in ``days`` without rows ends up
+    empty); one commit rather than one per day, so a failure never leaves half of the days new. A file
+    whose ds is not in ``days`` is refused. ``app_id`` as in write_spark_partition (recorded as
+    ``lum/<name>/<first>..<last>/<app_id>``). Returns the table version.
     """
     spec = _partitioned_spec(name)
     days = sorted({check_ds(d) for d in days})
@@ -193,10 +181,9 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
                 app_id: str | None, metadata: dict[str, str] | None) -> int:
     """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
 
-    The commit records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id``
-    a write already recorded is skipped before Spark runs. Any failure before or in the commit deletes
-    the folder (the table is unchanged); a commit skipped because a concurrent retry recorded the
-    transaction first deletes it too (our files are not referenced).
+    Records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id`` a write already
+    recorded is skipped before Spark runs. A failure before or in the commit, or a commit skipped because a
+    concurrent retry recorded the transaction first, deletes the folder (the table is unchanged).
     """
     table_uri = wh.table_uri(name)
     txn = f"lum/{name}/{label}/{app_id or 'spark-' + uuid.uuid4().hex}"

@@ -3,14 +3,11 @@
     stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard="0/2")
     for chunk in chunks: stager.write(chunk)   # validated; parquet under <table>/ds=<ds>/, invisible
     stager.finish()                             # manifest _staging/<table>/<ds>/<run_id>/shard-0-of-2.json
-    ...                                         # other shards, possibly other processes or machines
-    wh.commit_staged("user_knowledge", ds=ds, run_id=run_id)   # one commit of every shard's files
+    wh.commit_staged("user_knowledge", ds=ds, run_id=run_id)   # once every shard, on any machine, finished
 
-Readers never see staged files until the commit. ``commit_staged`` refuses when a shard's manifest is
-missing, when shards disagree on the shard count, or when a file lies outside partition ``ds``;
-committing the same ``run_id`` twice applies once (app transaction ``lum/<table>/<ds>/<run_id>``).
-Keys are unique per chunk (``validate``); uniqueness across chunks and shards is the writer's job
-(shard by key). Files of a run that never commits are removed by ``Warehouse.vacuum``.
+``commit_staged`` refuses a missing shard manifest, shards that disagree on the shard count, or a file outside
+partition ``ds``; one ``run_id`` applies once (app transaction ``lum/<table>/<ds>/<run_id>``). Keys are checked
+unique per chunk only: across chunks and shards uniqueness is the writer's job (shard by key).
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
-"""Delta file statistics: written from parquet footers, used to skip files on reads.
+"""Delta per-file statistics from parquet footers, for commits of files delta-rs did not write.
 
-Writing (``footer_stats``): the staged and Spark paths (``stages.warehouse.commit``) commit files that
-delta-rs did not write, so their ``add`` actions' ``stats`` are built here from the footer's row-group
-statistics (``pyarrow.parquet.read_metadata``; the data pages are never read), as the Delta protocol
-specifies them (PROTOCOL.md, "Per-file Statistics"):
-``{"numRecords": n, "minValues": {...}, "maxValues": {...}, "nullCount": {...}}``.
-- Only top-level primitive columns among the first ``STATS_MAX_COLUMNS`` leaf columns (Delta's
-  ``dataSkippingNumIndexedCols`` default); lists, structs and fixed-size lists are left out.
-- Types: integers, float/double (finite values only), boolean, string, date (``YYYY-MM-DD``) and
-  UTC-adjusted timestamps in milli/microseconds (``2024-01-01T00:00:00.123456Z``). Decimals, binary,
-  INT96 and local (non-UTC) timestamps are left out.
-- min/max of a column are left out when a row group with non-null values lacks them, or when a string
-  bound is longer than ``STRING_STATS_MAX_CHARS`` (we never truncate, so every bound is exact).
-  ``nullCount`` is kept whenever every row group reports it (an all-null column gets nullCount only).
-- The partition column ``ds`` is never in the files (its value lives in the add action).
-
-Reading: delta-rs (1.x) turns each add action's partition value and statistics into its pyarrow
-fragment's expression (``DeltaTable.to_pyarrow_dataset``), so ``Warehouse.read(filters=...)`` never
-opens a file whose min/max/nullCount exclude the filter; ``stages.warehouse.scan`` prunes on
-``min.user_id``/``max.user_id`` of ``get_add_actions(flatten=True)`` itself. Floats: parquet min/max
-ignore NaN, as delta-rs' own stats do.
+``footer_stats`` gives an add action's ``stats`` (``numRecords``, ``minValues``, ``maxValues``, ``nullCount``,
+as the Delta protocol defines them) from the footer's row-group statistics alone, so staged and Spark commits
+let readers skip files like delta-rs' own writes do. Every bound is exact or absent: top-level primitive
+columns among the first ``STATS_MAX_COLUMNS`` leaves; integers, finite floats, booleans, strings up to
+``STRING_STATS_MAX_CHARS``, dates and UTC timestamps; min/max is left out when a row group with values lacks
+it, ``nullCount`` kept when every group reports it. ``ds`` is never in the files. Parquet min/max ignore NaN,
+as delta-rs' own statistics do.
 """
 
 from __future__ import annotations
