@@ -46,6 +46,7 @@ def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    # deferred: the Triton kernel modules import triton (loaded above, after the interpreter check)
     from kernels import triton_backward as tb
     from kernels import triton_forward as tf
 

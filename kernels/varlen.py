@@ -21,6 +21,7 @@ VARLEN_DTYPES = (torch.float16, torch.bfloat16)
 def varlen_fn() -> Callable | None:
     """torch's varlen_attn when this torch build has it, else None."""
     try:
+        # deferred: an optional module (CUDA builds of torch); its absence selects another path
         from torch.nn.attention.varlen import varlen_attn  # type: ignore[attr-defined]
     except ImportError:
         return None
