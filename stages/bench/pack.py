@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from stages.core.config import from_mapping, to_dict
+from stages.core.config import to_dict
 from stages.ingest.movielens import locate_movielens
 from stages.model.losses import info_nce_loss
 from stages.model.lum import ModelConfig, build_model
@@ -49,11 +48,6 @@ class Config:
 
 
 QUICK = {"users": 240, "repeats": 1}  # `--quick`: a smoke-sized sample
-
-
-def run_bench(opts: dict[str, Any], *, quick: bool, warehouse: Warehouse | str) -> dict:
-    """The bench from raw options (``--quick`` applies QUICK first): ``run(from_mapping(Config, ...))``."""
-    return run(from_mapping(Config, {**(QUICK if quick else {}), **opts}), warehouse=warehouse)
 
 
 def run(cfg: Config, *, warehouse: Warehouse | str) -> dict:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.bench.pack import QUICK, Config, run, run_bench
+from stages.bench.pack import QUICK, Config, run
 from stages.core.config import from_mapping
+from stages.pipeline.registry import run_with
 
 
 def test_bench_pack_tiny(tmp_path):
@@ -32,5 +33,5 @@ def test_bench_pack_rejects_bad_options(tmp_path):
         run(from_mapping(Config, {**QUICK, "threads": 0}), warehouse=str(tmp_path))
     with pytest.raises(ValueError, match="unknown Config option"):
         from_mapping(Config, {"rows": 3})
-    with pytest.raises(ValueError, match="unknown Config option"):  # the CLI's entry point (options + --quick)
-        run_bench({"rows": 3}, quick=True, warehouse=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown bench.pack option"):  # the CLI's path (options + --quick)
+        run_with("bench.pack", {"rows": 3}, quick=True, warehouse=str(tmp_path))

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from stages.pipeline.registry import run_with
 from stages.pipeline.report import write_report
+from stages.warehouse.facade import Warehouse
 
 
 def test_report_writes_html_and_plots(tmp_path):
@@ -25,12 +27,9 @@ def test_report_writes_html_and_plots(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo(airflow_db_for_demo, ml100k_warehouse, copy_warehouse, tmp_path, capsys):
-    from stages.pipeline.demo import run_demo
-    from stages.warehouse.facade import Warehouse
-
     wh = copy_warehouse(ml100k_warehouse)
     out = tmp_path / "demo"
-    summary = run_demo(warehouse=wh, out_dir=str(out), days=3, quick=True)
+    summary = run_with("demo", {"out_dir": str(out), "days": 3, "quick": True}, warehouse=wh)
     printed = capsys.readouterr().out
     assert "lum query" in printed and "HR@10" in printed and "lift" in printed
     window = [summary["start"], None, summary["end"]]
