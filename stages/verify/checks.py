@@ -184,8 +184,8 @@ def _validate(dataset: Any, spec: Any, day: str | None) -> str | None:
             table = table.drop_columns(["ds"])
         try:
             spec.validate(table, ds=day)
-        except ValueError as exc:
-            return _line(exc)
+        except ValueError as exc:  # validate's own one-line message names the table, column and rows
+            return str(exc).splitlines()[0]
     return None
 
 

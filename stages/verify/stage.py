@@ -50,11 +50,12 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
         findings.insert(0, finding("*", cfg.ds, "tables", WARN, f"no tables in warehouse {wh.uri}"))
     counts = Counter(f["status"] for f in findings)
     failing = [f for f in findings if f["status"] == ERROR or (cfg.strict and f["status"] == WARN)]
-    first = failing[0] if failing else None
+    first = None
+    if failing:
+        f = failing[0]
+        first = " ".join(x for x in (f["table"], f["ds"], f["check"] + ":", f["detail"]) if x)
     return {"ok": not failing, "counts": {s: counts.get(s, 0) for s in STATUSES}, "tables": len(present),
-            "ds": cfg.ds, "first_problem": None if first is None else
-            f"{first['table']} {first['ds']} {first['check']}: {first['detail']}".replace("  ", " "),
-            "findings": findings}
+            "ds": cfg.ds, "first_problem": first, "findings": findings}
 
 
 def check_days(wh: Warehouse, *, ds: str | None = None) -> list[dict]:

@@ -110,10 +110,11 @@ class Warehouse:
                 raise ValueError(f"table {name}: unknown column(s) {', '.join(unknown)}")
         try:
             out = dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr)
-        except OSError:  # a file the log names may be gone: say which, else re-raise as it is
+        except (OSError, pa.ArrowInvalid) as exc:  # a file the log names may be gone or damaged: say so
             files = spark_bridge.snapshot_files(self, name, ds=ds, start=start, end=end, version=version)
             check_present(self.table_uri(name), name, [rel for rel, _ in files])
-            raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"table {name}: read failed ({first}); `lum verify` checks its files") from None
         return restore_types(name, out)
 
     # ---- writing --------------------------------------------------------------------------------

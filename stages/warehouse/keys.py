@@ -119,8 +119,13 @@ def check_staged_keys(fs: pafs.FileSystem, table_path: str, name: str, key: Sequ
     def read_keys(p: int, passes: int) -> list[pa.Table]:
         out = []
         for f in candidates:
-            with fs.open_input_file(f"{table_path}/{f['path']}") as handle:
-                keys = pq.read_table(handle, columns=list(key), read_dictionary=_string_columns(handle, key))
+            try:
+                with fs.open_input_file(f"{table_path}/{f['path']}") as handle:
+                    keys = pq.read_table(handle, columns=list(key), read_dictionary=_string_columns(handle, key))
+            except (OSError, pa.ArrowInvalid) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValueError(f"table {name} {where}: staged file {f['path']} is unreadable ({first}); "
+                                 f"refusing to commit") from None
             out.append(in_pass(keys, key[0], p, passes))
         return out
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
-from stages.warehouse.commit import DataFile, already_committed, commit_partition_files, filesystem_for
+from stages.warehouse.commit import DataFile, already_committed, check_files, commit_partition_files, filesystem_for
 from stages.warehouse.keys import check_staged_keys, key_range
 from stages.warehouse.store import TableStore
 
@@ -153,10 +153,11 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
     if already_committed(wh.table_uri(name), app_id, wh.storage_options or None):
         log.info("%s ds=%s: run %s already committed; nothing to do", name, ds, run_id)
         return wh.version(name)
-    staged = [f for m in manifests for f in m["files"]]
-    fs, table_path = filesystem_for(wh.table_uri(name))
-    check_staged_keys(fs, table_path, name, spec.key, staged, where=f"ds={ds} run {run_id}")
     files = [DataFile(relpath=f["path"], ds=m["ds"]) for m in manifests for f in m["files"]]
+    check_files(files, ds, name)  # before any file is opened
+    fs, table_path = filesystem_for(wh.table_uri(name))
+    check_staged_keys(fs, table_path, name, spec.key, [f for m in manifests for f in m["files"]],
+                      where=f"ds={ds} run {run_id}")
     version, applied = commit_partition_files(
         wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
         app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -18,6 +19,7 @@ from stages.pipeline import registry
 from stages.pretrain import stage as pretrain
 from stages.training import loop as train_loop
 from stages.verify.checks import _schema_problems
+from stages.warehouse.facade import Warehouse
 from tests.stages.pretrain_fixtures import TINY, make_warehouse
 
 D1, D2 = "2000-01-01", "2000-01-02"
@@ -59,6 +61,9 @@ def test_healthy_warehouse_passes_and_names_the_unfinished_day(tiny_wh, capsys):
     assert warned == {("models/lum", D2), ("user_knowledge", D2), ("item_knowledge", D2)}  # day 2: sequences only
     assert not verify(tiny_wh, strict=True)["ok"]
     assert verify(tiny_wh, ds=D1)["counts"]["warn"] == 0
+    deep = verify(tiny_wh, deep=True)
+    assert deep["ok"] and {f["table"] for f in rows(deep, "ok") if f["check"] == "validate"} == {
+        "items", "user_sequences", "user_knowledge", "item_knowledge"}
 
     code, out, err = cli(capsys, "--warehouse", tiny_wh)
     assert code == 0 and err == ""
@@ -162,6 +167,16 @@ def test_bad_rows_and_damaged_files_named(tiny_wh, copy_warehouse):
     assert got[("user_sequences", D2, "files")].endswith("1 rows in the file, 24 in the Delta log")
     assert "parquet footer unreadable" in got[("items", "", "files")]
     assert not report["ok"] and report["counts"]["error"] == 4
+    seq_uri = f"{wh}/user_sequences"
+    row = DeltaTable(seq_uri).to_pyarrow_dataset().to_table(filter=pc.field("ds") == D1).slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("user_id"), "user_id", pa.array([999], pa.int64()))
+    row = row.set_column(row.schema.get_field_index("history_len"), "history_len", pa.array([99], pa.int32()))
+    write_deltalake(seq_uri, row, mode="append", partition_by=["ds"])  # history_len disagrees with item_ids
+    assert ("user_sequences", D1, "validate") not in {(f["table"], f["ds"], f["check"]) for f in verify(wh)["findings"]}
+    deep = {(f["table"], f["ds"], f["check"]): f["detail"] for f in rows(verify(wh, deep=True), "error")}
+    assert deep[("user_sequences", D1, "validate")].startswith("user_sequences: column history_len length differs")
+    with pytest.raises(ValueError, match=r"^table items: read failed \(.*\); `lum verify` checks its files$"):
+        Warehouse(wh).read("items")  # pretrain, sequences and join read items this way
 
 
 def test_schema_comparison_names_the_column():

@@ -180,3 +180,13 @@ def test_disjoint_chunks_are_not_read_at_commit(warehouse, monkeypatch):
     monkeypatch.setattr(keys.pq, "read_table", lambda *a, **k: pytest.fail("disjoint files need no key read"))
     wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
     assert wh.read("user_knowledge").num_rows == 6
+
+
+def test_missing_staged_file_refused_at_commit(warehouse):
+    wh = Warehouse(warehouse)
+    stage(wh, "r", {0: [[1, 3]], 1: [[2, 4]]}, n=2)  # overlapping ranges: the key check opens both files
+    manifest = json.loads(Path(staging_dir(wh, "user_knowledge", DAY, "r"), "shard-1-of-2.json").read_text())
+    Path(wh.table_uri("user_knowledge"), manifest["files"][0]["path"]).unlink()
+    with pytest.raises(ValueError, match=rf"staged file {manifest['files'][0]['path']} is unreadable"):
+        wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
+    assert not wh.exists("user_knowledge")
