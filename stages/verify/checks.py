@@ -71,7 +71,7 @@ def check_table(wh: Warehouse, name: str, *, ds: str | None = None, deep: bool =
                 detail = f"unreadable: {_line(exc)}"
             if detail:
                 problems.append(finding(name, day, check, ERROR, detail))
-        out += capped(problems, name, check) or [finding(name, ds, check, OK, _scope(days))]
+        out += capped(problems, name, check) or [finding(name, ds if partitioned else None, check, OK, _scope(days))]
     return out
 
 
