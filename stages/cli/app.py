@@ -39,6 +39,7 @@ EPILOG = """examples:
   lum run join --start 2000-12-01 --end 2000-12-31     # many days, one Spark job per knowledge partition
   lum backfill --start 2000-12-01 --end 2000-12-07
   lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
+  lum verify --ds 2000-12-01
   lum bench kernels --out reports/bench_kernels.json
 """
 
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHES)
     p.add_argument("--out", help="JSON report path (default: reports/bench_<name>.json)")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
+    _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("verify", help="check a warehouse and name what is wrong (exit 2 if anything is)",
+                       description="Check data files, schemas, keys, finite embeddings, model versions and "
+                       "checkpoints, and each day's completeness (warnings; --set strict=true fails on them).")
+    p.add_argument("--ds", help="check partition ds and that day only (default: everything)")
     _add_config(p)
     _add_common(p)
 
@@ -250,9 +258,18 @@ def cmd_demo(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     return registry.run("demo", _config("demo", args, options), warehouse=warehouse)
 
 
+def cmd_verify(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    report = registry.run("verify", _config("verify", args, {"ds": args.ds}), warehouse=warehouse)
+    print(format_table(report.pop("findings")))
+    if not report["ok"]:  # the summary still comes last on stdout; the error line goes to stderr, exit 2
+        print(json.dumps(report, default=str, separators=(",", ":")), flush=True)
+        raise ValueError(f"verify: {report['counts']['error']} error(s); first: {report['first_problem']}")
+    return report
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Warehouse], dict[str, Any]]] = {
     "ingest": cmd_ingest, "run": cmd_run, "backfill": cmd_backfill, "query": cmd_query,
-    "evaluate": cmd_evaluate, "bench": cmd_bench, "demo": cmd_demo,
+    "evaluate": cmd_evaluate, "bench": cmd_bench, "demo": cmd_demo, "verify": cmd_verify,
 }
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,26 +102,72 @@ class LoadedModel:
 
 
 def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
-    """Load a version for inference. Raises ValueError naming the version when it does not exist."""
+    """Load a version for inference. Raises ValueError naming the version when it does not exist, and naming
+    the version and the file when one of its files is unreadable or does not match meta.json."""
     path = store_root(warehouse) / version
     if not (path / "meta.json").is_file():
         have = list_versions(warehouse)
         raise ValueError(f"model version {version!r} not found under {store_root(warehouse)} (have: {have[-3:]})")
-    meta = json.loads((path / "meta.json").read_text())
-    vocab = Vocab.from_json((path / "vocab.json").read_text())
-    mc = dict(meta["model_config"])
+    meta = _read_version_file(path, "meta.json", lambda p: _json_object(p.read_text()))
+    vocab = _read_version_file(path, "vocab.json", lambda p: Vocab.from_json(p.read_text()))
+    mc = dict(meta.get("model_config") or {})
     mc.setdefault("cond_loss_weight", 0.0)  # versions before the next-condition head have no head weights
-    model = build_model(ModelConfig(**mc), vocab)
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        model = build_model(ModelConfig(**mc), vocab)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model version {version}: meta.json's model_config is unusable ({_first_line(exc)})") from None
+    state = _read_version_file(path, "model.pt",
+                               lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"model version {version}: model.pt does not match meta.json and vocab.json "
+                         f"({_first_line(exc)})") from None
     model.to(device).eval()
     return LoadedModel(version=version, model=model, meta=meta, vocab=vocab, path=path)
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The training checkpoint dict at ``path`` (checkpoint.pt) or None when absent."""
+    """The training checkpoint dict at ``path`` (checkpoint.pt) or None when absent; ``ValueError`` naming
+    the file (and, inside a version directory, the version) when it is unreadable: truncated or not a
+    checkpoint. What to do then is the caller's choice (a run's own resume checkpoint: start over)."""
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError ... on a damaged file
+        raise ValueError(f"{_owner(path)}{path.name} is unreadable ({_first_line(exc)}): {path}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{_owner(path)}{path.name} is unreadable (holds a {type(state).__name__}, "
+                         f"not a checkpoint dict): {path}")
+    return state
+
+
+def _read_version_file(path: Path, name: str, read: Callable[[Path], Any]) -> Any:
+    """``read(path / name)``; any failure becomes ``model version V: <name> is unreadable (...)``."""
+    try:
+        return read(path / name)
+    except Exception as exc:  # a damaged file fails in many ways (OSError, JSON, zip, unpickling): name it
+        raise ValueError(f"model version {path.name}: {name} is unreadable ({_first_line(exc)})") from None
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _owner(path: Path) -> str:
+    """``model version V: `` for a file of a version, ``training run V: `` for one under ``_runs``, else ``""``."""
+    if not VERSION_RE.match(path.parent.name):
+        return ""
+    return f"{'training run' if path.parent.parent.name == '_runs' else 'model version'} {path.parent.name}: "
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -24,13 +24,14 @@ INGEST = "ingest"
 EVALUATE = "evaluate"
 BENCH = "bench"
 DEMO = "demo"
+CHECK = "check"
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str                  # what users type: "pretrain", "ingest.synthetic", "bench.kernels"
     module: str                # dotted module holding Config and run
-    kind: str                  # DAILY | INGEST | EVALUATE | BENCH | DEMO: decides run()'s keyword arguments
+    kind: str                  # DAILY | INGEST | EVALUATE | BENCH | DEMO | CHECK: decides run()'s keyword arguments
     help: str                  # one line for --help
     preset: tuple[tuple[str, Any], ...] = ()  # fixed options (which MovieLens variant)
     warehouse: bool = True     # run() takes warehouse= (kernels.bench does not)
@@ -62,6 +63,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest.events", "stages.ingest.events", INGEST, "your own events file (parquet, CSV)"),
     Stage("evaluate", "stages.evaluate.stage", EVALUATE, "consumers with vs without the LUM columns"),
     Stage("demo", "stages.pipeline.demo", DEMO, "the main job on embedded defaults"),
+    Stage("verify", "stages.verify.stage", CHECK, "check a warehouse's files, schemas, keys and model versions"),
     Stage("bench.kernels", "kernels.bench", BENCH, "grouped-query attention: Triton vs the alternatives",
           warehouse=False),
     Stage("bench.infer", "stages.bench.infer", BENCH, "users/s of grouped-query vs naive inference"),

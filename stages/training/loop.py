@@ -8,6 +8,7 @@ that DDP's gradient average equals the single-process gradient on the same globa
 Loss = (InfoNCE sum + cond_loss_weight * next-condition CE sum) / condition positions of the global batch.
 GPU: bf16 autocast for the forward. ``train``'s ``loss_curve`` has at most CURVE_POINTS (step, mean loss since
 the previous point) pairs.
+An unreadable checkpoint is a logged warning and a start from step 0 (``_resume_state``).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     probs, log_q = popularity_log_q(item_counts)
     start = 0
     curve = LossCurve(total)
-    state = load_checkpoint(ckpt_path) if (resume and ckpt_path is not None) else None
+    state = _resume_state(ckpt_path) if (resume and ckpt_path is not None) else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -242,6 +243,23 @@ class LossCurve:
         if state:
             self.points = [(int(s), float(v)) for s, v in state["points"]]
             self._sum, self._n = float(state["sum"]), int(state["n"])
+
+
+def _resume_state(path: Path) -> dict | None:
+    """The run's checkpoint to resume from; an unreadable one (truncated, damaged) is logged as a warning and
+    training starts over from step 0: the run is deterministic, so that costs time, never a different model,
+    and the next checkpoint replaces the damaged file (``lum verify`` names it meanwhile)."""
+    try:
+        state = load_checkpoint(path)
+    except ValueError as exc:
+        log.warning("%s; starting this run over from step 0", exc)
+        return None
+    missing = [k for k in ("model", "optimizer", "scheduler", "step", "torch_rng", "neg_rng") if k not in state] \
+        if state is not None else []
+    if missing:
+        log.warning("checkpoint %s lacks %s; starting this run over from step 0", path, ", ".join(missing))
+        return None
+    return state
 
 
 def _same_shapes(saved: dict, opt) -> bool:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -44,6 +45,25 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     return pafs.FileSystem.from_uri(uri)
+
+
+def missing_files(table_uri: str, relpaths: Sequence[str]) -> list[str]:
+    """The ``relpaths`` (as the Delta log names them, relative to the table root) that are not files: one
+    batched ``get_file_info`` (a stat per file on local disk)."""
+    if not relpaths:
+        return []
+    fs, root = filesystem_for(table_uri)
+    infos = fs.get_file_info([f"{root}/{unquote(rel)}" for rel in relpaths])
+    return [rel for rel, info in zip(relpaths, infos) if info.type != pafs.FileType.File]
+
+
+def check_present(table_uri: str, name: str, relpaths: Sequence[str]) -> None:
+    """``ValueError`` naming the first data file of the Delta log that is missing on storage."""
+    missing = missing_files(table_uri, relpaths)
+    if missing:
+        raise ValueError(f"table {name}: data file {missing[0]} is missing ({len(missing)} of {len(relpaths)} "
+                         f"files of this read; the Delta log still names it); `lum verify` lists them, rewriting "
+                         f"the partition repairs it")
 
 
 def add_action(fs: pafs.FileSystem, table_path: str, item: DataFile) -> AddAction:

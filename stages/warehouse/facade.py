@@ -23,6 +23,7 @@ from stages.core.dates import check_ds
 from stages.core.settings import resolve_warehouse
 from stages.core.settings import storage_options as env_storage_options
 from stages.warehouse import spark_bridge, staging
+from stages.warehouse.commit import check_present
 from stages.warehouse.reads import Filter, filter_expression, partition_filters, restore_types
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,13 @@ class Warehouse:
             unknown = [c for c in columns if c not in dataset.schema.names]
             if unknown:
                 raise ValueError(f"table {name}: unknown column(s) {', '.join(unknown)}")
-        out = dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr)
+        try:
+            out = dataset.to_table(columns=list(columns) if columns is not None else None, filter=expr)
+        except (OSError, pa.ArrowInvalid) as exc:  # a file the log names may be gone or damaged: say so
+            files = spark_bridge.snapshot_files(self, name, ds=ds, start=start, end=end, version=version)
+            check_present(self.table_uri(name), name, [rel for rel, _ in files])
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"table {name}: read failed ({first}); `lum verify` checks its files") from None
         return restore_types(name, out)
 
     # ---- writing --------------------------------------------------------------------------------

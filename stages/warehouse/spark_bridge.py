@@ -7,8 +7,8 @@
   fresh, invisible ``<table>/spark-<uuid>/``; the driver refuses any file outside the given days and makes
   ONE overwrite commit of exactly those days (``stages.warehouse.commit``). A failure before the commit
   deletes the folder; with ``app_id`` a retried write that already committed is a no-op.
-The DataFrame is cast to the schema's types; key uniqueness and null keys are not re-checked in Spark (one
-more pass over the data): callers build keys by construction.
+The DataFrame is cast to the schema's types, and before the commit ``check_written_keys`` refuses a null or
+duplicated key (``schemas.<table>.KEY`` within each day) in what Spark wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import re
 import uuid
 from collections.abc import Sequence
+from functools import reduce
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -27,6 +28,7 @@ from stages.warehouse.commit import (
     DataFile,
     already_committed,
     check_files,
+    check_present,
     commit_overwrite,
     commit_partition_files,
     filesystem_for,
@@ -79,7 +81,8 @@ def read_spark(wh: TableStore, spark, name: str, *, ds: str | None = None, start
 
     Columns are in the table schema's order and Spark types (``schemas.<name>.spark_schema()``).
     Unpartitioned tables (items, users) are read whole. Cost: one py4j call for the table root plus
-    one per file whose relative path needs escaping (delta-rs and Spark names need none).
+    one per file whose relative path needs escaping (delta-rs and Spark names need none), and one batched
+    stat of the files (a file the log names but storage lacks: ``ValueError`` naming it).
     """
     # deferred: pyspark loads the JVM bridge; lum query and DAG parsing never need it
     from pyspark.sql import functions as F
@@ -93,6 +96,7 @@ def read_spark(wh: TableStore, spark, name: str, *, ds: str | None = None, start
     if not files:
         return spark.createDataFrame([], struct)
     root = wh.table_uri(name)
+    check_present(root, name, [rel for rel, _ in files])  # Spark's own error would come later, as a traceback
     data = spark.read.schema(data_struct).parquet(*[f"{root}/{rel}" for rel, _ in files])
     if files[0][1] is None:  # unpartitioned: no ds to restore
         return data.select(*[F.col(f.name).cast(f.dataType) for f in struct.fields])
@@ -198,7 +202,10 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
     try:
         conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
-        version, applied = commit_days_files(table_uri, name, days=days, files=_list_written(fs, folder, folder_rel),
+        written = _list_written(fs, folder, folder_rel)
+        if written:
+            check_written_keys(spark, target, name)
+        version, applied = commit_days_files(table_uri, name, days=days, files=written,
                                              schema=spec.build_schema(1), app_id=txn,
                                              storage_options=wh.storage_options or None, metadata=metadata)
     except BaseException:
@@ -210,6 +217,36 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     else:
         _remove_quietly(fs, folder)  # a concurrent retry won: our files are not referenced
     return version
+
+
+def check_written_keys(spark, path: str, name: str) -> None:
+    """Refuse a null or duplicated key of table ``name`` (within a day) in the parquet Spark wrote under
+    ``path`` (its ``ds=<day>/`` folders): ``ValueError`` naming the table, the day and one offending key.
+
+    Cost: one more Spark job that reads only the key columns of the written files (column pruning) and
+    shuffles them once (``groupBy(ds, key).count()``, stopping at the first offender); the written DataFrame's
+    lineage is not recomputed.
+    """
+    # deferred: pyspark loads the JVM bridge; lum query and DAG parsing never need it
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    key = list(schemas.get(name).SPEC.key)
+    struct = schemas.get(name).spark_schema()
+    read_schema = T.StructType([struct["ds"]] + [struct[k] for k in key])  # ds: string, as the folder names
+    counts = spark.read.schema(read_schema).parquet(path).groupBy("ds", *key).count()
+    bad = counts.filter(reduce(lambda a, b: a | b, [F.col(k).isNull() for k in key], F.col("count") > 1))
+    # timestamps printed by Spark in the session's UTC, not converted by Python's local time zone
+    shown_cols = [F.col(k).cast("string").alias(k) if isinstance(struct[k].dataType, T.TimestampType) else F.col(k)
+                  for k in key]
+    rows = bad.select("ds", "count", *shown_cols).limit(1).collect()
+    if not rows:
+        return
+    row = rows[0].asDict()
+    shown = ", ".join(f"{k}={row[k]!r}" for k in key)
+    nulls = [k for k in key if row[k] is None]
+    what = (f"has a null {', '.join(nulls)}" if nulls else f"appears {row['count']} times")
+    raise ValueError(f"table {name} ds={row['ds']}: key ({', '.join(key)}) {what}: {shown}; nothing committed")
 
 
 def commit_days_files(table_uri: str, name: str, *, days: Sequence[str], files: Sequence[DataFile],

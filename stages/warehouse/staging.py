@@ -5,9 +5,10 @@
     stager.finish()                             # manifest _staging/<table>/<ds>/<run_id>/shard-0-of-2.json
     wh.commit_staged("user_knowledge", ds=ds, run_id=run_id)   # once every shard, on any machine, finished
 
-``commit_staged`` refuses a missing shard manifest, shards that disagree on the shard count, or a file outside
-partition ``ds``; one ``run_id`` applies once (app transaction ``lum/<table>/<ds>/<run_id>``). Keys are checked
-unique per chunk only: across chunks and shards uniqueness is the writer's job (shard by key).
+``commit_staged`` refuses a missing shard manifest, shards that disagree on the shard count, a file outside
+partition ``ds``, or a key (``schemas.<table>.KEY``) that is null or appears in more than one row across all
+chunks and shards (``stages.warehouse.keys``); one ``run_id`` applies once (app transaction
+``lum/<table>/<ds>/<run_id>``). Each chunk is validated (keys unique and non-null within it) when written.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
-from stages.warehouse.commit import DataFile, already_committed, commit_partition_files, filesystem_for
+from stages.warehouse.commit import DataFile, already_committed, check_files, commit_partition_files, filesystem_for
+from stages.warehouse.keys import check_staged_keys, key_range
 from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,9 @@ class PartitionStager:
         # delta-rs data files hold no partition column: ds lives in the add action
         pq.write_table(data.drop_columns(["ds"]), f"{self._table_path}/{relpath}", filesystem=self._fs,
                        compression="zstd", row_group_size=row_group_size)
-        self.files.append({"path": relpath, "rows": data.num_rows})
+        # the first key column's range lets the commit skip the key check of files no other file overlaps
+        lo, hi = key_range(data, self.spec.key[0])
+        self.files.append({"path": relpath, "rows": data.num_rows, "key_min": lo, "key_max": hi})
         self.rows += data.num_rows
         return data.num_rows
 
@@ -146,7 +150,14 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
     if len(dims) > 1:
         raise ValueError(f"table {name} ds={ds} run {run_id}: shards disagree on embedding dim "
                          f"{sorted(dims)}")
+    if already_committed(wh.table_uri(name), app_id, wh.storage_options or None):
+        log.info("%s ds=%s: run %s already committed; nothing to do", name, ds, run_id)
+        return wh.version(name)
     files = [DataFile(relpath=f["path"], ds=m["ds"]) for m in manifests for f in m["files"]]
+    check_files(files, ds, name)  # before any file is opened
+    fs, table_path = filesystem_for(wh.table_uri(name))
+    check_staged_keys(fs, table_path, name, spec.key, [f for m in manifests for f in m["files"]],
+                      where=f"ds={ds} run {run_id}")
     version, applied = commit_partition_files(
         wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
         app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)

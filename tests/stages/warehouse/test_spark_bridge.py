@@ -165,3 +165,45 @@ def test_read_spark_unpartitioned_table(spark, wh):
     assert sorted(tuple(r) for r in df.collect()) == [(1, "a", "X", ["X"]), (2, "b", "Y", ["Y", "X"])]
     with pytest.raises(ValueError, match="not partitioned"):
         wh.read_spark(spark, "items", ds="2000-12-01")
+
+
+def test_spark_write_with_duplicate_key_refused(spark, wh):
+    before_rows, before_version = wh.read("events"), wh.version("events")
+    source = wh.read_spark(spark, "events", ds="2000-12-02").drop("ds")
+    doubled = source.unionByName(source.filter("user_id = 6"))
+    with pytest.raises(ValueError) as info:
+        wh.write_spark_partition("events", doubled, ds="2000-12-02")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("table events ds=2000-12-02: key (user_id, item_id, ts, scenario) appears 2 times: "
+                              "user_id=6, item_id=106, ts='2000-12-02 06:00:00', scenario='rating'")
+    assert wh.version("events") == before_version
+    assert arrow_rows(wh.read("events"), before_rows.column_names) == arrow_rows(
+        before_rows, before_rows.column_names)
+    assert not list(Path(wh.table_uri("events")).glob("spark-*"))  # the refused files were removed
+
+
+def test_spark_write_of_many_days_checks_keys_per_day(spark, wh):
+    from pyspark.sql import functions as F
+
+    from stages.warehouse.spark_bridge import write_spark_partitions
+
+    one = wh.read_spark(spark, "events", ds="2000-12-01")
+    both = one.unionByName(one.withColumn("ds", F.lit("2000-12-03")))  # the same keys on two days: fine
+    version = write_spark_partitions(wh, "events", both, days=["2000-12-01", "2000-12-03"])
+    assert version == 2 and wh.read("events", ds="2000-12-03").num_rows == 4
+    nulled = both.withColumn("user_id", F.when(F.col("user_id") == 2, None).otherwise(F.col("user_id")))
+    with pytest.raises(ValueError, match=r"ds=2000-12-0[13]: key \(user_id, item_id, ts, scenario\) has a null "
+                                         r"user_id: user_id=None, item_id=102"):
+        write_spark_partitions(wh, "events", nulled, days=["2000-12-01", "2000-12-03"])
+    assert wh.version("events") == 2
+
+
+def test_read_spark_of_a_deleted_data_file_names_it(spark, wh):
+    gone = next(Path(wh.table_uri("events")).glob("ds=2000-12-02/*.parquet"))
+    gone.unlink()
+    with pytest.raises(ValueError, match=rf"^table events: data file ds=2000-12-02/{gone.name} is missing"):
+        wh.read_spark(spark, "events")
+    assert wh.read_spark(spark, "events", ds="2000-12-01").count() == 4  # other partitions still read
+    with pytest.raises(ValueError, match=rf"^table events: data file ds=2000-12-02/{gone.name} is missing"):
+        wh.read("events")

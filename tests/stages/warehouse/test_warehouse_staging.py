@@ -138,3 +138,55 @@ def test_vacuum_removes_files_of_a_failed_run(warehouse):
     removed = wh.vacuum("user_knowledge", retention_hours=0)
     assert stray.files[0]["path"] in removed and not stray_path.exists()
     assert sorted_rows(wh.read("user_knowledge")) == sorted_rows(before)
+
+
+@pytest.mark.parametrize("layout", [
+    {0: [[1, 2], [3, 2]]},         # two chunks of one shard share user 2
+    {0: [[1, 5]], 1: [[2, 5, 9]]},  # two shards share user 5
+])
+def test_key_shared_across_chunks_or_shards_refused_at_commit(warehouse, layout):
+    wh = Warehouse(warehouse)
+    wh.write_partition("user_knowledge", knowledge([7]), ds=DAY)
+    stage(wh, "r", layout, n=len(layout))  # each chunk is unique on its own: written without complaint
+    with pytest.raises(ValueError) as info:
+        wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"table user_knowledge ds={DAY} run r: key (user_id, condition) appears 2 times")
+    assert "user_id=" in message and "refusing to commit" in message
+    assert wh.version("user_knowledge") == 0
+    assert wh.read("user_knowledge").column("user_id").to_pylist() == [7]
+
+
+def test_overlapping_shards_without_shared_keys_commit(warehouse, monkeypatch):
+    from stages.warehouse import keys
+
+    monkeypatch.setattr(keys, "KEY_CHECK_ROWS", 2)  # several passes (rows split by user_id % passes)
+    wh = Warehouse(warehouse)
+    stage(wh, "ok", {0: [[1, 3, 5]], 1: [[2, 4, 6]]}, n=2)  # ranges overlap, keys do not
+    wh.commit_staged("user_knowledge", ds=DAY, run_id="ok")
+    assert sorted(wh.read("user_knowledge").column("user_id").to_pylist()) == [1, 2, 3, 4, 5, 6]
+    stage(wh, "dup", {0: [[1, 3, 5]], 1: [[2, 4, 6, 5]]}, n=2)
+    with pytest.raises(ValueError, match="user_id=5, condition='category=Comedy'; refusing"):
+        wh.commit_staged("user_knowledge", ds=DAY, run_id="dup")
+    assert wh.version("user_knowledge") == 0
+
+
+def test_disjoint_chunks_are_not_read_at_commit(warehouse, monkeypatch):
+    from stages.warehouse import keys
+
+    wh = Warehouse(warehouse)
+    stage(wh, "r", {0: [[1, 2], [3, 4]], 1: [[5, 6]]}, n=2)
+    monkeypatch.setattr(keys.pq, "read_table", lambda *a, **k: pytest.fail("disjoint files need no key read"))
+    wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
+    assert wh.read("user_knowledge").num_rows == 6
+
+
+def test_missing_staged_file_refused_at_commit(warehouse):
+    wh = Warehouse(warehouse)
+    stage(wh, "r", {0: [[1, 3]], 1: [[2, 4]]}, n=2)  # overlapping ranges: the key check opens both files
+    manifest = json.loads(Path(staging_dir(wh, "user_knowledge", DAY, "r"), "shard-1-of-2.json").read_text())
+    Path(wh.table_uri("user_knowledge"), manifest["files"][0]["path"]).unlink()
+    with pytest.raises(ValueError, match=rf"staged file {manifest['files'][0]['path']} is unreadable"):
+        wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
+    assert not wh.exists("user_knowledge")
