@@ -39,6 +39,7 @@ EPILOG = """examples:
   lum run join --start 2000-12-01 --end 2000-12-31     # many days, one Spark job per knowledge partition
   lum backfill --start 2000-12-01 --end 2000-12-07
   lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
+  lum query --ds 2000-12-01 --user-id 42 --as-of 2000-12-03T00:00:00Z   # the table as it was then
   lum bench kernels --out reports/bench_kernels.json
 """
 
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-id", dest="user_ids", type=int, action="append", required=True,
                    help="user id (repeatable)")
     p.add_argument("--condition", dest="conditions", action="append", help="condition, e.g. category=Comedy (repeatable)")
-    p.add_argument("--version", type=int, help="Delta table version (time travel)")
+    p.add_argument("--as-of", "--version", dest="as_of", metavar="VERSION|TIMESTAMP",
+                   help="read the table as of a Delta version (integer) or an ISO 8601 timestamp "
+                   "(e.g. 2026-11-26T10:00:00Z: the newest version committed at or before it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--table", default="user_knowledge", help="user_knowledge (default) or dlrm_training")
     _add_common(p)
