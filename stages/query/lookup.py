@@ -1,10 +1,11 @@
 """Look up user knowledge: ``query_user_knowledge`` (Python, returns Arrow) and ``lum query``.
 
 One or many users, one, several or all conditions, one day or the newest, the table as of any version or
-timestamp (Delta time travel: ``as_of``; how far back it reaches is bounded by the log and vacuum retentions,
-stages.warehouse.history). Reads go through ``stages.warehouse.scan``: only the files and row groups whose ``user_id`` range can
-hold a requested user are opened. Filters are Arrow expressions built from typed arguments (``user_id`` as
-int64, conditions as strings); no SQL or predicate text is ever assembled from user input.
+timestamp (Delta time travel: ``as_of``; the log and vacuum retentions bound how far back, see
+stages.warehouse.history). Reads go through ``stages.warehouse.scan``: only the files and row groups whose
+``user_id`` range can hold a requested user are opened. Filters are Arrow expressions built from typed
+arguments (``user_id`` as int64, conditions as strings); no SQL or predicate text is ever assembled from user
+input.
 """
 
 from __future__ import annotations
