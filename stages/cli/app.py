@@ -37,9 +37,11 @@ EPILOG = """examples:
   lum run infer --ds 2000-12-01 --mode grouped
   lum run join --ds 2000-12-02
   lum run join --start 2000-12-01 --end 2000-12-31     # many days, one Spark job per knowledge partition
+  lum run join --ds 2000-12-02 --reproduce             # rebuild from the recorded input versions, compare
   lum backfill --start 2000-12-01 --end 2000-12-07
   lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
   lum verify --ds 2000-12-01
+  lum query --ds 2000-12-01 --user-id 42 --as-of 2000-12-03T00:00:00Z   # the table as it was then
   lum bench kernels --out reports/bench_kernels.json
 """
 
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="infer: process shard i of n users, as i/n (publish with --shard commit/n)")
     p.add_argument("--model-version", help="infer: use this model version instead of the newest")
     p.add_argument("--retrain", action="store_true", help="pretrain: train from scratch, no warm start")
+    p.add_argument("--reproduce", action="store_true",
+                   help="join --ds only: rebuild the partition from the input versions its commit recorded and "
+                   "check it is bit-for-bit the written one; writes nothing")
     _add_config(p)
     _add_common(p)
 
@@ -117,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-id", dest="user_ids", type=int, action="append", required=True,
                    help="user id (repeatable)")
     p.add_argument("--condition", dest="conditions", action="append", help="condition, e.g. category=Comedy (repeatable)")
-    p.add_argument("--version", type=int, help="Delta table version (time travel)")
+    p.add_argument("--as-of", "--version", dest="as_of", metavar="VERSION|TIMESTAMP",
+                   help="read the table as of a Delta version (integer) or an ISO 8601 timestamp "
+                   "(e.g. 2026-11-26T10:00:00Z: the newest version committed at or before it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--table", default="user_knowledge", help="user_knowledge (default) or dlrm_training")
     _add_common(p)
@@ -213,6 +220,16 @@ def cmd_run(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     elif args.retrain:
         raise UsageError("--retrain applies to `lum run pretrain` only")
     cfg = _config(args.stage, args, extra)
+    if args.reproduce:
+        if args.stage != "join" or ranged:
+            raise UsageError("--reproduce applies to `lum run join --ds D` only")
+        from stages.join.reproduce import reproduce  # deferred: Spark and the join load only for this command
+
+        summary = reproduce(cfg, ds=args.ds, warehouse=warehouse)
+        if not summary["equal"]:
+            raise ValueError(f"{summary['table']}[{args.ds}] rebuilt from its recorded inputs differs from the "
+                             f"written partition: {summary['difference']}")
+        return summary
     if ranged:
         from stages.join.range import run_range  # deferred: Spark and the join load only for this command
 

@@ -4,6 +4,8 @@
 ``./warehouse``. ``LUM_STORAGE_OPTIONS``: a JSON object passed to delta-rs as ``storage_options``.
 ``LUM_SPARK_MASTER``, ``LUM_SPARK_DRIVER_MEMORY``, ``LUM_SPARK_SHUFFLE_PARTITIONS``: the Spark session's
 basics; ``LUM_SPARK_CONF``: extra ``spark.*`` settings as ``key=value`` pairs separated by ``;``, applied last.
+``LUM_VACUUM_RETENTION_HOURS``: how long ``Warehouse.vacuum`` keeps files a newer version no longer needs
+(default 168 = 7 days); it bounds how far back time travel and ``lum run join --reproduce`` reach.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_WAREHOUSE = "./warehouse"
+DEFAULT_VACUUM_RETENTION_HOURS = 168  # 7 days of superseded files: a week of --as-of / --reproduce
 
 
 def resolve_warehouse(cli_value: str | None = None) -> str:
@@ -38,6 +41,20 @@ def storage_options() -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError("LUM_STORAGE_OPTIONS must be a JSON object of string values")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def vacuum_retention_hours() -> int:
+    """Hours ``Warehouse.vacuum`` keeps superseded files: ``LUM_VACUUM_RETENTION_HOURS``, default 168 (7 days)."""
+    raw = os.environ.get("LUM_VACUUM_RETENTION_HOURS")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_VACUUM_RETENTION_HOURS
+    try:
+        hours = int(raw)
+    except ValueError:
+        hours = -1
+    if hours < 0:
+        raise ValueError(f"LUM_VACUUM_RETENTION_HOURS must be an integer >= 0, got {raw!r}")
+    return hours
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,15 @@ def _castable(expected: pa.DataType, got: pa.DataType) -> bool:
     return pa.types.is_timestamp(expected) and pa.types.is_timestamp(got)
 
 
-def check_samples_schema(wh: Warehouse, spec: JoinSpec) -> None:
-    """The samples table's Delta schema has every dlrm_samples column with a castable type (else ValueError).
+def check_samples_schema(wh: Warehouse, spec: JoinSpec, version: int | None = None) -> None:
+    """The samples table's Delta schema (at ``version``; latest when None) has every dlrm_samples column with a
+    castable type (else ValueError).
 
     Checked on the table schema, not on a DataFrame: Spark reading with the contract schema would turn
     a missing column into nulls silently.
     """
     expected = schemas.get("dlrm_samples").schema()
-    have = {f.name: f.type for f in pa.schema(wh.delta_table(spec.samples_table).schema().to_arrow())}
+    have = {f.name: f.type for f in pa.schema(wh.delta_table(spec.samples_table, version).schema().to_arrow())}
     missing = [f.name for f in expected if f.name not in have]
     if missing:
         raise ValueError(f"{spec.samples_table}: missing column(s) {', '.join(missing)}")

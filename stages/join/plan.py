@@ -10,6 +10,7 @@ split into runs of consecutive days with the same choice (``plan_groups``), one 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from stages.core.dates import days_before
@@ -18,9 +19,12 @@ from stages.warehouse.facade import Warehouse
 log = logging.getLogger(__name__)
 
 
-def knowledge_days(wh: Warehouse) -> tuple[list[str], list[str]]:
-    """(user_knowledge days, item_knowledge days), sorted; [] for a missing table."""
+def knowledge_days(wh: Warehouse, versions: Mapping[str, int | None] | None = None) -> tuple[list[str], list[str]]:
+    """(user_knowledge days, item_knowledge days), sorted, at the pinned ``versions`` (a table missing from
+    ``versions`` is read at its latest version); [] for a missing table or a version pinned as None."""
     def days(name: str) -> list[str]:
+        if versions is not None and name in versions:
+            return [] if versions[name] is None else wh.partitions(name, versions[name])
         return wh.partitions(name) if wh.exists(name) else []
 
     return days("user_knowledge"), days("item_knowledge")
@@ -45,9 +49,10 @@ def pick_knowledge_ds(user_days: list[str], item_days: list[str],
     return common[-1], "common_partition"
 
 
-def choose_knowledge_ds(wh: Warehouse, cutoff: str) -> tuple[str | None, str | None]:
-    """``pick_knowledge_ds`` on the warehouse's knowledge partitions; logs the common-partition fallback."""
-    user_days, item_days = knowledge_days(wh)
+def choose_knowledge_ds(wh: Warehouse, cutoff: str,
+                        versions: Mapping[str, int | None] | None = None) -> tuple[str | None, str | None]:
+    """``pick_knowledge_ds`` on the knowledge partitions (at ``versions``); logs the common-partition fallback."""
+    user_days, item_days = knowledge_days(wh, versions)
     k_ds, fallback = pick_knowledge_ds(user_days, item_days, cutoff)
     if fallback == "common_partition":
         log.warning("user_knowledge newest <= %s is %s but item_knowledge's is %s: using %s, the newest "

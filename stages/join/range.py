@@ -7,7 +7,9 @@ checks as ``run()``) and written by one ``write_spark_partitions`` commit of exa
 Days without a samples partition are skipped and listed in ``days_without_samples`` (their output is left as
 it is); a range with none at all is a ``ValueError``. ``require_knowledge`` is checked for every group before
 any write. A bad day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as
-they were, earlier groups stay committed, so rerunning the range finishes it with the same rows.
+they were, earlier groups stay committed, so rerunning the range finishes it with the same rows. Input
+versions are pinned once for the whole range; each group's commit records them with its days
+(stages.join.provenance): one record per commit, true for each of its days.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 from stages.core.dates import day_range
 from stages.join.inputs import sample_rows_by_day
 from stages.join.plan import Group, knowledge_days, plan_groups
-from stages.join.stage import Config, Prepared, check_config, join_days, output_metadata, prepare
+from stages.join.provenance import pin_inputs
+from stages.join.stage import Config, Prepared, check_config, commit_metadata, join_days, output_metadata, prepare
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.spark_bridge import write_spark_partitions
 
@@ -31,8 +34,9 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
     started = time.perf_counter()
     spec, wh = prep.spec, prep.wh
     first, last = group.days[0], group.days[-1]
-    samples = wh.read_spark(prep.spark, spec.samples_table, start=first, end=last)
-    expected = sample_rows_by_day(wh, spec, list(group.days), samples)
+    samples_version = prep.versions[spec.samples_table]
+    samples = wh.read_spark(prep.spark, spec.samples_table, start=first, end=last, version=samples_version)
+    expected = sample_rows_by_day(wh, spec, list(group.days), samples, samples_version)
     if group.knowledge_ds is None:
         log.warning("no knowledge partition <= %s - %d: writing %s[%s..%s] with null LUM columns", last,
                     prep.lag, spec.output_table, first, last)
@@ -42,7 +46,9 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
     out, without, version, _ = join_days(cfg, prep, samples, expected, group.knowledge_ds)
     try:
         written = write_spark_partitions(wh, spec.output_table, out, days=group.days,
-                                         metadata=output_metadata(spec, prep.conditions))
+                                         metadata=output_metadata(spec, prep.conditions),
+                                         commit_metadata=commit_metadata(prep, list(group.days), group.knowledge_ds,
+                                                                         group.fallback, version))
     finally:
         out.unpersist()
     rows = sum(expected.values())
@@ -63,7 +69,9 @@ def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) 
     days = day_range(start, end)
     spec, lag = check_config(cfg)
     started = time.perf_counter()
-    have = set(wh.partitions(spec.samples_table)) if wh.exists(spec.samples_table) else set()
+    versions = pin_inputs(wh, spec)
+    samples_version = versions[spec.samples_table]
+    have = set(wh.partitions(spec.samples_table, samples_version)) if samples_version is not None else set()
     present = [d for d in days if d in have]
     missing = [d for d in days if d not in have]
     if not present:
@@ -71,13 +79,13 @@ def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) 
     if missing:
         log.warning("%s has no partition for %d day(s) of %s..%s (first %s): skipped, nothing to join",
                     spec.samples_table, len(missing), start, end, missing[0])
-    groups = plan_groups(present, *knowledge_days(wh), lag)
+    groups = plan_groups(present, *knowledge_days(wh, versions), lag)
     if cfg.require_knowledge:
         for group in groups:
             if group.knowledge_ds is None:
                 raise ValueError(f"no user_knowledge/item_knowledge partition <= {group.days[0]} - lag {lag} "
                                  f"(ds {group.days[0]}) and require_knowledge is set")
-    prep = prepare(spec, lag, wh)
+    prep = prepare(cfg, spec, lag, wh, versions)
     results: list[dict[str, Any]] = []
     for n, group in enumerate(groups, 1):
         results.append(_run_group(cfg, prep, group))

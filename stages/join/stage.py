@@ -9,6 +9,8 @@ Fallbacks: no usable knowledge partition writes null LUM columns (``fallback: "n
 ``ValueError`` with ``require_knowledge``); user/item knowledge of different newest days use the
 newest common day (``"common_partition"``). Samples whose user or item has no knowledge keep their
 row with null LUM columns. Every error leaves ``dlrm_training`` untouched (stages.join.checks).
+Every input is read at the version pinned when the run starts, and the commit records those versions
+(stages.join.provenance), so ``lum run join --reproduce`` can rebuild the partition later.
 ``prepare`` and ``join_days`` are shared with the many-day join (stages.join.range).
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 from schemas import dlrm_training
 from stages.core.dates import check_ds, days_before
 from stages.core.spark import get_spark
+from stages.join import provenance
 from stages.join.checks import check_days, check_samples_schema
 from stages.join.frame import build_training_frame
 from stages.join.inputs import read_items, read_knowledge, resolve_conditions, sample_rows_by_day
@@ -48,7 +51,7 @@ class Config:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What every day of a join shares: the spec, the lag, the warehouse, Spark, items and conditions."""
+    """What every day of a join shares: the spec, the lag, the warehouse, Spark, items, conditions, pins."""
 
     spec: JoinSpec
     lag: int  # knowledge partition <= ds - lag
@@ -56,6 +59,8 @@ class Prepared:
     spark: Any
     items: Any  # broadcast Spark DataFrame (item_id, <target_feature>)
     conditions: list[str]  # the lum_match order
+    versions: dict[str, int | None]  # the input table versions every read uses (provenance.pin_inputs)
+    config: dict[str, Any]  # provenance.config_record of this join
 
 
 def check_config(cfg: Config) -> tuple[JoinSpec, int]:
@@ -78,17 +83,28 @@ def output_metadata(spec: JoinSpec, conditions: list[str]) -> dict[str, str]:
             "lum.join_spec": spec.name}
 
 
-def prepare(spec: JoinSpec, lag: int, wh: Warehouse) -> Prepared:
-    """Start Spark, check the samples table schema, read items and resolve the condition order."""
+def prepare(cfg: Config, spec: JoinSpec, lag: int, wh: Warehouse, versions: dict[str, int | None]) -> Prepared:
+    """Start Spark, check the samples table schema, read items and resolve the condition order, all at the
+    pinned ``versions``."""
     from pyspark.sql import functions as F  # deferred: the CLI/DAG import this module for Config without Spark
 
     spark = get_spark()
-    check_samples_schema(wh, spec)
-    items_table = read_items(wh, spec)
+    check_samples_schema(wh, spec, versions.get(spec.samples_table))
+    items_table = read_items(wh, spec, versions.get("items"))
     conditions = resolve_conditions(spec, items_table)
     items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
                                               f"item_id long, {spec.target_feature} string"))
-    return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions)
+    config = provenance.config_record(spec, lag, require_knowledge=cfg.require_knowledge,
+                                      broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)
+    return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions,
+                    versions=dict(versions), config=config)
+
+
+def commit_metadata(prep: Prepared, days: list[str], k_ds: str | None, fallback: str | None,
+                    model_version: str | None) -> dict[str, str]:
+    """The provenance record of the commit writing ``days`` (stages.join.provenance)."""
+    return provenance.commit_metadata(days=days, versions=prep.versions, knowledge_ds=k_ds, fallback=fallback,
+                                      model_version=model_version, config=prep.config)
 
 
 def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int],
@@ -103,7 +119,7 @@ def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int
     uk = ik = None
     version, dim = None, 1
     if k_ds is not None:
-        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds)
+        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, prep.versions)
     out = build_training_frame(samples, prep.items, uk, ik, spec=prep.spec, conditions=prep.conditions,
                                knowledge_ds=k_ds, model_version=version, dim=dim,
                                broadcast_items=cfg.broadcast_items)
@@ -122,16 +138,18 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     check_ds(ds)
     spec, lag = check_config(cfg)
     started = time.perf_counter()
-    if not wh.exists(spec.samples_table) or ds not in wh.partitions(spec.samples_table):
+    versions = provenance.pin_inputs(wh, spec)
+    samples_version = versions[spec.samples_table]
+    if samples_version is None or ds not in wh.partitions(spec.samples_table, samples_version):
         raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
     cutoff = days_before(ds, lag)
-    k_ds, fallback = choose_knowledge_ds(wh, cutoff)
+    k_ds, fallback = choose_knowledge_ds(wh, cutoff, versions)
     if k_ds is None and cfg.require_knowledge:
         raise ValueError(f"no user_knowledge/item_knowledge partition <= {cutoff} (ds {ds} - lag {lag}) "
                          "and require_knowledge is set")
-    prep = prepare(spec, lag, wh)
-    samples = wh.read_spark(prep.spark, spec.samples_table, ds=ds)
-    n_samples = sample_rows_by_day(wh, spec, [ds], samples)[ds]
+    prep = prepare(cfg, spec, lag, wh, versions)
+    samples = wh.read_spark(prep.spark, spec.samples_table, ds=ds, version=samples_version)
+    n_samples = sample_rows_by_day(wh, spec, [ds], samples, samples_version)[ds]
     if k_ds is None:
         log.warning("no knowledge partition <= %s: writing %s[%s] with null LUM columns", cutoff,
                     spec.output_table, ds)
@@ -140,7 +158,8 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
         # No app_id: a rerun must replace the partition (its inputs may have changed); the overwrite of
         # partition ds makes a rerun with the same inputs give the same rows.
         written = wh.write_spark_partition(spec.output_table, out, ds=ds,
-                                           metadata=output_metadata(spec, prep.conditions))
+                                           metadata=output_metadata(spec, prep.conditions),
+                                           commit_metadata=commit_metadata(prep, [ds], k_ds, fallback, version))
     finally:
         out.unpersist()
     seconds = time.perf_counter() - started
@@ -149,6 +168,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
         "rows_without_knowledge": without[ds],
         "knowledge_ds": k_ds, "model_version": version, "fallback": fallback, "dim": dim if k_ds else None,
         "conditions": len(prep.conditions), "spec": spec.name, "lag_days": lag,
+        "inputs": versions, "config_hash": provenance.config_hash(prep.config),
         "version": written, "seconds": round(seconds, 3),
         "rows_per_s": round(n_samples / max(seconds, 1e-9), 1),
     }

@@ -1,14 +1,17 @@
 """Look up user knowledge: ``query_user_knowledge`` (Python, returns Arrow) and ``lum query``.
 
-One or many users, one, several or all conditions, one day or the newest, any table version (Delta time
-travel). Reads go through ``stages.warehouse.scan``: only the files and row groups whose ``user_id`` range can
-hold a requested user are opened. Filters are Arrow expressions built from typed arguments (``user_id`` as
-int64, conditions as strings); no SQL or predicate text is ever assembled from user input.
+One or many users, one, several or all conditions, one day or the newest, the table as of any version or
+timestamp (Delta time travel: ``as_of``; the log and vacuum retentions bound how far back, see
+stages.warehouse.history). Reads go through ``stages.warehouse.scan``: only the files and row groups whose
+``user_id`` range can hold a requested user are opened. Filters are Arrow expressions built from typed
+arguments (``user_id`` as int64, conditions as strings); no SQL or predicate text is ever assembled from user
+input.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ import pyarrow.compute as pc
 from stages.core.dates import check_ds
 from stages.core.tables import format_table
 from stages.warehouse.facade import Warehouse
+from stages.warehouse.history import check_readable
 from stages.warehouse.reads import restore_types
 from stages.warehouse.scan import read_users
 
@@ -49,12 +53,16 @@ def _check_conditions(conditions: Sequence[str] | None) -> list[str] | None:
 
 
 def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequence[int], ds: str | None = None,
-                conditions: Sequence[str] | None = None, version: int | None = None) -> pa.Table:
+                conditions: Sequence[str] | None = None, version: int | None = None,
+                as_of: int | str | dt.datetime | None = None) -> pa.Table:
     """Rows of ``table`` (``user_knowledge`` or ``dlrm_training``) for ``user_ids`` on day ``ds``.
 
-    ``ds=None``: the newest partition of the snapshot. ``version``: the Delta table version (time
-    travel). Unknown users give an empty table (same schema). ``ValueError`` for a malformed day,
-    a day with no partition, a missing table or version, or bad arguments. Rows sorted by key.
+    ``ds=None``: the newest partition of the snapshot. ``as_of``: the table as of a Delta version (int) or
+    a timestamp (ISO 8601 string or datetime; naive means UTC): the newest version committed at or before
+    it. ``version`` is the older spelling of an integer ``as_of``. Unknown users give an empty table (same
+    schema). ``ValueError`` for a malformed day, a day with no partition, a missing table, a version beyond
+    the latest, a timestamp before the first commit, a version vacuum has emptied, or bad arguments. Rows
+    sorted by key.
     """
     if table not in QUERYABLE:
         raise ValueError(f"table must be one of {', '.join(QUERYABLE)}, got {table!r}")
@@ -66,7 +74,12 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
         check_ds(ds, name="ds")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise ValueError(f"version must be an integer, got {version!r}")
-    delta = Warehouse.of(warehouse).delta_table(table, version)  # ValueError when missing
+    if version is not None and as_of is not None and as_of != version:
+        raise ValueError(f"give as_of or version, not both (as_of {as_of!r}, version {version!r})")
+    wh = Warehouse.of(warehouse)
+    if as_of is not None:
+        version = wh.version_as_of(table, as_of)
+    delta = wh.delta_table(table, version)  # ValueError when missing
     days = pa.table(delta.get_add_actions(flatten=True)).column("partition.ds")
     if ds is None:
         if len(days) == 0:
@@ -74,6 +87,8 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
         ds = pc.max(days).as_py()
     if not pc.any(pc.equal(days, ds)).as_py():
         raise ValueError(f"table {table} has no partition ds={ds} (version {delta.version()})")
+    if as_of is not None:  # an old snapshot: name the retention rather than a missing file
+        check_readable(wh, table, delta.version(), days=[ds])
     extra = None if conds is None else pc.field("condition").isin(pa.array(conds, pa.string()))
     out = restore_types(table, read_users(delta, ds, ids, extra))
     keys = [("user_id", "ascending")] + ([("condition", "ascending")] if table == "user_knowledge" else
@@ -84,9 +99,12 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
 
 
 def query_user_knowledge(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds: str | None = None,
-                         conditions: Sequence[str] | None = None, version: int | None = None) -> pa.Table:
-    """``user_knowledge`` rows (ds, user_id, condition, embedding[D], model_version, history_len)."""
-    return query_table(warehouse, TABLE, user_ids=user_ids, ds=ds, conditions=conditions, version=version)
+                         conditions: Sequence[str] | None = None, version: int | None = None,
+                         as_of: int | str | dt.datetime | None = None) -> pa.Table:
+    """``user_knowledge`` rows (ds, user_id, condition, embedding[D], model_version, history_len); ``as_of``
+    and ``version`` as in ``query_table``."""
+    return query_table(warehouse, TABLE, user_ids=user_ids, ds=ds, conditions=conditions, version=version,
+                       as_of=as_of)
 
 
 def _display(value: Any) -> Any:
@@ -99,8 +117,9 @@ def _display(value: Any) -> Any:
 def cli(args: argparse.Namespace, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """``lum query``: print the rows (table or JSON lines) to stdout, return the summary."""
     table_name = getattr(args, "table", TABLE) or TABLE
+    as_of = getattr(args, "as_of", None)
     rows = query_table(warehouse, table_name, user_ids=args.user_ids, ds=args.ds,
-                       conditions=args.conditions, version=args.version)
+                       conditions=args.conditions, as_of=as_of)
     records = rows.to_pylist()
     if getattr(args, "format", "table") == "json":
         for rec in records:
@@ -111,4 +130,5 @@ def cli(args: argparse.Namespace, *, warehouse: Warehouse | str | None) -> dict[
         print(f"(no rows for user_id {', '.join(map(str, args.user_ids))})", file=sys.stderr)
     meta = rows.schema.metadata or {}
     return {"table": table_name, "rows": rows.num_rows, "users": len(set(rows.column("user_id").to_pylist())),
-            "ds": meta.get(b"lum.ds", b"").decode() or args.ds, "version": int(meta.get(b"lum.version", b"-1"))}
+            "ds": meta.get(b"lum.ds", b"").decode() or args.ds, "version": int(meta.get(b"lum.version", b"-1")),
+            "as_of": as_of}

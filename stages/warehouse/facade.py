@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from datetime import datetime
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError
 
 import schemas
 from stages.core.dates import check_ds
-from stages.core.settings import resolve_warehouse
+from stages.core.settings import resolve_warehouse, vacuum_retention_hours
 from stages.core.settings import storage_options as env_storage_options
-from stages.warehouse import spark_bridge, staging
+from stages.warehouse import history, spark_bridge, staging
 from stages.warehouse.commit import check_present
 from stages.warehouse.reads import Filter, filter_expression, partition_filters, restore_types
 
@@ -63,8 +65,18 @@ class Warehouse:
         if version is not None:
             if not isinstance(version, int) or version < 0 or version > table.version():
                 raise ValueError(f"table {name}: version must be 0..{table.version()}, got {version!r}")
-            table.load_as_version(version)
+            try:
+                table.load_as_version(version)
+            except DeltaError as exc:  # its log entries are gone (dropped at a checkpoint after the retention)
+                retention = history.log_retention(self.delta_table(name))
+                raise ValueError(f"table {name}: version {version} can no longer be loaded "
+                                 f"({str(exc).splitlines()[0]}); commits older than "
+                                 f"{history.LOG_RETENTION_KEY} = {retention} leave the log at checkpoints") from None
         return table
+
+    def version_as_of(self, name: str, as_of: int | str | datetime) -> int:
+        """The version ``as_of`` names: itself (checked) or the newest committed at or before a timestamp."""
+        return history.resolve_as_of(self, name, as_of)
 
     def version(self, name: str) -> int | None:
         """The latest committed version, or None when the table does not exist."""
@@ -208,17 +220,24 @@ class Warehouse:
         return spark_bridge.read_spark(self, spark, name, ds=ds, start=start, end=end, version=version)
 
     def write_spark_partition(self, name: str, df, *, ds: str, app_id: str | None = None,
-                              metadata: dict[str, str] | None = None) -> int:
-        """Spark writes ``df`` as partition ``ds``; delta-rs makes ONE commit; returns the version."""
-        return spark_bridge.write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata)
+                              metadata: dict[str, str] | None = None,
+                              commit_metadata: dict[str, str] | None = None) -> int:
+        """Spark writes ``df`` as partition ``ds``; delta-rs makes ONE commit; returns the version.
+        ``commit_metadata`` goes to that commit only (not the table configuration)."""
+        return spark_bridge.write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata,
+                                                  commit_metadata=commit_metadata)
 
-    def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int = 1) -> list[str]:
+    def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int | None = None) -> list[str]:
         """Delete files no snapshot newer than ``retention_hours`` needs, and stray files of failed runs.
 
         delta-rs ``vacuum(full=True)`` also removes files no commit ever named (a crashed Spark or staged write).
         The retention protects staged files of a run still in flight: pass 0 only when no writer of this table
-        runs. Time travel to versions whose files were removed stops working. Returns the deleted paths.
+        runs. Time travel to versions whose files were removed stops working, so the retention bounds how far
+        back ``--as-of`` and ``--reproduce`` reach: None = ``LUM_VACUUM_RETENTION_HOURS`` (default 168, 7 days).
+        Returns the deleted paths.
         """
+        if retention_hours is None:
+            retention_hours = vacuum_retention_hours()
         if not isinstance(retention_hours, int) or retention_hours < 0:
             raise ValueError(f"retention_hours must be an int >= 0, got {retention_hours!r}")
         table = self.delta_table(name)

@@ -143,26 +143,29 @@ def _list_written(fs: pafs.FileSystem, folder: str, folder_rel: str) -> list[Dat
 
 
 def write_spark_partition(wh: TableStore, name: str, df, *, ds: str, app_id: str | None = None,
-                          metadata: dict[str, str] | None = None) -> int:
+                          metadata: dict[str, str] | None = None,
+                          commit_metadata: dict[str, str] | None = None) -> int:
     """Write ``df`` (Spark) as partition ``ds`` of table ``name`` with ONE delta-rs commit.
 
     ``app_id``: names this write; if the table already records it, nothing is written and the current
-    version is returned (a retried task does not apply twice). Returns the table version.
+    version is returned (a retried task does not apply twice). Returns the table version. ``metadata`` goes
+    to the table configuration and the commit, ``commit_metadata`` to the commit's custom metadata only.
     """
     spec = _partitioned_spec(name)
     check_ds(ds)
     return _write_days(wh, name, conform(df, name, ds), spec=spec, days=[ds], label=ds, app_id=app_id,
-                       metadata=metadata)
+                       metadata=metadata, commit_metadata=commit_metadata)
 
 
 def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str], app_id: str | None = None,
-                           metadata: dict[str, str] | None = None) -> int:
+                           metadata: dict[str, str] | None = None,
+                           commit_metadata: dict[str, str] | None = None) -> int:
     """Write a many-day ``df`` (Spark, with a ``ds`` column) as partitions ``days`` in ONE commit.
 
     All days of the call become visible together or none does (a day in ``days`` without rows ends up
     empty); one commit rather than one per day, so a failure never leaves half of the days new. A file
-    whose ds is not in ``days`` is refused. ``app_id`` as in write_spark_partition (recorded as
-    ``lum/<name>/<first>..<last>/<app_id>``). Returns the table version.
+    whose ds is not in ``days`` is refused. ``app_id``, ``metadata`` and ``commit_metadata`` as in
+    write_spark_partition (the app transaction is ``lum/<name>/<first>..<last>/<app_id>``). Returns the version.
     """
     spec = _partitioned_spec(name)
     days = sorted({check_ds(d) for d in days})
@@ -171,7 +174,8 @@ def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str]
     if "ds" not in df.columns:
         raise ValueError(f"table {name}: write_spark_partitions needs a ds column in the DataFrame")
     return _write_days(wh, name, conform(df, name, days[0]), spec=spec, days=days,
-                       label=f"{days[0]}..{days[-1]}", app_id=app_id, metadata=metadata)
+                       label=f"{days[0]}..{days[-1]}", app_id=app_id, metadata=metadata,
+                       commit_metadata=commit_metadata)
 
 
 def _partitioned_spec(name: str):
@@ -182,7 +186,8 @@ def _partitioned_spec(name: str):
 
 
 def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], label: str,
-                app_id: str | None, metadata: dict[str, str] | None) -> int:
+                app_id: str | None, metadata: dict[str, str] | None,
+                commit_metadata: dict[str, str] | None = None) -> int:
     """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
 
     Records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id`` a write already
@@ -207,7 +212,8 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
             check_written_keys(spark, target, name)
         version, applied = commit_days_files(table_uri, name, days=days, files=written,
                                              schema=spec.build_schema(1), app_id=txn,
-                                             storage_options=wh.storage_options or None, metadata=metadata)
+                                             storage_options=wh.storage_options or None,
+                                             metadata={**(metadata or {}), **(commit_metadata or {})})
     except BaseException:
         _remove_quietly(fs, folder)
         raise

@@ -132,7 +132,7 @@ def test_vacuum_removes_files_of_a_failed_run(warehouse):
     stray.write(knowledge([5, 6]))  # the run dies here: no manifest, no commit
     stray_path = Path(wh.table_uri("user_knowledge")) / stray.files[0]["path"]
     assert stray_path.exists()
-    assert wh.vacuum("user_knowledge") == []  # default 1 h retention spares in-flight files
+    assert wh.vacuum("user_knowledge") == []  # the default retention (168 h) spares in-flight files
     listed = wh.vacuum("user_knowledge", dry_run=True, retention_hours=0)
     assert stray.files[0]["path"] in listed and stray_path.exists()
     removed = wh.vacuum("user_knowledge", retention_hours=0)
