@@ -119,9 +119,11 @@ class Warehouse:
             raise ValueError(f"table {name} is not partitioned; use write_table")
         check_ds(ds)
         data = spec.validate(table, ds=ds, dim=dim)
+        current = self.delta_table(name).schema() if self.exists(name) else None
+        merge = current is not None and bool(set(data.column_names) - {f.name for f in current.fields})
         write_deltalake(
             self.table_uri(name), data, partition_by=["ds"], mode="overwrite", predicate=f"ds = '{ds}'",
-            storage_options=self.storage_options or None,
+            storage_options=self.storage_options or None, schema_mode="merge" if merge else None,
             commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
         )
         self.set_table_metadata(name, metadata or {})
