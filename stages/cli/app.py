@@ -129,14 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="consumers with vs without LUM features; next-item ranking of the knowledge",
-                       description="dlrm-lift (default): train a consumer (--consumer dlrm|lr) on dlrm_training days "
-                       "[train-start, train-end] and report test AUC on (train-end, test-end], without and with "
-                       "the LUM columns. knowledge: rank each user's first item after --ds over the catalog "
-                       "from the knowledge tables of --ds alone, against popularity baselines (HR@10, NDCG@10).")
+                       description="dlrm-lift (default): a consumer (--consumer dlrm|lr) trained on dlrm_training "
+                       "[train-start, train-end], test AUC on (train-end, test-end] without and with the LUM columns. "
+                       "knowledge: HR@10/NDCG@10 of each user's first item after --ds, ranked by the knowledge of --ds.")
     p.add_argument("what", nargs="?", choices=EVALUATIONS, default=EVALUATIONS[0], help="|".join(EVALUATIONS))
-    p.add_argument("--train-start")
-    p.add_argument("--train-end")
-    p.add_argument("--test-end")
+    for flag in ("--train-start", "--train-end", "--test-end"):
+        p.add_argument(flag, help="dlrm-lift: the window (YYYY-MM-DD)")
     p.add_argument("--consumer", help="dlrm-lift: dlrm (default) or lr")
     p.add_argument("--ds", help="knowledge: the knowledge day K")
     p.add_argument("--out", help="dlrm-lift: folder for the JSON report and the plot (default reports/evaluate); "

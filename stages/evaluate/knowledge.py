@@ -88,6 +88,8 @@ def gather_targets(wh: Warehouse, ds: str, catalog: Catalog, users: UserKnowledg
     if not known.any():
         raise ValueError(f"no user with user_knowledge on {ds} has an event after {ds}")
     ok = pos >= 0
+    if not ok.any():
+        raise ValueError(f"no first item after {ds} of a user with knowledge is in the items table")
     rows = np.searchsorted(users.user_ids, after_users[known][ok])
     past = wh.read("events", end=ds, columns=["user_id", "item_id", "ds"])
     p_users = past.column("user_id").to_numpy()

@@ -41,7 +41,7 @@ def top_items(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top-items must be a positive integer, got {k!r}")
     if ds is None:
-        ds = wh.latest_partition("user_knowledge", at_or_before="9999-12-31")
+        ds = wh.latest_partition("user_knowledge")
         if ds is None:
             raise ValueError("table user_knowledge has no partitions; run `lum run infer` first")
     check_ds(ds)

@@ -99,6 +99,9 @@ def test_cli_top_items(warehouse, capsys):
     assert "log_p_category" in lines[0] and lines[2].split()[2] == "25"  # user_id, rank, item_id
     summary = json.loads(lines[-1])
     assert summary["rows"] == 2 and summary["ds"] == K and summary["top_items"] == 2
+    assert main(["query", "--user-id", "99", "--top-items", "2", "--warehouse", warehouse]) == 0  # unknown user
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["rows"] == 0 and "no knowledge" in captured.err
     assert main(["query", "--user-id", "3", "--exclude-seen", "--warehouse", warehouse]) == 2
     assert "--exclude-seen applies with --top-items" in capsys.readouterr().err
     assert main(["query", "--user-id", "3", "--top-items", "0", "--warehouse", warehouse]) == 2
