@@ -70,6 +70,9 @@ class TableSpec:
     build_schema: Callable[[int], pa.Schema]  # dim -> schema (dim ignored by tables without embeddings)
     embedding_columns: tuple[str, ...] = ()  # fixed_size_list<float32>[dim] columns
     checks: tuple[Check, ...] = field(default=())  # table-specific checks after the generic ones
+    # nullable columns added after the table's first partitions: a writer that omits one gets nulls, and a
+    # commit adds it to an older table's Delta schema (older partitions then read it as null)
+    optional: tuple[str, ...] = ()
 
     # ---- schema ---------------------------------------------------------------------------------
     def schema(self, dim: int | None = None) -> pa.Schema:
@@ -125,6 +128,9 @@ class TableSpec:
         if dim is None and self.embedding_columns:
             dim = self.infer_dim(table)
         schema = self.build_schema(dim or 1)
+        for name in self.optional:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
         extra = [c for c in table.column_names if c not in schema.names]
         if extra:
             raise ValueError(f"{self.name}: unknown column(s) {', '.join(extra)}; "

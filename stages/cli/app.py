@@ -29,6 +29,7 @@ log = logging.getLogger("lum")
 RUN_STAGES = registry.names(registry.DAILY)
 BENCHES = registry.names(registry.BENCH)
 INGEST_SOURCES = registry.names(registry.INGEST)
+EVALUATIONS = ("dlrm-lift", "knowledge")  # `lum evaluate [what]`: the stages evaluate, evaluate.knowledge
 
 EPILOG = """examples:
   lum ingest movielens-1m
@@ -42,6 +43,8 @@ EPILOG = """examples:
   lum query --ds 2000-12-01 --user-id 42 --condition category=Comedy
   lum verify --ds 2000-12-01
   lum query --ds 2000-12-01 --user-id 42 --as-of 2000-12-03T00:00:00Z   # the table as it was then
+  lum query --ds 2000-12-01 --user-id 42 --top-items 10 --exclude-seen
+  lum evaluate knowledge --ds 2000-11-30                # next-item HR@10/NDCG@10 of the knowledge vs popularity
   lum bench kernels --out reports/bench_kernels.json
 """
 
@@ -127,15 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. 2026-11-26T10:00:00Z: the newest version committed at or before it)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--table", default="user_knowledge", help="user_knowledge (default) or dlrm_training")
+    p.add_argument("--top-items", type=int, metavar="K",
+                   help="instead of the rows: the user's K best items by the knowledge score (README, Tables)")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="with --top-items: drop the items of the user's user_sequences row of that day")
     _add_common(p)
 
-    p = sub.add_parser("evaluate", help="reference DLRM with vs without LUM features",
-                       description="Train the reference DLRM on dlrm_training days [train-start, train-end] "
-                       "and report test AUC on (train-end, test-end], without and with the LUM columns.")
-    p.add_argument("--train-start", required=True)
-    p.add_argument("--train-end", required=True)
-    p.add_argument("--test-end", required=True)
-    p.add_argument("--out", default="reports/evaluate", help="folder for the JSON report and the plot")
+    p = sub.add_parser("evaluate", help="consumers with vs without LUM features; next-item ranking of the knowledge",
+                       description="dlrm-lift (default): a consumer (--consumer dlrm|lr) trained on dlrm_training "
+                       "[train-start, train-end], test AUC on (train-end, test-end] without and with the LUM columns. "
+                       "knowledge: HR@10/NDCG@10 of each user's first item after --ds, ranked by the knowledge of --ds.")
+    p.add_argument("what", nargs="?", choices=EVALUATIONS, default=EVALUATIONS[0], help="|".join(EVALUATIONS))
+    for flag in ("--train-start", "--train-end", "--test-end"):
+        p.add_argument(flag, help="dlrm-lift: the window (YYYY-MM-DD)")
+    p.add_argument("--consumer", help="dlrm-lift: dlrm (default) or lr")
+    p.add_argument("--ds", help="knowledge: the knowledge day K")
+    p.add_argument("--out", help="dlrm-lift: folder for the JSON report and the plot (default reports/evaluate); "
+                   "knowledge: the JSON report (default reports/evaluate_knowledge_<K>.json)")
     _add_config(p)
     _add_common(p)
 
@@ -246,14 +257,30 @@ def cmd_backfill(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, An
 
 
 def cmd_query(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    if args.exclude_seen and args.top_items is None:
+        raise UsageError("--exclude-seen applies with --top-items only")
+    if args.top_items is not None:
+        from stages.query.top_items import cli as top_cli  # deferred: keeps `lum --help` free of numpy/pyarrow
+
+        return top_cli(args, warehouse=warehouse)
     from stages.query.lookup import cli as query_cli  # deferred: keeps `lum --help` free of pyarrow
 
     return query_cli(args, warehouse=warehouse)
 
 
 def cmd_evaluate(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
-    options = {"train_start": args.train_start, "train_end": args.train_end, "test_end": args.test_end,
-               "out_dir": args.out}
+    window = {"train_start": args.train_start, "train_end": args.train_end, "test_end": args.test_end}
+    if args.what == "knowledge":
+        if not args.ds or any(window.values()) or args.consumer:
+            raise UsageError("lum evaluate knowledge takes --ds (the knowledge day), no window and no --consumer")
+        cfg = _config("evaluate.knowledge", args, {"ds": args.ds, "out": args.out})
+        summary = registry.run("evaluate.knowledge", cfg, warehouse=warehouse)
+        print(format_table(summary.pop("table")))
+        return summary
+    if args.ds or not all(window.values()):
+        raise UsageError("lum evaluate needs --train-start, --train-end and --test-end "
+                         "(--ds is for `lum evaluate knowledge`)")
+    options = {**window, "out_dir": args.out, "consumer": args.consumer}
     return registry.run("evaluate", _config("evaluate", args, options), warehouse=warehouse)
 
 

@@ -6,6 +6,11 @@ condition tokens attends to it and to itself (``kernels.grouped_query_attention`
 one query per user (whose mask is exactly causal attention), so both modes share the attention code and give
 the same o_q up to float rounding. Every embedding block is checked (finite, width = the model's
 ``meta["dim"]``) before it becomes rows, so a bad model fails the run before anything is staged.
+Each row also gets ``condition_logprob``: the next-condition head's log p(c | history) from the state at the
+user's last item token (the same forward as o_q; naive mode: its first pass), log-softmaxed over the conditions
+written for that user. A model without the head (cond_loss_weight = 0) gets the history-frequency prior
+instead, add-1 smoothed over the same conditions: log((n_c + 1) / sum_c' (n_c' + 1)), n_c = the behaviours of
+the history read whose condition is c. ``temperature`` is 1 / the model's logit scale.
 """
 
 from __future__ import annotations
@@ -25,21 +30,31 @@ MODES = ("grouped", "naive")
 
 def encode(model: Any, batch: JaggedBatch, mode: str) -> torch.Tensor:
     """(sum N_b, D) float32 outputs o_q for one jagged batch, in user-then-condition order."""
+    return encode_batch(model, batch, mode, next_cond=False)[0]
+
+
+def encode_batch(model: Any, batch: JaggedBatch, mode: str, *,
+                 next_cond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(o_q (sum N_b, D) float32, and with ``next_cond`` the (B, n_conditions) log p(next condition | history)
+    of the same forward, else None). ``next_cond`` needs the model's next-condition head."""
     with torch.inference_mode():
         if mode == "grouped":
-            return model.encode_grouped(batch.hist_item_rows, batch.hist_cond_ids, batch.cu_hist,
-                                        batch.query_cond_ids, batch.cu_queries).float()
-        return encode_naive(model, batch)
+            out = model.encode_grouped(batch.hist_item_rows, batch.hist_cond_ids, batch.cu_hist,
+                                       batch.query_cond_ids, batch.cu_queries, with_next_cond=next_cond)
+            return (out[0].float(), out[1].float()) if next_cond else (out.float(), None)
+        return encode_naive(model, batch, next_cond=next_cond)
 
 
-def encode_naive(model: Any, batch: JaggedBatch) -> torch.Tensor:
+def encode_naive(model: Any, batch: JaggedBatch, *,
+                 next_cond: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Baseline: for j = 0..max N-1, one forward of every user that has a j-th condition with its full
-    history plus that single condition token (plain causal attention; the history is recomputed N times)."""
+    history plus that single condition token (plain causal attention; the history is recomputed N times).
+    The first pass holds every user, so it also gives the next-condition log-probabilities."""
     cu_q = batch.cu_queries.tolist()
     cu_h = batch.cu_hist.tolist()
     n_q = [cu_q[b + 1] - cu_q[b] for b in range(len(cu_q) - 1)]
     dev = batch.hist_item_rows.device
-    out = None
+    out, log_p = None, None
     for j in range(max(n_q)):
         users = [b for b, n in enumerate(n_q) if n > j]
         hist_idx = torch.cat([torch.arange(cu_h[b], cu_h[b + 1]) for b in users]).to(dev)
@@ -49,11 +64,14 @@ def encode_naive(model: Any, batch: JaggedBatch) -> torch.Tensor:
         q_pos = torch.tensor([cu_q[b] + j for b in users], dtype=torch.int64)
         cu_one = torch.arange(len(users) + 1, dtype=torch.int32)
         o = model.encode_grouped(batch.hist_item_rows[hist_idx], batch.hist_cond_ids[hist_idx], cu_hist.to(dev),
-                                 batch.query_cond_ids[q_pos.to(dev)], cu_one.to(dev)).float()
+                                 batch.query_cond_ids[q_pos.to(dev)], cu_one.to(dev), with_next_cond=next_cond and j == 0)
+        if next_cond and j == 0:
+            o, log_p = o[0], o[1].float()
+        o = o.float()
         if out is None:
             out = o.new_empty((cu_q[-1], o.shape[1]))
         out[q_pos.to(o.device)] = o
-    return out
+    return out, log_p
 
 
 def tokens_per_user(mode: str, hist_lens: list[int], n_queries: list[int]) -> list[int]:
@@ -135,13 +153,21 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
     if not keep_uid:
         return None
     n_per = [len(q) for q in query_names]
-    pieces = []
+    learned = bool(getattr(model, "has_cond_head", False))
+    pieces, raw_prior = [], []
     for users in pack_by_budget(tokens_per_user(mode, hist_lens, n_per), forward_budget(mode, token_budget, max(n_per))):
         batch = build_batch(users, hist_items, hist_conds, query_ids, device=device)
         stats.tokens += batch.n_tokens
-        pieces.append(encode(model, batch, mode).cpu().numpy())
+        emb_b, log_p = encode_batch(model, batch, mode, next_cond=learned)
+        pieces.append(emb_b.cpu().numpy())
+        if learned:
+            log_p = log_p.cpu().numpy()
+            raw_prior += [log_p[b, q] for b, q in enumerate(query_ids[users])]
     emb = np.concatenate(pieces, axis=0)
     check_embeddings(emb, dim, what=f"user_knowledge ds={ds} users {keep_uid[0]}..{keep_uid[-1]}")
+    if not learned:  # history-frequency prior: log(n_c + 1), normalised below
+        raw_prior = [np.log1p((h[:, None] == q[None, :]).sum(0)) for h, q in zip(hist_conds, query_ids)]
+    logprob = segment_log_softmax(np.concatenate(raw_prior).astype(np.float64), n_per)
     stats.rows += int(sum(n_per))
     return pa.table({
         "ds": pa.array([ds] * len(emb), pa.string()),
@@ -150,4 +176,24 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
         "embedding": embedding_array(emb),
         "model_version": pa.array([version] * len(emb), pa.string()),
         "history_len": pa.array(np.repeat(np.asarray(hist_lens, dtype=np.int32), n_per)),
+        "condition_logprob": pa.array(logprob.astype(np.float32)),
+        "temperature": pa.array(np.full(len(emb), model_temperature(model), dtype=np.float32)),
     })
+
+
+def model_temperature(model: Any) -> float:
+    """T = 1 / the model's logit scale (the scale its InfoNCE logits <o, e> were trained under)."""
+    return float(1.0 / float(model.logit_scale.detach().float()))
+
+
+def segment_log_softmax(values: np.ndarray, lengths: list[int]) -> np.ndarray:
+    """log-softmax of ``values`` (sum lengths,) within consecutive segments of ``lengths`` (each >= 1)."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    seg = np.repeat(np.arange(len(lengths)), lengths)
+    top = np.maximum.reduceat(values, starts)
+    shifted = values - top[seg]
+    lse = np.log(np.add.reduceat(np.exp(shifted), starts))
+    out = shifted - lse[seg]
+    if not np.isfinite(out).all():
+        raise ValueError(f"condition_logprob: {int((~np.isfinite(out)).sum())} non-finite value(s)")
+    return out

@@ -6,6 +6,9 @@
 ``grouped`` or ``naive`` mode, at most ``token_budget`` tokens per forward. Each table's partition D is
 published by one commit (``stages.infer.publish``); ``user_knowledge`` files are user_id-sorted with disjoint
 ranges and ``row_group_rows``-row groups, so a point lookup reads about one group.
+Every row carries ``condition_logprob`` (log p(condition | history), normalised over the user's conditions, from
+the same forward) and ``temperature`` (stages.infer.encode); a model without the next-condition head falls back
+to the history-frequency prior, logged and named in the summary (``condition_prior``).
 Users skipped and items unknown to the model are counted in the summary, never a crash or a NaN row. A model
 trained after D, condition features unlike the sequences', or a non-finite or wrong-width embedding is a
 ``ValueError`` before anything is written. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
@@ -14,6 +17,7 @@ hash-share of the users and items, ``"commit/n"`` publishes all shards; an unsha
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +27,12 @@ from stages.core.dates import check_ds
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
 from stages.infer.chunks import ShardSpec, parse_shard, user_ordered_chunks
-from stages.infer.encode import MODES, ChunkStats, process_chunk
+from stages.infer.encode import MODES, ChunkStats, model_temperature, process_chunk
 from stages.infer.publish import commit, default_run_id, item_rows_table, items_not_in_model, torchrun_commit
 from stages.model import store as model_store
 from stages.warehouse.facade import Warehouse
+
+log = logging.getLogger(__name__)
 
 SEQUENCE_COLUMNS = ["user_id", "item_ids", "conditions", "history_len"]
 
@@ -130,6 +136,10 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
     loaded = model_store.load(wh.uri, version, device=device)
     model, vocab = loaded.model, loaded.vocab
     dim = check_model(loaded, version, ds)
+    prior = "learned" if model.has_cond_head else "frequency"
+    if prior == "frequency":
+        log.warning("infer: model %s has no next-condition head (cond_loss_weight = 0); condition_logprob is the "
+                    "add-1 smoothed history frequency of each condition", version)
     max_history = model.cfg.history_len  # max_len - 1: the positions training reaches
     cset = parse_spec(cfg.conditions, feature=cfg.condition_feature, with_features=cfg.with_features)
     fixed = None if cset.per_user else cset.fixed(vocab.conditions[1:], vocab.features)
@@ -170,5 +180,6 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
         "users_read": seen, "users": stats.users, "rows": stats.rows, "item_rows": items.num_rows,
         "users_skipped_empty": stats.skipped_empty, "users_skipped_no_conditions": stats.skipped_no_conditions,
         "history_oov_items": stats.history_oov_items, "items_not_in_model": items_not_in_model(wh, vocab),
+        "condition_prior": prior, "temperature": round(model_temperature(model), 6),
         "tokens": stats.tokens, "users_per_s": round(stats.users / max(elapsed, 1e-9), 1),
     }

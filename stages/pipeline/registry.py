@@ -62,6 +62,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest.synthetic", "stages.ingest.synthetic", INGEST, "a seeded synthetic data set"),
     Stage("ingest.events", "stages.ingest.events", INGEST, "your own events file (parquet, CSV)"),
     Stage("evaluate", "stages.evaluate.stage", EVALUATE, "consumers with vs without the LUM columns"),
+    Stage("evaluate.knowledge", "stages.evaluate.knowledge", EVALUATE,
+          "next-item HR@10/NDCG@10 of the knowledge tables of day K vs popularity"),
     Stage("demo", "stages.pipeline.demo", DEMO, "the main job on embedded defaults"),
     Stage("verify", "stages.verify.stage", CHECK, "check a warehouse's files, schemas, keys and model versions"),
     Stage("bench.kernels", "kernels.bench", BENCH, "grouped-query attention: Triton vs the alternatives",

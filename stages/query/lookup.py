@@ -101,8 +101,9 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
 def query_user_knowledge(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds: str | None = None,
                          conditions: Sequence[str] | None = None, version: int | None = None,
                          as_of: int | str | dt.datetime | None = None) -> pa.Table:
-    """``user_knowledge`` rows (ds, user_id, condition, embedding[D], model_version, history_len); ``as_of``
-    and ``version`` as in ``query_table``."""
+    """``user_knowledge`` rows (ds, user_id, condition, embedding[D], model_version, history_len,
+    condition_logprob, temperature: the last two null or absent for partitions written before they existed);
+    ``as_of`` and ``version`` as in ``query_table``."""
     return query_table(warehouse, TABLE, user_ids=user_ids, ds=ds, conditions=conditions, version=version,
                        as_of=as_of)
 

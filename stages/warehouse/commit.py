@@ -117,6 +117,15 @@ def commit_partition_files(table_uri: str, name: str, *, ds: str, files: Sequenc
                             partition_filter=("ds", "=", ds), what=f"ds={ds}")
 
 
+def evolved_schema(table: DeltaTable, schema: pa.Schema) -> Schema:
+    """The table's Delta schema plus the columns of ``schema`` it lacks (appended, nullable): a column added
+    to a table's contract after its first partitions (``TableSpec.optional``) becomes part of the table."""
+    current = table.schema()
+    names = {f.name for f in current.fields}
+    added = [f for f in Schema.from_arrow(schema).fields if f.name not in names]
+    return Schema(list(current.fields) + added) if added else current
+
+
 def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], schema: pa.Schema, app_id: str,
                      storage_options: dict | None, metadata: dict[str, str] | None,
                      partition_filter: tuple[str, str, Any], what: str) -> tuple[int, bool]:
@@ -134,7 +143,7 @@ def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], sc
                              app_transactions=[Transaction(app_id, TXN_VERSION)])
     if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
         table = DeltaTable(table_uri, storage_options=storage_options)
-        table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
+        table.create_write_transaction(actions, "overwrite", evolved_schema(table, schema), partition_by=["ds"],
                                        partition_filters=[partition_filter], commit_properties=props)
     else:
         create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",

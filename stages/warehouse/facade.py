@@ -140,13 +140,20 @@ class Warehouse:
         data = spec.validate(table, ds=ds, dim=dim)
         write_deltalake(
             self.table_uri(name), data, partition_by=["ds"], mode="overwrite", predicate=f"ds = '{ds}'",
-            storage_options=self.storage_options or None,
+            storage_options=self.storage_options or None, schema_mode=self._schema_mode(name, data),
             commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
         )
         self.set_table_metadata(name, metadata or {})
         version = self.version(name)
         log.info("wrote %s ds=%s: %d rows, version %s", name, ds, data.num_rows, version)
         return version
+
+    def _schema_mode(self, name: str, data: pa.Table) -> str | None:
+        """The write's schema mode: "merge" when ``data`` has columns the existing table lacks (a column added
+        to the contract later: ``TableSpec.optional``), else None (the table's schema as it is)."""
+        if not self.exists(name):
+            return None
+        return "merge" if set(data.column_names) - {f.name for f in self.delta_table(name).schema().fields} else None
 
     def write_table(self, name: str, table: pa.Table, *, metadata: dict[str, str] | None = None) -> int:
         """Validate and atomically overwrite an unpartitioned table; returns the version."""
@@ -182,7 +189,7 @@ class Warehouse:
             predicate = "ds IN (" + ", ".join(f"'{d}'" for d in days) + ")"
         data = spec.validate(table)
         write_deltalake(self.table_uri(name), data, partition_by=["ds"], mode="overwrite",
-                        predicate=predicate,
+                        predicate=predicate, schema_mode=self._schema_mode(name, data),
                         storage_options=self.storage_options or None)
         version = self.version(name)
         log.info("wrote %s: %d rows (%s), version %s", name, data.num_rows,

@@ -119,6 +119,9 @@ def conform(df, name: str, ds: str):
     if "ds" not in df.columns:
         df = df.withColumn("ds", F.lit(ds))
     names = [f.name for f in struct.fields]
+    for column in schemas.get(name).SPEC.optional:  # omitted optional columns are null (as in validate)
+        if column not in df.columns:
+            df = df.withColumn(column, F.lit(None))
     unknown = [c for c in df.columns if c not in names]
     if unknown:
         raise ValueError(f"{name}: unknown column(s) {', '.join(unknown)}; expected {', '.join(names)}")

@@ -169,3 +169,17 @@ def test_to_spark_struct_types():
     assert not struct["ds"].nullable and struct["rating"].nullable
     with pytest.raises(ValueError, match="column x"):
         to_spark_struct(pa.schema([("x", pa.dictionary(pa.int8(), pa.string()))]))
+
+
+def test_user_knowledge_optional_columns_and_their_checks():
+    table = pa.table({"user_id": [1, 2], "condition": ["category=A", "category=B"],
+                      "embedding": [[1.0, 0.0], [0.0, 1.0]], "model_version": ["m", "m"], "history_len": [3, 4]})
+    out = user_knowledge.validate(table, ds=DAY)  # written before the columns existed: nulls
+    assert out.column("condition_logprob").null_count == 2 and out.column("temperature").null_count == 2
+    good = table.append_column("condition_logprob", pa.array([-0.1, -2.3])).append_column("temperature",
+                                                                                          pa.array([0.05, 0.05]))
+    assert user_knowledge.validate(good, ds=DAY).column("temperature").type == pa.float32()
+    assert "condition_logprob must be finite and <= 0" in _error(
+        user_knowledge.validate, good.set_column(5, "condition_logprob", pa.array([0.5, float("nan")])), ds=DAY)
+    assert "temperature must be finite and > 0" in _error(
+        user_knowledge.validate, good.set_column(6, "temperature", pa.array([0.0, 0.05])), ds=DAY)

@@ -34,12 +34,12 @@ def make_vocab(features=("category",)) -> Vocab:
 
 
 def publish_model(warehouse: str, through: str = DS, *, features=("category",), seed: int = 0,
-                  dim_override: int | None = None, max_len: int = 16) -> str:
+                  dim_override: int | None = None, max_len: int = 16, cond_loss_weight: float = 1.0) -> str:
     """A randomly initialised tiny LUM published through the real model store."""
     vocab = make_vocab(features)
     torch.manual_seed(seed)
     mcfg = ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=max_len, d_item=8, d_feature=4,
-                       dropout=0.0)
+                       dropout=0.0, cond_loss_weight=cond_loss_weight)
     model = build_model(mcfg, vocab)
     import dataclasses
 
@@ -200,14 +200,15 @@ def test_run_killed_midway_leaves_the_previous_partition(wh_ready, monkeypatch):
 
 
 def test_nan_embeddings_are_refused_before_the_commit(wh_ready, monkeypatch):
-    real_encode = infer_encode.encode
+    real_encode = infer_encode.encode_batch
 
-    def poisoned(model, batch, mode):
-        out = real_encode(model, batch, mode).clone()
+    def poisoned(model, batch, mode, **kwargs):
+        out, log_p = real_encode(model, batch, mode, **kwargs)
+        out = out.clone()
         out[0, 0] = float("nan")
-        return out
+        return out, log_p
 
-    monkeypatch.setattr(infer_encode, "encode", poisoned)
+    monkeypatch.setattr(infer_encode, "encode_batch", poisoned)
     with pytest.raises(ValueError, match="NaN/Inf"):
         run(Config(), ds=DS, warehouse=wh_ready)
     assert not Warehouse(wh_ready).exists("user_knowledge")

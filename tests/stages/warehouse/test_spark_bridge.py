@@ -35,6 +35,8 @@ def knowledge(users: list[int]) -> pa.Table:
         "embedding": [[u / 2, -u / 4, 1.0] for u in users],
         "model_version": ["lum-2000-12-01"] * len(users),
         "history_len": pa.array(users, pa.int32()),
+        "condition_logprob": pa.array([-u / 8 for u in users], pa.float32()),
+        "temperature": pa.array([0.05] * len(users), pa.float32()),
     })
 
 
@@ -116,6 +118,10 @@ def test_spark_write_of_embeddings_roundtrips(spark, warehouse):
     got = wh.read("user_knowledge")
     assert got.num_rows == 6
     assert normalize(spark_rows(wh.read_spark(spark, "user_knowledge"))) == arrow_rows(got, cols)
+    # optional columns (TableSpec.optional) that a Spark writer omits arrive as null
+    bare = spark.createDataFrame(knowledge([7]).drop_columns(["condition_logprob", "temperature"]).to_pandas())
+    wh.write_spark_partition("user_knowledge", bare, ds="2000-12-04")
+    assert wh.read("user_knowledge", ds="2000-12-04").column("condition_logprob").to_pylist() == [None]
 
 
 def test_failed_spark_write_leaves_version_and_rows_unchanged(spark, wh):

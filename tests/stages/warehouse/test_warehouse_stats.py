@@ -18,7 +18,7 @@ from stages.warehouse.facade import Warehouse
 UTC = dt.UTC
 DAY = "2000-12-02"
 PRIMITIVE = ("user_id", "item_id", "ts", "scenario", "rating", "event_idx", "label", "condition",
-             "model_version", "history_len")
+             "model_version", "history_len", "condition_logprob", "temperature")
 
 
 def events(users: list[int], *, micros: int = 0) -> pa.Table:
