@@ -74,9 +74,10 @@ def top_items(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds:
 
 def cli(args: argparse.Namespace, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """``lum query --top-items K``: print the ranked items (table or JSON lines), return the summary."""
-    if args.conditions or args.version is not None or (args.table or "user_knowledge") != "user_knowledge":
+    if args.conditions or getattr(args, "as_of", None) is not None \
+            or (args.table or "user_knowledge") != "user_knowledge":
         raise ValueError("--top-items ranks over every condition of the newest table version; "
-                         "drop --condition, --version and --table")
+                         "drop --condition, --as-of and --table")
     rows = top_items(warehouse, user_ids=args.user_ids, ds=args.ds, k=args.top_items,
                      exclude_seen=bool(getattr(args, "exclude_seen", False)))
     records = rows.to_pylist()
