@@ -154,10 +154,21 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     rows = query_user_knowledge(warehouse, user_ids=[sample_user], ds=window[-1]).to_pylist()
     print(f"demo: lum query --ds {window[-1]} --user-id {sample_user}: {len(rows)} rows, first "
           f"{rows[0]['condition']} {[round(v, 3) for v in rows[0]['embedding'][:4]]} ...", flush=True)
-    auc = registry.run_with("evaluate", {"train_start": window[0], "train_end": window[-2], "test_end": window[-1],
-                                         "out_dir": os.path.join(out_dir, "evaluate")}, warehouse=wh)
-    print(f"demo: DLRM AUC without LUM {auc['auc_without_lum']:.4f}, with LUM {auc['auc_with_lum']:.4f}, "
-          f"lift {auc['lift']:+.4f}", flush=True)
+    lifts = []
+    for consumer in ("dlrm", "lr"):  # a large and a small consumer of the same LUM columns
+        result = registry.run_with("evaluate", {
+            "train_start": window[0], "train_end": window[-2], "test_end": window[-1], "consumer": consumer,
+            "out_dir": os.path.join(out_dir, f"evaluate_{consumer}")}, warehouse=wh)
+        lifts.append({k: result[k] for k in ("consumer", "auc_without_lum", "auc_with_lum", "lift",
+                                             "lift_with_knowledge", "test_with_knowledge")})
+        print(f"demo: {consumer} AUC without LUM {result['auc_without_lum']:.4f}, with LUM "
+              f"{result['auc_with_lum']:.4f}, lift {result['lift']:+.4f}", flush=True)
+    auc = lifts[0]
+    # the knowledge of the bootstrap day against popularity, on the first item each user takes after it
+    knowledge = registry.run_with("evaluate.knowledge", {
+        "ds": boot, "out": os.path.join(out_dir, "evaluate_knowledge.json")}, warehouse=wh)
+    print(f"demo: knowledge of {boot}: next-item HR@10 {knowledge['lum_hr@10']:.4f} vs popularity "
+          f"{knowledge['popularity_hr@10']:.4f} ({knowledge['users_evaluated']} users)", flush=True)
 
     daily_loss = [(ds, _meta(warehouse, ds).get("metrics", {}).get("loss")) for ds in window]
     summary = {
@@ -165,15 +176,17 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
         "hr@10": retrieval.get("hr@10"), "ndcg@10": retrieval.get("ndcg@10"),
         "target_cond_hr@10": retrieval.get("target_cond_hr@10"),
         "auc_without_lum": auc["auc_without_lum"], "auc_with_lum": auc["auc_with_lum"], "lift": auc["lift"],
-        "sample_user": sample_user, "seconds": round(time.perf_counter() - started, 1),
+        "knowledge_hr@10": knowledge["lum_hr@10"], "popularity_hr@10": knowledge["popularity_hr@10"],
+        "lr_lift": lifts[1]["lift"], "sample_user": sample_user, "seconds": round(time.perf_counter() - started, 1),
     }
     report = write_report(out_dir, {
         "title": f"lum-pipeline demo ({source}, {window[0]} .. {window[-1]})", "summary": summary,
         "loss": {"points": loss_points, "daily": [d for d in daily_loss if d[1] is not None]},
-        "retrieval": retrieval, "auc": auc, "timings": timings,
+        "retrieval": retrieval, "auc": auc, "lifts": lifts, "knowledge": knowledge["table"], "timings": timings,
         "query": rows})
     summary["report"] = report
     with open(os.path.join(out_dir, "demo.json"), "w") as fh:
-        json.dump({**summary, "timings": timings, "ingest": ingest, "evaluate": auc}, fh, indent=1, default=str)
+        json.dump({**summary, "timings": timings, "ingest": ingest, "evaluate": lifts,
+                   "knowledge": knowledge}, fh, indent=1, default=str)
     print(f"demo: report {report} ({summary['seconds']:.0f} s in all)", flush=True)
     return summary

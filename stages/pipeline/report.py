@@ -115,6 +115,12 @@ def write_report(out_dir: str, data: dict[str, Any]) -> str:
         plot_bars({"without LUM": auc["auc_without_lum"], "with LUM": auc["auc_with_lum"]},
                   f"reference DLRM test AUC (lift {auc['lift']:+.4f})", "AUC", os.path.join(out_dir, "auc.png"))
         sections.append('<h2>AUC with and without LUM features</h2><img src="auc.png">')
+    if data.get("lifts"):
+        sections.append("<h2>Lift per consumer (test AUC, with vs without the LUM columns)</h2>"
+                        + _table(data["lifts"]))
+    if data.get("knowledge"):
+        sections.append("<h2>The knowledge tables alone vs popularity (first item after the knowledge day)</h2>"
+                        + _table(data["knowledge"]))
     if data.get("timings"):
         plot_timings(data["timings"], os.path.join(out_dir, "timings.png"))
         sections.append('<h2>Per-stage timings</h2><img src="timings.png">' + _table(data["timings"]))

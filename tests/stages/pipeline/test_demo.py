@@ -31,7 +31,7 @@ def test_quick_demo(airflow_db_for_demo, ml100k_warehouse, copy_warehouse, tmp_p
     out = tmp_path / "demo"
     summary = run_with("demo", {"out_dir": str(out), "days": 3, "quick": True}, warehouse=wh)
     printed = capsys.readouterr().out
-    assert "lum query" in printed and "HR@10" in printed and "lift" in printed
+    assert "lum query" in printed and "HR@10" in printed and "lift" in printed and "vs popularity" in printed
     window = [summary["start"], None, summary["end"]]
     parts = Warehouse(wh).partitions("dlrm_training")
     assert len(parts) == 3 and parts[0] == window[0] and parts[-1] == window[-1]
@@ -41,7 +41,10 @@ def test_quick_demo(airflow_db_for_demo, ml100k_warehouse, copy_warehouse, tmp_p
     saved = json.loads((out / "demo.json").read_text())
     assert [t["ds"] for t in saved["timings"]] == [summary["bootstrap_ds"], *parts]
     assert all(set(t) >= {"sequences", "pretrain", "infer", "join"} for t in saved["timings"][1:])
+    assert [r["consumer"] for r in saved["evaluate"]] == ["dlrm", "lr"]
+    assert saved["knowledge"]["users_evaluated"] > 0 and 0.0 <= summary["knowledge_hr@10"] <= 1.0
     page = (out / "index.html").read_text()
+    assert "Lift per consumer" in page and "knowledge tables alone vs popularity" in page
     for png in ("loss.png", "retrieval.png", "auc.png", "timings.png"):
         assert (out / png).is_file() and png in page
 
