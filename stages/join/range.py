@@ -6,8 +6,9 @@ checks as ``run()``) and written by one ``write_spark_partitions`` commit of exa
 ``run()`` for every day; the fixed per-day cost (check jobs, knowledge checks, the commit) is paid per group.
 Days without a samples partition are skipped and listed in ``days_without_samples`` (their output is left as
 it is); a range with none at all is a ``ValueError``. The knowledge rule (every day needs D - lag's knowledge
-unless ``allow_stale_knowledge``) and ``require_knowledge`` are checked for every day before any write. A bad day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as
-they were, earlier groups stay committed, so rerunning the range finishes it with the same rows.
+unless ``allow_stale_knowledge``) and ``require_knowledge`` are checked for every day before any write. A bad
+day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as they were, earlier
+groups stay committed, so rerunning the range finishes it with the same rows.
 """
 
 from __future__ import annotations

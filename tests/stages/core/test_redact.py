@@ -55,8 +55,9 @@ def test_known_secrets_come_from_options_env_spark_conf_and_key_file(fake_env):
 
 
 def test_redact_masks_known_values_in_any_spelling_and_unknown_secret_pairs(fake_env):
+    key_file = Path(fake_env["GOOGLE_APPLICATION_CREDENTIALS"]).read_text()
     text = (f"opts {json.loads(fake_env['LUM_STORAGE_OPTIONS'])!r} json {json.dumps(KEY)} url "
-            f"{KEY.replace('/', '%2F').replace('+', '%2B')} pem {json.dumps(Path(fake_env['GOOGLE_APPLICATION_CREDENTIALS']).read_text())}")
+            f"{KEY.replace('/', '%2F').replace('+', '%2B')} pem {json.dumps(key_file)} raw {key_file}")
     out = redact(text)
     assert_clean(out)
     assert "us-east-1" in out and "***" in out
