@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from stages.core.config import parse_overrides
 from stages.core.dates import check_ds
+from stages.core.redact import install_log_redaction, redact, redact_obj
+from stages.core.shutdown import end_process, run_command
 from stages.core.tables import format_table
 from stages.pipeline import registry
 
@@ -181,6 +183,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("py4j", "matplotlib", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_log_redaction()  # storage credentials never reach a log line
 
 
 def _config(name: str, args: argparse.Namespace, options: dict[str, Any] | None = None, *,
@@ -290,7 +293,7 @@ def cmd_bench(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     out = args.out or os.path.join("reports", f"bench_{args.name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:
-        json.dump(report, fh, indent=2, default=str)
+        json.dump(redact_obj(report), fh, indent=2, default=str)
     rows = report.get("table") or []
     if rows:
         print(format_table(rows))
@@ -318,6 +321,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Warehouse], dict[str, Any]]] =
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` and return its exit status. With ``argv`` None (the ``lum`` script,
+    ``python -m stages``) the process ends here with that status (``stages.core.shutdown`` says why)."""
+    if argv is None:
+        end_process(run_command(_main, sys.argv[1:]))
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         warehouse = Warehouse(args.warehouse)
         summary = COMMANDS[args.command](args, warehouse)
     except (ValueError, FileNotFoundError, KeyError, LookupError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
         if args.verbose:
             log.exception("command failed")
         print(f"lum: error: {msg}", file=sys.stderr)
@@ -340,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.setdefault("seconds", round(time.perf_counter() - started, 3))
     # One write() of the whole line: under torchrun several ranks share stdout, and print() may split a
     # line into two writes that interleave; a single write below PIPE_BUF (4 KiB) is atomic on a pipe.
-    sys.stdout.write(json.dumps(summary, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.write(redact(json.dumps(summary, default=str, separators=(",", ":"))) + "\n")
     sys.stdout.flush()
     return 0
 

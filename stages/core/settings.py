@@ -6,6 +6,9 @@
 basics; ``LUM_SPARK_CONF``: extra ``spark.*`` settings as ``key=value`` pairs separated by ``;``, applied last.
 ``LUM_VACUUM_RETENTION_HOURS``: how long ``Warehouse.vacuum`` keeps files a newer version no longer needs
 (default 168 = 7 days); it bounds how far back time travel and ``lum run join --reproduce`` reach.
+Credentials in ``LUM_STORAGE_OPTIONS``, ``LUM_SPARK_CONF`` or the usual ``AWS_*``/``AZURE_*``/``GOOGLE_*``
+variables are never echoed: errors here name keys and positions only, and ``stages.core.redact`` masks them
+in every log line, error, summary and report.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def storage_options() -> dict[str, str]:
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError as exc:  # its message names a position, never the text
         raise ValueError(f"LUM_STORAGE_OPTIONS is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError("LUM_STORAGE_OPTIONS must be a JSON object of string values")
@@ -69,9 +72,10 @@ class SparkSettings:
     @classmethod
     def from_env(cls) -> SparkSettings:
         conf: dict[str, str] = {}
-        for pair in filter(None, (os.environ.get("LUM_SPARK_CONF") or "").split(";")):
-            if "=" not in pair:
-                raise ValueError(f"LUM_SPARK_CONF entry {pair!r} is not key=value")
+        pairs = [p for p in (os.environ.get("LUM_SPARK_CONF") or "").split(";") if p.strip()]
+        for n, pair in enumerate(pairs, 1):
+            if "=" not in pair:  # the entry itself is not echoed: it may hold a credential
+                raise ValueError(f"LUM_SPARK_CONF entry {n} of {len(pairs)} is not key=value")
             key, value = pair.split("=", 1)
             conf[key.strip()] = value.strip()
         return cls(

@@ -31,6 +31,7 @@ from stages.infer.encode import MODES, ChunkStats, model_temperature, process_ch
 from stages.infer.publish import commit, default_run_id, item_rows_table, items_not_in_model, torchrun_commit
 from stages.model import store as model_store
 from stages.warehouse.facade import Warehouse
+from stages.warehouse.reads import pyarrow_dataset
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def sequences_snapshot(wh: Warehouse, ds: str) -> tuple[Any, int]:
     if ds not in wh.partitions("user_sequences"):
         raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
     table = wh.delta_table("user_sequences")
-    return table.to_pyarrow_dataset(partitions=[("ds", "=", ds)]), table.version()
+    return pyarrow_dataset(table, [("ds", "=", ds)]), table.version()
 
 
 # ---- the stage -------------------------------------------------------------------------------------

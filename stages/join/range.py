@@ -5,11 +5,11 @@ choice form a group, whose samples are read once, joined by ``stage.join_days`` 
 checks as ``run()``) and written by one ``write_spark_partitions`` commit of exactly its days. Same rows as
 ``run()`` for every day; the fixed per-day cost (check jobs, knowledge checks, the commit) is paid per group.
 Days without a samples partition are skipped and listed in ``days_without_samples`` (their output is left as
-it is); a range with none at all is a ``ValueError``. ``require_knowledge`` is checked for every group before
-any write. A bad day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as
-they were, earlier groups stay committed, so rerunning the range finishes it with the same rows. Input
-versions are pinned once for the whole range; each group's commit records them with its days
-(stages.join.provenance): one record per commit, true for each of its days.
+it is); a range with none at all is a ``ValueError``. The knowledge rule (every day needs D - lag's knowledge
+unless ``allow_stale_knowledge``) and ``require_knowledge`` are checked for every day before any write. A bad
+day or bad knowledge raises ``ValueError`` naming it; that group and later ones are left as they were, earlier
+groups stay committed, so rerunning the range finishes it with the same rows. Input versions are pinned once
+for the whole range; each group's commit records them with its days (stages.join.provenance).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from stages.core.dates import day_range
 from stages.join.inputs import sample_rows_by_day
-from stages.join.plan import Group, knowledge_days, plan_groups
+from stages.join.plan import Group, knowledge_days, knowledge_lag, plan_groups, stale_knowledge
 from stages.join.provenance import pin_inputs
 from stages.join.stage import Config, Prepared, check_config, commit_metadata, join_days, output_metadata, prepare
 from stages.warehouse.facade import Warehouse
@@ -53,17 +53,34 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
         out.unpersist()
     rows = sum(expected.values())
     return {"start": first, "end": last, "days": len(group.days), "knowledge_ds": group.knowledge_ds,
+            "max_knowledge_lag_days": knowledge_lag(last, group.knowledge_ds),
             "fallback": group.fallback, "model_version": version, "rows": rows,
             "rows_without_knowledge": sum(without.values()), "version": written,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _check_knowledge_rule(cfg: Config, groups: list[Group], lag: int, user_days: list[str],
+                          item_days: list[str]) -> None:
+    """``ValueError`` for the first day without D - lag's knowledge (strict); with ``allow_stale_knowledge``,
+    one warning per group that has such days."""
+    for group in groups:
+        stale = [(d, p) for d in group.days if (p := stale_knowledge(d, lag, group.knowledge_ds, user_days,
+                                                                      item_days))]
+        if stale and not cfg.allow_stale_knowledge:
+            raise ValueError(stale[0][1])
+        if stale:
+            log.warning("%s..%s: %d day(s) without the knowledge of D - %d (first: %s); allow_stale_knowledge is "
+                        "set: using %s", group.days[0], group.days[-1], len(stale), lag, stale[0][0],
+                        group.knowledge_ds or "no knowledge")
 
 
 def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) -> dict[str, Any]:
     """Write every day of ``start..end`` (inclusive) of the spec's output table, as ``run`` would.
 
     Returns a JSON-able summary: ``days`` (days written), ``days_without_samples``, ``rows``,
-    ``rows_without_knowledge``, ``groups`` (per group: start, end, days, knowledge_ds, fallback, model_version,
-    rows, rows_without_knowledge, version, seconds), ``seconds``, ``rows_per_s``.
+    ``rows_without_knowledge``, ``max_knowledge_lag_days``, ``groups`` (per group: start, end, days,
+    knowledge_ds, max_knowledge_lag_days, fallback, model_version, rows, rows_without_knowledge, version,
+    seconds), ``seconds``, ``rows_per_s``.
     """
     wh = Warehouse.of(warehouse)
     days = day_range(start, end)
@@ -79,7 +96,9 @@ def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) 
     if missing:
         log.warning("%s has no partition for %d day(s) of %s..%s (first %s): skipped, nothing to join",
                     spec.samples_table, len(missing), start, end, missing[0])
-    groups = plan_groups(present, *knowledge_days(wh, versions), lag)
+    user_days, item_days = knowledge_days(wh, versions)
+    groups = plan_groups(present, user_days, item_days, lag)
+    _check_knowledge_rule(cfg, groups, lag, user_days, item_days)
     if cfg.require_knowledge:
         for group in groups:
             if group.knowledge_ds is None:
@@ -98,8 +117,9 @@ def run_range(cfg: Config, *, start: str, end: str, warehouse: Warehouse | str) 
                  sum(r["rows"] for r in results) / max(elapsed, 1e-9), eta)
     seconds = time.perf_counter() - started
     rows = sum(r["rows"] for r in results)
+    lags = [r["max_knowledge_lag_days"] for r in results if r["max_knowledge_lag_days"] is not None]
     return {"table": spec.output_table, "start": start, "end": end, "days": len(present),
-            "days_without_samples": missing, "rows": rows,
+            "days_without_samples": missing, "rows": rows, "max_knowledge_lag_days": max(lags, default=None),
             "rows_without_knowledge": sum(r["rows_without_knowledge"] for r in results),
             "groups": results, "conditions": len(prep.conditions), "spec": spec.name, "lag_days": lag,
             "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1)}

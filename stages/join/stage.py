@@ -5,9 +5,12 @@ of ``dlrm_samples[D]`` (rows out == rows in, keys unique, asserted before the co
 columns of schemas/dlrm_training.py, from the knowledge partition chosen by stages.join.plan and
 recorded per row in ``lum_knowledge_ds``. Nothing of day D or later is read except D's samples.
 
-Fallbacks: no usable knowledge partition writes null LUM columns (``fallback: "no_knowledge"``; a
-``ValueError`` with ``require_knowledge``); user/item knowledge of different newest days use the
-newest common day (``"common_partition"``). Samples whose user or item has no knowledge keep their
+Day D needs the knowledge of D - lag (D-1 by default): when the run for that day failed, the join is a
+``ValueError`` naming the missing day. ``allow_stale_knowledge = true`` accepts, with a warning, the newest
+older partition, or none at all (a first-ever day: null LUM columns, ``fallback: "no_knowledge"``, a
+``ValueError`` still with ``require_knowledge``); user/item knowledge of different newest days then use the
+newest common day (``"common_partition"``). The summary's ``knowledge_ds`` / ``knowledge_lag_days`` and the
+rows' ``lum_knowledge_ds`` record the day used. Samples whose user or item has no knowledge keep their
 row with null LUM columns. Every error leaves ``dlrm_training`` untouched (stages.join.checks).
 Every input is read at the version pinned when the run starts, and the commit records those versions
 (stages.join.provenance), so ``lum run join --reproduce`` can rebuild the partition later.
@@ -28,7 +31,7 @@ from stages.join import provenance
 from stages.join.checks import check_days, check_samples_schema
 from stages.join.frame import build_training_frame
 from stages.join.inputs import read_items, read_knowledge, resolve_conditions, sample_rows_by_day
-from stages.join.plan import choose_knowledge_ds
+from stages.join.plan import knowledge_lag, resolve_knowledge
 from stages.join.spec import JoinSpec, load_spec
 from stages.warehouse.facade import Warehouse
 
@@ -44,7 +47,8 @@ class Config:
 
     spec: str = "dlrm"  # built-in spec name or path to a TOML/JSON spec (stages/join/spec.py)
     lag_days: int | None = None  # overrides the spec's lag; None = the spec's (default 1)
-    require_knowledge: bool = False  # True: no knowledge partition is an error instead of null LUM columns
+    allow_stale_knowledge: bool = False  # True: without D - lag's knowledge use the newest older one (or none)
+    require_knowledge: bool = False  # with allow_stale_knowledge: no knowledge at all is still an error
     broadcast_items: bool = True  # item_knowledge to every task (items x D floats); False: shuffle join
     similarity: str = "numpy"  # the lum_match implementation: numpy per Arrow batch (stages.join.similarity)
 
@@ -143,7 +147,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     if samples_version is None or ds not in wh.partitions(spec.samples_table, samples_version):
         raise ValueError(f"{spec.samples_table} has no partition ds={ds}")
     cutoff = days_before(ds, lag)
-    k_ds, fallback = choose_knowledge_ds(wh, cutoff, versions)
+    k_ds, fallback = resolve_knowledge(wh, ds, lag, allow_stale=cfg.allow_stale_knowledge, versions=versions)
     if k_ds is None and cfg.require_knowledge:
         raise ValueError(f"no user_knowledge/item_knowledge partition <= {cutoff} (ds {ds} - lag {lag}) "
                          "and require_knowledge is set")
@@ -166,7 +170,8 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     summary = {
         "table": spec.output_table, "ds": ds, "rows": n_samples,
         "rows_without_knowledge": without[ds],
-        "knowledge_ds": k_ds, "model_version": version, "fallback": fallback, "dim": dim if k_ds else None,
+        "knowledge_ds": k_ds, "knowledge_lag_days": knowledge_lag(ds, k_ds), "model_version": version,
+        "fallback": fallback, "dim": dim if k_ds else None,
         "conditions": len(prep.conditions), "spec": spec.name, "lag_days": lag,
         "inputs": versions, "config_hash": provenance.config_hash(prep.config),
         "version": written, "seconds": round(seconds, 3),

@@ -7,7 +7,9 @@ stages are all complete is skipped; otherwise it restarts at its first incomplet
 selected stage after it (later outputs depend on earlier ones). ``force=True`` reruns everything. Consecutive
 days that need only ``join`` run as one ``stages.join.range.run_range`` (same rows, fewer Spark jobs and
 commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
-day with everything before it committed, so rerunning the same command resumes.
+day with everything before it committed, so rerunning the same command resumes. The first day's join needs
+the knowledge of the day before the range (a bootstrap, or an earlier run): when it is missing and the join
+config does not allow stale knowledge, the backfill fails before running anything.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from stages.core.dates import day_range
+from stages.core.dates import day_range, days_before
 from stages.join import range as join_range
+from stages.join.plan import knowledge_days, pick_knowledge_ds, stale_knowledge
+from stages.join.stage import check_config
 from stages.model import store as model_store
 from stages.pipeline import daily
 from stages.warehouse.facade import Warehouse
@@ -88,6 +92,29 @@ def _join_stretch(warehouse: str, days: Sequence[str], first: int, chosen: Seque
     return stretch
 
 
+def _check_knowledge_before(warehouse: str, days: Sequence[str], chosen: Sequence[str], config_path: str | None,
+                            overrides: Mapping[str, Any] | None, *, force: bool) -> None:
+    """``ValueError`` before anything runs when a day whose join needs knowledge from before the range (the
+    first ``lag`` days) will not find it and the join config does not allow stale knowledge."""
+    if "join" not in chosen:
+        return
+    cfg = daily.stage_config("join", config_path, overrides)
+    spec, lag = check_config(cfg)
+    if cfg.allow_stale_knowledge:
+        return
+    wh = Warehouse.of(warehouse)
+    user_days, item_days = knowledge_days(wh)
+    for ds in days[:lag]:
+        if not _has_partition(warehouse, spec.samples_table, ds) or "join" not in stages_to_run(
+                warehouse, ds, chosen, force=force):
+            continue
+        k_ds, _ = pick_knowledge_ds(user_days, item_days, days_before(ds, lag))
+        problem = stale_knowledge(ds, lag, k_ds, user_days, item_days)
+        if problem:
+            raise ValueError(f"{problem}; bootstrap it first with `lum backfill --start {days_before(ds, lag)} "
+                             f"--end {days_before(ds, lag)} --stages sequences pretrain infer`")
+
+
 def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, force: bool = False,
                  config_path: str | None = None, overrides: Mapping[str, Any] | None = None,
                  warehouse: str) -> dict[str, Any]:
@@ -101,6 +128,7 @@ def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, f
     days = day_range(start, end)
     chosen = _check_stages(stages)
     daily.split_overrides(overrides)  # fail on a bad override before any day runs
+    _check_knowledge_before(warehouse, days, chosen, config_path, overrides, force=force)
     started = time.perf_counter()
     ran: list[str] = []
     skipped: list[str] = []

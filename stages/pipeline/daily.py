@@ -6,6 +6,11 @@ summary with the stage name and wall seconds added. The DAG imports this module 
 
 Overrides: ``{"max_steps": 50}`` goes to every stage whose Config has that field (an error if none
 has it); ``{"pretrain.max_steps": 50}`` goes to one stage only.
+
+Errors: a ``ValueError`` is a contract error (bad input, missing partition or knowledge, schema or key
+violation) that a retry cannot fix; the DAG fails such a task without retrying it. Anything else (OSError,
+Spark/py4j errors) may be transient and keeps its retries. Log records and summaries are redacted
+(stages.core.redact): a task's summary goes to Airflow's XCom and its logs to the task log.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stages.core.dates import check_ds
+from stages.core.redact import install_log_redaction, redact_obj
 from stages.pipeline import registry
 from stages.warehouse.facade import Warehouse
 
@@ -51,7 +57,8 @@ def stage_config(stage: str, config_path: str | None = None,
 
 def run_stage(stage: str, ds: str, warehouse: Warehouse | str | None = None, config_path: str | None = None,
               overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run one stage for day ``ds``; returns its summary plus ``stage`` and ``seconds``."""
+    """Run one stage for day ``ds``; returns its summary (redacted) plus ``stage`` and ``seconds``."""
+    install_log_redaction()
     check_ds(ds, name="ds")
     warehouse = Warehouse.of(warehouse)
     cfg = stage_config(stage, config_path, overrides)
@@ -60,7 +67,7 @@ def run_stage(stage: str, ds: str, warehouse: Warehouse | str | None = None, con
     summary = registry.run(stage, cfg, ds=ds, warehouse=warehouse)
     seconds = round(time.perf_counter() - started, 3)
     log.info("%s(%s) done in %.1f s", stage, ds, seconds)
-    return {"stage": stage, "ds": ds, **summary, "seconds": seconds}
+    return redact_obj({"stage": stage, "ds": ds, **summary, "seconds": seconds})
 
 
 def run_sequences(ds: str, warehouse: Warehouse | str | None = None, config_path: str | None = None,

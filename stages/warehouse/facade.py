@@ -22,11 +22,12 @@ from deltalake.exceptions import DeltaError
 
 import schemas
 from stages.core.dates import check_ds
+from stages.core.redact import redact
 from stages.core.settings import resolve_warehouse, vacuum_retention_hours
 from stages.core.settings import storage_options as env_storage_options
 from stages.warehouse import history, spark_bridge, staging
 from stages.warehouse.commit import check_present
-from stages.warehouse.reads import Filter, filter_expression, partition_filters, restore_types
+from stages.warehouse.reads import Filter, filter_expression, partition_filters, pyarrow_dataset, restore_types
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Warehouse:
         return warehouse if isinstance(warehouse, Warehouse) else cls(warehouse)
 
     def __repr__(self) -> str:
-        return f"Warehouse({self.uri!r})"
+        return f"Warehouse({redact(self.uri)!r})"  # a URI may carry a password or a signed query
 
     # ---- opening tables -------------------------------------------------------------------------
     def table_uri(self, name: str) -> str:
@@ -114,7 +115,7 @@ class Warehouse:
         """
         table = self.delta_table(name, version)
         pruning = partition_filters(ds, start, end)
-        dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning or None)
+        dataset = pyarrow_dataset(table, pruning)
         expr = filter_expression(list(pruning) + list(filters or ()), dataset.schema, name)
         if columns is not None:
             unknown = [c for c in columns if c not in dataset.schema.names]

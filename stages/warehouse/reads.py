@@ -5,16 +5,21 @@
   value typed from the table schema (never assembled as predicate text).
 - ``restore_types``: a table read back from Delta cast to its schema's types (Delta stores
   ``fixed_size_list`` embeddings as ``array<float>``).
+- ``pyarrow_dataset``: a Delta snapshot as a pyarrow dataset; local tables through Arrow's native
+  filesystem, so no Python object is left to Arrow's threads (stages.core.shutdown explains the abort
+  at interpreter exit that delta-rs' Python filesystem handler can cause).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 import schemas
 from stages.core.dates import check_ds
@@ -76,3 +81,24 @@ def restore_types(name: str, table: pa.Table) -> pa.Table:
         if column in target.names and table.schema.field(column).type != target.field(column).type:
             table = table.set_column(i, column, table.column(column).cast(target.field(column).type))
     return table
+
+
+def local_root(table_uri: str) -> str | None:
+    """The directory of a local table (a path or a ``file://`` URI), None for object stores."""
+    parsed = urlparse(table_uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    return table_uri if parsed.scheme == "" else None
+
+
+def pyarrow_dataset(delta: Any, pruning: Sequence[Filter] | None = None) -> pads.Dataset:
+    """``delta.to_pyarrow_dataset`` over the files that ``pruning`` keeps (None: all).
+
+    Local tables read through ``pyarrow.fs.LocalFileSystem`` (C++ only): delta-rs' default is a
+    ``PyFileSystem`` whose Python file objects Arrow's threads release after the read returned, and
+    one released during interpreter shutdown aborts the process. Object stores keep delta-rs' handler.
+    """
+    root = local_root(delta.table_uri)
+    filesystem = None if root is None else pafs.SubTreeFileSystem(root.rstrip("/") or "/", pafs.LocalFileSystem())
+    return delta.to_pyarrow_dataset(file_pruning_predicate=list(pruning) if pruning else None,
+                                    filesystem=filesystem)

@@ -37,6 +37,8 @@ def test_dag_settings(lum_dag):
         assert task.retry_exponential_backoff, task.task_id
         assert task.retry_delay == dt.timedelta(minutes=2)
         assert task.doc_md or task.doc, task.task_id  # the task docstring
+    hours = {t.task_id: t.execution_timeout / dt.timedelta(hours=1) for t in lum_dag.tasks}
+    assert hours == {"sequences": 1, "pretrain": 6, "infer": 4, "join": 2}  # a hung task frees lum_gpu
 
 
 def test_task_graph_pools_and_assets(lum_dag):

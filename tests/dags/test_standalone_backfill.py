@@ -50,6 +50,8 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
     home = tmp_path / "airflow"
     home.mkdir()
     wh = copy_warehouse(ml100k_warehouse)
+    config = tmp_path / "lum.toml"  # the first day of an empty warehouse has no knowledge of the day before
+    config.write_text(Path(TINY_CONFIG).read_text() + "\n[join]\nallow_stale_knowledge = true\n")
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
@@ -63,7 +65,7 @@ def test_backfill_create_runs_two_days(tmp_path, ml100k_warehouse, copy_warehous
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "stages.pipeline.airflow_db.SQLITE_CONNECT_ARGS_ASYNC",
         "LUM_WAREHOUSE": wh,
-        "LUM_CONFIG": TINY_CONFIG,
+        "LUM_CONFIG": str(config),
         "LUM_DAG_END_DATE": DAYS[-1],
         "PYTHONPATH": os.pathsep.join([str(Path(DAGS).parent), os.environ.get("PYTHONPATH", "")]),
         # standalone starts its components as `airflow ...` subprocesses found on PATH: the venv's bin

@@ -103,7 +103,7 @@ def test_join_values_match_numpy_reference(spark, warehouse, similarity):
 
     wh = make_warehouse(warehouse)
     summary = run_join(wh, similarity=similarity)
-    assert summary["rows"] == 11 and summary["knowledge_ds"] == "2001-01-04"
+    assert summary["rows"] == 11 and summary["knowledge_ds"] == "2001-01-04" and summary["knowledge_lag_days"] == 1
     assert summary["model_version"] == "lum-2001-01-04" and summary["fallback"] is None
     out = wh.read("dlrm_training", ds=D)
     assert out.num_rows == 11
@@ -172,8 +172,8 @@ def test_rerun_is_idempotent_and_lag_picks_older_partition(spark, warehouse):
     run_join(wh)
     assert wh.version("dlrm_training") > v1
     assert sorted_rows(wh.read("dlrm_training", ds=D)) == first
-    summary = run_join(wh, lag_days=2)  # D - 2 = 2001-01-03: the 01-02 partition
-    assert summary["knowledge_ds"] == "2001-01-02"
+    summary = run_join(wh, lag_days=2, allow_stale_knowledge=True)  # D - 2 = 2001-01-03: the 01-02 partition
+    assert summary["knowledge_ds"] == "2001-01-02" and summary["knowledge_lag_days"] == 3
     rows = wh.read("dlrm_training", ds=D)
     assert rows.num_rows == 11
     assert set(rows.column("lum_knowledge_ds").drop_null().to_pylist()) == {"2001-01-02"}
@@ -181,13 +181,16 @@ def test_rerun_is_idempotent_and_lag_picks_older_partition(spark, warehouse):
         run_join(wh, lag_days=0)
 
 
-def test_missing_knowledge_falls_back_to_nulls_or_errors(spark, warehouse):
+def test_missing_knowledge_is_an_error_unless_allowed_then_nulls(spark, warehouse):
     wh = make_warehouse(warehouse, knowledge_days=(D,))  # only knowledge of day D itself: unusable
+    with pytest.raises(ValueError, match="needs the knowledge of 2001-01-04 .*allow_stale_knowledge"):
+        run_join(wh)  # the default: D - 1's knowledge or nothing
     with pytest.raises(ValueError, match="require_knowledge"):
-        run_join(wh, require_knowledge=True)
+        run_join(wh, allow_stale_knowledge=True, require_knowledge=True)
     assert not wh.exists("dlrm_training")
-    summary = run_join(wh)
+    summary = run_join(wh, allow_stale_knowledge=True)  # a first-ever day: null LUM columns
     assert summary["fallback"] == "no_knowledge" and summary["knowledge_ds"] is None
+    assert summary["knowledge_lag_days"] is None
     assert summary["rows_without_knowledge"] == summary["rows"] == 11
     out = wh.read("dlrm_training", ds=D)
     assert out.num_rows == 11 and out.column("lum_match").null_count == 11
@@ -197,8 +200,25 @@ def test_partitions_of_different_days_use_newest_common(spark, warehouse):
     wh = make_warehouse(warehouse)
     uk, _ = knowledge("2001-01-03", seed=7, version="lum-2001-01-03")
     wh.write_partition("user_knowledge", uk, ds="2001-01-03")  # no item_knowledge of 01-03
-    summary = run_join(wh, lag_days=2)  # cutoff 01-03: users' newest 01-03, items' newest 01-02
+    with pytest.raises(ValueError, match="2001-01-03 .*which item_knowledge does not have"):
+        run_join(wh, lag_days=2)
+    summary = run_join(wh, lag_days=2, allow_stale_knowledge=True)  # users' newest 01-03, items' 01-02
     assert summary["knowledge_ds"] == "2001-01-02" and summary["fallback"] == "common_partition"
+
+
+def test_stale_knowledge_is_an_error_by_default_and_recorded_when_allowed(spark, warehouse, caplog):
+    wh = make_warehouse(warehouse, knowledge_days=("2001-01-02", "2001-01-03"))  # the run for 01-04 failed
+    with pytest.raises(ValueError, match="join 2001-01-05 needs the knowledge of 2001-01-04 .*user_knowledge and "
+                                         "item_knowledge do not have"):
+        run_join(wh)
+    assert not wh.exists("dlrm_training")
+    with caplog.at_level("WARNING", logger="stages.join.plan"):
+        summary = run_join(wh, allow_stale_knowledge=True)
+    assert "allow_stale_knowledge is set: using 2001-01-03" in caplog.text
+    assert summary["knowledge_ds"] == "2001-01-03" and summary["knowledge_lag_days"] == 2
+    assert summary["fallback"] is None  # both tables agree on 01-03; the lag says it is stale
+    used = set(wh.read("dlrm_training", ds=D).column("lum_knowledge_ds").drop_null().to_pylist())
+    assert used == {"2001-01-03"}
 
 
 @pytest.mark.parametrize("problem", ["dim", "version"])
@@ -244,7 +264,7 @@ def test_second_consumer_from_a_spec_file(spark, warehouse, tmp_path):
     spec = tmp_path / "narrow.toml"
     spec.write_text('name = "narrow"\nconditions = ["category=B", "category=A"]\n'
                     'features = ["lum_match", "lum_target_match"]\nlag_days = 2\n')
-    summary = run_join(wh, spec=str(spec))
+    summary = run_join(wh, spec=str(spec), allow_stale_knowledge=True)  # D - 2 = 01-03 has none: 01-02
     assert summary["spec"] == "narrow" and summary["knowledge_ds"] == "2001-01-02"
     assert decode_conditions(wh.table_metadata("dlrm_training")[CONDITIONS_KEY]) == ["category=B", "category=A"]
     out = wh.read("dlrm_training", ds=D)

@@ -4,6 +4,7 @@ refusing foreign days, and lum backfill --stages join taking the range path."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pyarrow as pa
@@ -54,7 +55,7 @@ def per_day_warehouse(spark, base_warehouse, tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("per-day") / "warehouse")
     shutil.copytree(base_warehouse, path)
     for day in SAMPLE_DAYS:
-        run(Config(), ds=day, warehouse=path)
+        run(Config(allow_stale_knowledge=True), ds=day, warehouse=path)
     return path
 
 
@@ -69,7 +70,7 @@ def run_range(path: str, **cfg):
     from stages.join.range import run_range as run
     from stages.join.stage import Config
 
-    return run(Config(**cfg), start=START, end=END, warehouse=path)
+    return run(Config(**{"allow_stale_knowledge": True, **cfg}), start=START, end=END, warehouse=path)
 
 
 def test_plan_groups_follows_the_per_day_choice():
@@ -90,6 +91,8 @@ def test_range_equals_per_day_and_rerun_is_identical(spark, base_warehouse, per_
     assert summary["days"] == 4 and summary["days_without_samples"] == ["2001-01-04"]
     assert [g["knowledge_ds"] for g in summary["groups"]] == [None, "2001-01-02", "2001-01-04"]
     assert summary["rows"] == 44 and summary["groups"][0]["rows_without_knowledge"] == 11
+    assert [g["max_knowledge_lag_days"] for g in summary["groups"]] == [None, 1, 2]
+    assert summary["max_knowledge_lag_days"] == 2
     got = partitions_rows(wh)
     assert list(got) == list(SAMPLE_DAYS) == list(per_day_rows)
     for day in SAMPLE_DAYS:
@@ -108,6 +111,21 @@ def test_range_equals_per_day_and_rerun_is_identical(spark, base_warehouse, per_
     assert table.num_rows == len(keys) == 44
 
 
+def test_range_without_d_minus_1_knowledge_is_an_error_before_any_write(base_warehouse, copy_warehouse):
+    from stages.join.range import run_range as run
+    from stages.join.stage import Config
+    from stages.pipeline import backfill
+
+    path = copy_warehouse(base_warehouse)
+    with pytest.raises(ValueError, match="join 2001-01-02 needs the knowledge of 2001-01-01"):
+        run(Config(), start=START, end=END, warehouse=path)
+    with pytest.raises(ValueError, match="join 2001-01-06 needs the knowledge of 2001-01-05"):
+        run(Config(), start="2001-01-03", end=END, warehouse=path)
+    with pytest.raises(ValueError, match="2001-01-01.*bootstrap it first with `lum backfill --start 2001-01-01"):
+        backfill.run_backfill(start=START, end=END, stages=["join"], warehouse=path)
+    assert not os.path.exists(os.path.join(path, "dlrm_training"))
+
+
 @pytest.mark.parametrize("problem", ["duplicate_key", "missing_column"])
 def test_bad_samples_day_is_an_error_and_leaves_the_group_unchanged(spark, base_warehouse, copy_warehouse,
                                                                      problem):
@@ -118,7 +136,8 @@ def test_bad_samples_day_is_an_error_and_leaves_the_group_unchanged(spark, base_
     from stages.warehouse.facade import Warehouse
 
     path = copy_warehouse(base_warehouse)
-    run(Config(), start="2001-01-05", end="2001-01-06", warehouse=path)  # one group: 01-05, 01-06
+    cfg = Config(allow_stale_knowledge=True)  # 01-06 uses 01-04's knowledge
+    run(cfg, start="2001-01-05", end="2001-01-06", warehouse=path)  # one group: 01-05, 01-06
     wh = Warehouse(path)
     snapshot = tree_snapshot(wh.table_uri("dlrm_training"))
     bad_day = "2001-01-06"
@@ -130,7 +149,7 @@ def test_bad_samples_day_is_an_error_and_leaves_the_group_unchanged(spark, base_
         write_deltalake(wh.table_uri("dlrm_samples"), bad.drop_columns(["label"]), partition_by=["ds"])
     match = f"dlrm_samples\\[{bad_day}\\].*duplicated" if problem == "duplicate_key" else "column\\(s\\) label"
     with pytest.raises(ValueError, match=match):
-        run(Config(), start="2001-01-05", end=bad_day, warehouse=path)
+        run(cfg, start="2001-01-05", end=bad_day, warehouse=path)
     assert tree_snapshot(wh.table_uri("dlrm_training")) == snapshot  # no commit, no stray files
 
 
@@ -157,7 +176,8 @@ def test_backfill_join_stretch_uses_the_range_path(spark, base_warehouse, per_da
     from stages.warehouse.facade import Warehouse
 
     path = copy_warehouse(base_warehouse)
-    out = backfill.run_backfill(start=START, end=END, stages=["join"], warehouse=path)
+    stale = {"join.allow_stale_knowledge": True}  # 01-02 has no knowledge before it, 01-06 has 01-04's
+    out = backfill.run_backfill(start=START, end=END, stages=["join"], warehouse=path, overrides=stale)
     # 01-04 has no samples (complete, skipped) and splits the days into two stretches of two days.
     assert out["skipped"] == ["2001-01-04"] and out["ran"] == list(SAMPLE_DAYS)
     assert out["join_ranges"] == [{"start": "2001-01-02", "end": "2001-01-03", "days": 2,
@@ -165,7 +185,7 @@ def test_backfill_join_stretch_uses_the_range_path(spark, base_warehouse, per_da
                                   {"start": "2001-01-05", "end": "2001-01-06", "days": 2,
                                    "seconds": out["join_ranges"][1]["seconds"]}]
     assert partitions_rows(Warehouse(path)) == per_day_rows
-    again = backfill.run_backfill(start=START, end=END, stages=["join"], warehouse=path)
+    again = backfill.run_backfill(start=START, end=END, stages=["join"], warehouse=path, overrides=stale)
     assert again["ran"] == [] and again["join_ranges"] == []
 
 

@@ -103,6 +103,10 @@ def test_real_backfill_twice_is_identical_and_resumable(ml100k_warehouse, copy_w
 
     wh = copy_warehouse(ml100k_warehouse)
     args = ["backfill", "--warehouse", wh, "--start", DAYS[0], "--end", DAYS[1], "--config", TINY]
+    assert main(args) == 2  # no knowledge of the day before the range: refused before anything runs
+    assert "needs the knowledge of 1998-02-28" in capsys.readouterr().err
+    assert not Path(wh, "user_sequences").exists()
+    args += ["--set", "join.allow_stale_knowledge=true"]  # a first-ever day: null LUM columns
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["ran"] == list(DAYS) and first["stage_runs"] == 8
