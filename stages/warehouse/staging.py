@@ -5,6 +5,7 @@
     stager.finish()                             # manifest _staging/<table>/<ds>/<run_id>/shard-0-of-2.json
     wh.commit_staged("user_knowledge", ds=ds, run_id=run_id)   # once every shard, on any machine, finished
 
+``commit_staged_days`` makes ONE commit of a run staged over many days (a streamed ingest).
 ``commit_staged`` refuses a missing shard manifest, shards that disagree on the shard count, or a file outside
 partition ``ds``; one ``run_id`` applies once (app transaction ``lum/<table>/<ds>/<run_id>``). Keys are checked
 unique per chunk only: across chunks and shards uniqueness is the writer's job (shard by key).
@@ -23,7 +24,14 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
-from stages.warehouse.commit import DataFile, already_committed, commit_partition_files, filesystem_for
+from stages.warehouse.commit import (
+    DataFile,
+    already_committed,
+    check_files,
+    commit_overwrite,
+    commit_partition_files,
+    filesystem_for,
+)
 from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -150,6 +158,36 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
     version, applied = commit_partition_files(
         wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
         app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)
+    if applied:
+        wh.set_table_metadata(name, metadata or {})
+        version = wh.version(name)
+    return version
+
+
+def commit_staged_days(wh: TableStore, name: str, *, days, run_id: str, clear=(),
+                       metadata: dict[str, str] | None = None) -> int:
+    """ONE overwrite commit of partitions ``days`` (every shard of ``run_id`` staged for each) and ``clear``
+    (emptied); returns the version. Refuses a day whose shard manifests are missing or incomplete."""
+    _check_run_id(run_id)
+    days = sorted({check_ds(d) for d in days})
+    targets = sorted(set(days) | {check_ds(d) for d in clear})
+    if not targets:
+        raise ValueError(f"table {name} run {run_id}: commit_staged_days needs at least one day")
+    files: list[DataFile] = []
+    for day in days:
+        manifests = read_manifests(wh, name, day, run_id)
+        counts = {m["n_shards"] for m in manifests}
+        if len(counts) != 1 or {m["shard"] for m in manifests} != set(range(counts.pop())):
+            raise ValueError(f"table {name} ds={day} run {run_id}: shard manifests missing or incomplete; "
+                             "refusing to commit")
+        day_files = [DataFile(relpath=f["path"], ds=m["ds"]) for m in manifests for f in m["files"]]
+        check_files(day_files, day, name)
+        files += day_files
+    version, applied = commit_overwrite(
+        wh.table_uri(name), name, files=files, schema=schemas.get(name).SPEC.build_schema(1),
+        app_id=app_id_for(name, f"{targets[0]}..{targets[-1]}", run_id), storage_options=wh.storage_options or None,
+        metadata=metadata, partition_filter=("ds", "in", targets),
+        what=f"ds={targets[0]}..{targets[-1]} ({len(targets)} days)")
     if applied:
         wh.set_table_metadata(name, metadata or {})
         version = wh.version(name)
