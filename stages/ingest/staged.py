@@ -22,13 +22,13 @@ import pyarrow.fs as pafs
 
 import schemas
 from schemas._base import show_rows
+from stages.ingest.tables import FACT_TABLES
 from stages.warehouse.commit import filesystem_for
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.staging import staging_dir
 
 log = logging.getLogger(__name__)
 
-FACT_TABLES = ("events", "dlrm_samples")  # commit order
 SORT_KEYS = {"events": [("ts", "ascending"), ("event_idx", "ascending")],
              "dlrm_samples": [("ts", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")]}
 FILE_ROWS = 1_000_000  # rows per staged file when a source gives no batch size
@@ -110,20 +110,27 @@ class DayStager:
         """ONE commit: the staged days replace their partitions, the other days of ``clear`` are emptied."""
         version = self.wh.commit_staged_days(self.name, days=sorted(self.stagers), run_id=self.run_id, clear=clear)
         self.committed = True
-        self._remove_manifests()
+        try:
+            self._remove_manifests()  # applied: the manifests are spent
+        except OSError as exc:
+            log.warning("could not remove the manifests of %s run %s (%s)", self.name, self.run_id, exc)
         return version
 
     def discard(self) -> None:
         """Delete the staged files and manifests (nothing when committed) and the folders this run created."""
         if self.committed:
             return
-        for stager in self.stagers.values():
-            for f in stager.files:
-                self._fs.delete_file(f"{self._root}/{f['path']}")
-        self._remove_manifests()
-        for folder in reversed(self._new_dirs):
-            if self._exists(folder) and not self._fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
-                self._fs.delete_dir(folder)
+        try:
+            for stager in self.stagers.values():
+                for f in stager.files:
+                    self._fs.delete_file(f"{self._root}/{f['path']}")
+            self._remove_manifests()
+            for folder in reversed(self._new_dirs):
+                if self._exists(folder) and not self._fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+                    self._fs.delete_dir(folder)
+        except OSError as exc:  # never mask the error that made the run discard; vacuum removes leftovers
+            log.warning("could not remove staged files of %s run %s (%s); Warehouse.vacuum will", self.name,
+                        self.run_id, exc)
 
     def _remove_manifests(self) -> None:
         for day in self.stagers:

@@ -10,8 +10,8 @@ not all history); otherwise, or with ``full_rebuild=true``, the full build above
 the summary (``mode``, ``reason``).
 Each behaviour gets one condition string from ``condition_features`` in that order
 (``category=Comedy,scenario=rating``; an item missing from ``items`` gets ``category=<unk>``); the feature list
-is stored in the table metadata (``lum.conditions``), the build record in the commit metadata. Users with a single behaviour are kept (pretrain trains
-their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
+is stored in the table metadata (``lum.conditions``), the build record in the commit metadata. Users with a
+single behaviour are kept (pretrain trains their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
 """
 
 from __future__ import annotations

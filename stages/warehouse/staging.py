@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -164,7 +165,7 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
     return version
 
 
-def commit_staged_days(wh: TableStore, name: str, *, days, run_id: str, clear=(),
+def commit_staged_days(wh: TableStore, name: str, *, days: Sequence[str], run_id: str, clear: Sequence[str] = (),
                        metadata: dict[str, str] | None = None) -> int:
     """ONE overwrite commit of partitions ``days`` (every shard of ``run_id`` staged for each) and ``clear``
     (emptied); returns the version. Refuses a day whose shard manifests are missing or incomplete."""
