@@ -132,27 +132,31 @@ def _check_readable(wh: Warehouse, prev: str, relpaths: list[str], ds: str) -> N
 
 def extend(prev_df, day_df, *, ds: str, max_len: int):
     """Spark rows of partition ``ds``: ``prev_df`` (D-1's rows) extended by ``day_df`` (``build_sequences`` over
-    day D's events only), each list cut to its last ``max_len``; users in only one side keep that side's row."""
+    day D's events only), each list cut to its last ``max_len``; users in only one side keep that side's row.
+    The ids of day D's users are broadcast, so D-1's rows of the other users are copied without a shuffle; only
+    the users of day D go through the join."""
     # deferred: pyspark loads the JVM bridge; importing the stage (configs, registry) must not
     from pyspark.sql import functions as F
 
-    p = prev_df.select("user_id", *[F.col(c).alias(f"p_{c}") for c in LIST_COLUMNS],
-                       F.col("total_events").alias("p_total"))
+    day_users = F.broadcast(day_df.select("user_id"))
+    carried = prev_df.join(day_users, on="user_id", how="left_anti").select(
+        F.lit(ds).alias("ds"), "user_id", *LIST_COLUMNS, "total_events")
+    p = prev_df.join(day_users, on="user_id", how="left_semi").select(
+        "user_id", *[F.col(c).alias(f"p_{c}") for c in LIST_COLUMNS], F.col("total_events").alias("p_total"))
     d = day_df.select("user_id", *[F.col(c).alias(f"d_{c}") for c in LIST_COLUMNS],
                       F.col("total_events").alias("d_total"))
-    joined = p.join(d, on="user_id", how="full_outer")
+    joined = p.join(d, on="user_id", how="right_outer")  # every user of day D, with D-1's row when there is one
     length = F.size(F.col("p_item_ids")) + F.size(F.col("d_item_ids"))
     start = F.greatest(length - F.lit(max_len) + F.lit(1), F.lit(1))
 
     def merged(c: str):
         old, new = F.col(f"p_{c}"), F.col(f"d_{c}")
-        both = F.slice(F.concat(old, new), start, F.lit(max_len))
-        return F.when(new.isNull(), old).when(old.isNull(), new).otherwise(both).alias(c)
+        return F.when(old.isNull(), new).otherwise(F.slice(F.concat(old, new), start, F.lit(max_len))).alias(c)
 
-    total = F.coalesce(F.col("p_total"), F.lit(0)) + F.coalesce(F.col("d_total"), F.lit(0))
-    out = joined.select(F.lit(ds).alias("ds"), "user_id", *[merged(c) for c in LIST_COLUMNS],
-                        total.cast("long").alias("total_events"))
-    return out.withColumn("history_len", F.size("item_ids").cast("int"))
+    total = F.coalesce(F.col("p_total"), F.lit(0)) + F.col("d_total")
+    updated = joined.select(F.lit(ds).alias("ds"), "user_id", *[merged(c) for c in LIST_COLUMNS],
+                            total.cast("long").alias("total_events"))
+    return carried.unionByName(updated).withColumn("history_len", F.size("item_ids").cast("int"))
 
 
 def count_rows(df, conditions: str) -> tuple[int, int]:

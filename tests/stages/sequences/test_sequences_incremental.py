@@ -81,7 +81,7 @@ def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog):
         assert summary["mode"] == "incremental", summary["reason"]
         built[ds] = _rows(wh, ds)
     assert "incremental build (extends partition 2003-03-01)" in caplog.text
-    for ds in (D2, D3, D4):
+    for ds in (D2, D4):  # D3 (no events) is D2's rows, below
         assert _run(wh, ds, full_rebuild=True)["mode"] == "full"
         full = _rows(wh, ds)
         assert full.equals(built[ds]), ds  # every column, every row
