@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30, help="synthetic: number of days of events")
     p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
     p.add_argument("--start", default="2000-01-01", help="synthetic: first day (YYYY-MM-DD)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override one source option (repeatable), e.g. --set batch_rows=100000")
     _add_common(p)
 
     p = sub.add_parser("run", help="run one daily stage for one day",
@@ -199,8 +201,8 @@ def cmd_ingest(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]
     if args.source != "events" and args.path:
         raise UsageError("--path applies to `lum ingest events` only")
     flags = {"synthetic": ("users", "items", "categories", "days", "seed", "start"), "events": ("path",)}
-    return registry.ingest(args.source, {k: getattr(args, k) for k in flags.get(args.source, ())},
-                           warehouse=warehouse)
+    options = {k: getattr(args, k) for k in flags.get(args.source, ())} | parse_overrides(args.overrides)
+    return registry.ingest(args.source, options, warehouse=warehouse)
 
 
 def _check_run_days(args: argparse.Namespace) -> bool:

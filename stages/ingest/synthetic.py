@@ -1,18 +1,20 @@
 """``lum ingest synthetic``: a seeded data set with the structure a user model can learn.
 
-``run`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples`` (``stages.ingest.tables``). Users have a
+``run`` replaces ``events``, ``items``, ``users`` and ``dlrm_samples``. Users have a
 persistent taste over categories, heavy-tailed history lengths and Zipf item popularity within a category;
 ratings follow the user's taste for the item's category plus the item's quality, so ``label = rating >= 4`` is
 learnable from behaviour (the generative story: docs/architecture.md). A user's timestamps strictly increase,
 so the event key stays unique; ``event_idx`` is user-major, time order within a user.
-The same config (seed AND ``chunk_users``) gives identical tables. Working memory is bounded per chunk of users;
-the output tables are held in memory for the single validated commit.
+The same config (seed AND ``chunk_users``) gives identical tables. Memory is bounded by a chunk of users and the
+write buffer: chunks are staged per day as they are generated and committed once per table at the end.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import schemas
 from stages.core.dates import parse_ds
 from stages.core.progress import Progress
 from stages.ingest.movielens import ML1M_OCCUPATIONS
-from stages.ingest.tables import day_of, ingest
+from stages.ingest.staged import FactWriter
+from stages.ingest.tables import day_of, dlrm_samples_from_events
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -177,26 +181,50 @@ def events_chunk(cfg: Config, items: ItemModel, first_user: int, n_users: int,
     })
 
 
-def generate(cfg: Config) -> dict[str, pa.Table]:
-    """``{"events", "items", "users"}`` for ``cfg`` (unvalidated; ``run`` validates and writes them)."""
-    cfg.check()
-    items = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
-    users = users_table(cfg, np.random.default_rng([cfg.seed, 1]))
+def event_chunks(cfg: Config, items: ItemModel) -> Iterator[pa.Table]:
+    """The events of every chunk of ``chunk_users`` users, in order (``event_idx`` continues across chunks)."""
     progress = Progress("synthetic", cfg.users, unit="users", logger=log)
-    chunks: list[pa.Table] = []
     n_events = 0
     for index, first in enumerate(range(0, cfg.users, cfg.chunk_users)):
         n = min(cfg.chunk_users, cfg.users - first)
         chunk = events_chunk(cfg, items, first + 1, n, n_events, np.random.default_rng([cfg.seed, 2, index]))
-        chunks.append(chunk)
         n_events += chunk.num_rows
         progress.update(n, events=n_events)
+        yield chunk
     progress.done(events=n_events)
-    return {"events": pa.concat_tables(chunks), "items": items_table(items), "users": users}
+
+
+def generate(cfg: Config) -> dict[str, pa.Table]:
+    """``{"events", "items", "users"}`` for ``cfg`` held in memory (unvalidated; ``run`` streams instead)."""
+    cfg.check()
+    items = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
+    users = users_table(cfg, np.random.default_rng([cfg.seed, 1]))
+    events = pa.concat_tables(list(event_chunks(cfg, items)))
+    return {"events": events, "items": items_table(items), "users": users}
 
 
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
-    """Replace the four ingested tables with ``generate(cfg)``; returns the ingest summary (``tables.ingest``)."""
+    """Replace the four ingested tables, writing the events chunk by chunk; returns the ingest summary.
+
+    items and users are validated first and overwritten; each chunk's events and samples are staged per day
+    (``stages.ingest.staged``) and ONE commit per fact table replaces the whole table (old days emptied).
+    Keys are unique by construction, so no cross-chunk key check runs."""
+    cfg.check()
     wh = Warehouse.of(warehouse)
     started = time.perf_counter()
-    return ingest("synthetic", generate(cfg), wh, days_only=False, started=started)
+    model = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
+    dims = {"items": schemas.get("items").validate(items_table(model)),
+            "users": schemas.get("users").validate(users_table(cfg, np.random.default_rng([cfg.seed, 1])))}
+    writer = FactWriter(wh, f"ingest-synthetic-{uuid.uuid4().hex[:12]}")
+    try:
+        for events in event_chunks(cfg, model):
+            writer.add(events, dlrm_samples_from_events(events))
+        writer.finish(check_keys=False)
+        built = time.perf_counter()
+        versions = {name: wh.write_table(name, table) for name, table in dims.items()}
+        versions.update(writer.commit(replace_all=True))
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.summary("synthetic", items=dims["items"].num_rows, users=dims["users"].num_rows,
+                          versions=versions, started=started, built=built, finished=time.perf_counter())

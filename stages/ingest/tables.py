@@ -1,12 +1,14 @@
 """The four ingested tables: shared builders, validation and the write every source ends with.
 
 Write semantics (every source): ``items``, ``users``, ``events`` and ``dlrm_samples`` are built and
-validated against schemas/ FIRST; any problem raises a one-line ``ValueError`` before the first write,
-so bad input leaves the warehouse byte-for-byte unchanged. Then ``items`` and ``users`` are overwritten
-(one commit each) and ``events`` and ``dlrm_samples`` are written with ONE Delta commit each (not one
-per day: a data set spans years of days):
+validated against schemas/ FIRST; any problem raises a one-line ``ValueError`` before the first commit,
+so bad input leaves the warehouse byte-for-byte unchanged. Then ``items`` and ``users`` are written
+(one commit each) and ``events`` and ``dlrm_samples`` with ONE Delta commit each (not one per day: a data
+set spans years of days):
 - full data sets (MovieLens, synthetic) replace the tables: re-ingesting gives the same content.
-- an events file replaces only the days (``ds`` partitions) it contains (``days_only``).
+- an events file replaces only the days (``ds`` partitions) it contains; items/users are merged.
+MovieLens is built in memory and written by ``ingest`` here; synthetic data and events files are streamed
+(validated batch by batch, staged per day, then committed: ``stages.ingest.staged``).
 Limits: the four commits are not one transaction (Delta has none across tables); a crash between them
 (after validation passed) can leave e.g. ``items`` new and ``events`` old. Rerun the ingest to repair.
 """

@@ -4,10 +4,14 @@ A Spark job: events of partitions ds <= D (only those files are opened) with ts 
 items for the category, ranked per user newest first by (ts, event_idx) (the stable tie-break for equal
 timestamps), cut to ``max_len`` and collected oldest first; that window sort dominates the cost. One Delta
 commit replaces partition D of ``user_sequences``, so a rerun writes the same rows.
+Incremental by default: when partition D-1 exists and its build record checks out, D = D-1's rows extended by day
+D's events only (``stages.sequences.incremental``: the same rows, a cost that follows the snapshot and the day,
+not all history); otherwise, or with ``full_rebuild=true``, the full build above, with the reason logged and in
+the summary (``mode``, ``reason``).
 Each behaviour gets one condition string from ``condition_features`` in that order
 (``category=Comedy,scenario=rating``; an item missing from ``items`` gets ``category=<unk>``); the feature list
-is stored in the table metadata (``lum.conditions``). Users with a single behaviour are kept (pretrain trains
-their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
+is stored in the table metadata (``lum.conditions``), the build record in the commit metadata. Users with a
+single behaviour are kept (pretrain trains their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 from stages.core.dates import check_ds, day_end
 from stages.core.spark import get_spark
+from stages.sequences import incremental
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ METADATA_KEY = "lum.conditions"
 class Config:
     max_len: int = 256  # behaviours kept per user: >= pretrain max_len (200) + 2 leave-last-out holdouts
     condition_features: tuple[str, ...] = ("category",)  # condition token features, in string order
+    full_rebuild: bool = False  # true: rebuild from all events <= ds even when partition ds-1 could be extended
 
     def check(self) -> None:
         if self.max_len <= 0:
@@ -68,7 +74,8 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
 
 
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
-    """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "seconds"}."""
+    """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "mode", "reason",
+    "seconds"} (mode: "incremental" or "full")."""
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
@@ -78,20 +85,35 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
             raise ValueError(f"table {name} does not exist in {wh.uri}; run `lum ingest` first")
     if not any(p <= ds for p in wh.partitions("events")):
         raise ValueError(f"events has no partition with ds <= {ds}; nothing to build sequences from")
+    conditions = ",".join(cfg.condition_features)
+    events_version, items_version = wh.version("events"), wh.version("items")  # one snapshot for the whole build
+    prev, reason = (None, "full_rebuild=true") if cfg.full_rebuild else incremental.plan(
+        wh, ds=ds, max_len=cfg.max_len, conditions=conditions, events_version=events_version,
+        items_version=items_version)
+    mode = "full" if prev is None else "incremental"
+    log.info("user_sequences ds=%s: %s build (%s)", ds, mode, reason)
     spark = get_spark()
-    events = wh.read_spark(spark, "events", end=ds)
     # items is small and unpartitioned (read_spark serves ds tables): read with delta-rs, hand to Spark
-    items_pd = wh.read("items", columns=["item_id", "category"]).to_pandas()
+    items_pd = wh.read("items", columns=["item_id", "category"], version=items_version).to_pandas()
     items = spark.createDataFrame(items_pd, "item_id long, category string")
-    df = build_sequences(events, items, ds=ds, cfg=cfg).cache()
+    if prev is None:
+        events = wh.read_spark(spark, "events", end=ds, version=events_version)
+        df = build_sequences(events, items, ds=ds, cfg=cfg)
+    else:
+        day = build_sequences(wh.read_spark(spark, "events", ds=ds, version=events_version), items, ds=ds, cfg=cfg)
+        df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds, max_len=cfg.max_len)
+    df = df.cache()
     try:
-        rows = df.count()
+        rows, unknown = incremental.count_rows(df, conditions)
         if rows == 0:
             raise ValueError(f"events has no behaviour with ts before the end of {ds}")
-        version = wh.write_spark_partition("user_sequences", df, ds=ds,
-                                           metadata={METADATA_KEY: ",".join(cfg.condition_features)})
+        record = incremental.build_record(
+            ds=ds, max_len=cfg.max_len, conditions=conditions, rows=rows, unknown_users=unknown, mode=mode,
+            events_fingerprint=incremental.events_fingerprint(wh, events_version, ds), items_version=items_version)
+        version = wh.write_spark_partition("user_sequences", df, ds=ds, metadata={METADATA_KEY: conditions, **record})
     finally:
         df.unpersist()
     seconds = round(time.perf_counter() - started, 2)
-    log.info("user_sequences ds=%s: %d users in %.1fs", ds, rows, seconds)
-    return {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "seconds": seconds}
+    log.info("user_sequences ds=%s: %d users (%s) in %.1fs", ds, rows, mode, seconds)
+    return {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "mode": mode, "reason": reason,
+            "seconds": seconds}

@@ -197,6 +197,30 @@ class Warehouse:
                  "whole table" if days is None else f"{len(days)} day(s)", version)
         return version
 
+    def merge_table(self, name: str, table: pa.Table, *, update: bool = True,
+                    metadata: dict[str, str] | None = None) -> int:
+        """Validate ``table`` and merge it into unpartitioned ``name`` by its key in ONE commit: new keys are
+        inserted, matched rows replaced when ``update`` (else kept), every other row kept; no commit when
+        nothing changes. Creates the table when missing. Returns the version."""
+        spec = schemas.get(name).SPEC
+        if spec.partition_by:
+            raise ValueError(f"table {name} is partitioned by {', '.join(spec.partition_by)}; merge_table "
+                             "serves unpartitioned tables")
+        data = spec.validate(table)
+        if not self.exists(name):
+            return self.write_table(name, data, metadata=metadata)
+        merger = self.delta_table(name).merge(
+            data, predicate=" AND ".join(f"t.{k} = s.{k}" for k in spec.key), source_alias="s", target_alias="t",
+            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None)
+        if update:
+            merger = merger.when_matched_update_all()
+        result = merger.when_not_matched_insert_all().execute()
+        self.set_table_metadata(name, metadata or {})
+        version = self.version(name)
+        log.info("merged %s: %d inserted, %d updated, version %s", name, result.get("num_target_rows_inserted", 0),
+                 result.get("num_target_rows_updated", 0), version)
+        return version
+
     # ---- table metadata -------------------------------------------------------------------------
     def table_metadata(self, name: str) -> dict[str, str]:
         """The Delta table configuration (``{}`` when the table does not exist)."""
@@ -221,6 +245,12 @@ class Warehouse:
                       metadata: dict[str, str] | None = None) -> int:
         """ONE commit of every staged shard of ``run_id`` as partition ``ds``; returns the version."""
         return staging.commit_staged(self, name, ds=ds, run_id=run_id, shards=shards, metadata=metadata)
+
+    def commit_staged_days(self, name: str, *, days: Sequence[str], run_id: str, clear: Sequence[str] = (),
+                           metadata: dict[str, str] | None = None) -> int:
+        """ONE commit of the staged files of ``run_id`` for every day of ``days`` (each replaces its partition);
+        the partitions ``clear`` names are emptied by the same commit. Returns the version."""
+        return staging.commit_staged_days(self, name, days=days, run_id=run_id, clear=clear, metadata=metadata)
 
     def read_spark(self, spark, name: str, *, ds: str | None = None, start: str | None = None,
                    end: str | None = None, version: int | None = None):

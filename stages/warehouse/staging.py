@@ -9,6 +9,7 @@
 partition ``ds``, or a key (``schemas.<table>.KEY``) that is null or appears in more than one row across all
 chunks and shards (``stages.warehouse.keys``); one ``run_id`` applies once (app transaction
 ``lum/<table>/<ds>/<run_id>``). Each chunk is validated (keys unique and non-null within it) when written.
+``commit_staged_days`` makes ONE commit of a run staged over many days (a streamed ingest).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -24,7 +26,14 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
-from stages.warehouse.commit import DataFile, already_committed, check_files, commit_partition_files, filesystem_for
+from stages.warehouse.commit import (
+    DataFile,
+    already_committed,
+    check_files,
+    commit_overwrite,
+    commit_partition_files,
+    filesystem_for,
+)
 from stages.warehouse.keys import check_staged_keys, key_range
 from stages.warehouse.store import TableStore
 
@@ -161,6 +170,40 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
     version, applied = commit_partition_files(
         wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
         app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)
+    if applied:
+        wh.set_table_metadata(name, metadata or {})
+        version = wh.version(name)
+    return version
+
+
+def commit_staged_days(wh: TableStore, name: str, *, days: Sequence[str], run_id: str, clear: Sequence[str] = (),
+                       metadata: dict[str, str] | None = None) -> int:
+    """ONE overwrite commit of partitions ``days`` (every shard of ``run_id`` staged for each) and ``clear``
+    (emptied); returns the version. Refuses a day whose shard manifests are missing or incomplete."""
+    _check_run_id(run_id)
+    days = sorted({check_ds(d) for d in days})
+    targets = sorted(set(days) | {check_ds(d) for d in clear})
+    if not targets:
+        raise ValueError(f"table {name} run {run_id}: commit_staged_days needs at least one day")
+    files: list[DataFile] = []
+    fs, table_path = filesystem_for(wh.table_uri(name))
+    key = schemas.get(name).SPEC.key
+    for day in days:
+        manifests = read_manifests(wh, name, day, run_id)
+        counts = {m["n_shards"] for m in manifests}
+        if len(counts) != 1 or {m["shard"] for m in manifests} != set(range(counts.pop())):
+            raise ValueError(f"table {name} ds={day} run {run_id}: shard manifests missing or incomplete; "
+                             "refusing to commit")
+        day_files = [DataFile(relpath=f["path"], ds=m["ds"]) for m in manifests for f in m["files"]]
+        check_files(day_files, day, name)
+        check_staged_keys(fs, table_path, name, key, [f for m in manifests for f in m["files"]],
+                          where=f"ds={day} run {run_id}")
+        files += day_files
+    version, applied = commit_overwrite(
+        wh.table_uri(name), name, files=files, schema=schemas.get(name).SPEC.build_schema(1),
+        app_id=app_id_for(name, f"{targets[0]}..{targets[-1]}", run_id), storage_options=wh.storage_options or None,
+        metadata=metadata, partition_filter=("ds", "in", targets),
+        what=f"ds={targets[0]}..{targets[-1]} ({len(targets)} days)")
     if applied:
         wh.set_table_metadata(name, metadata or {})
         version = wh.version(name)
