@@ -3,6 +3,7 @@
     samples
       LEFT JOIN items (broadcast)           on item_id  -> index of the target condition
       LEFT JOIN one row per user (shuffle)  on user_id  -> list<struct<i: condition index, e: o_q>>
+                                            (uk holds the samples' users only: stages.join.inputs)
       LEFT JOIN item_knowledge              on item_id  -> e_i (broadcast unless disabled)
       mapInArrow: stages.join.similarity.lum_columns per Arrow batch
 

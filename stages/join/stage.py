@@ -3,7 +3,8 @@
 ``run(cfg, ds=D, warehouse=...)`` writes ``dlrm_training[ds = D]`` in one delta-rs commit: every row
 of ``dlrm_samples[D]`` (rows out == rows in, keys unique, asserted before the commit) plus the LUM
 columns of schemas/dlrm_training.py, from the knowledge partition chosen by stages.join.plan and
-recorded per row in ``lum_knowledge_ds``. Nothing of day D or later is read except D's samples.
+recorded per row in ``lum_knowledge_ds``. Nothing of day D or later is read except D's samples; of the
+knowledge partition only the rows of D's sample users and items are grouped, checked and joined.
 
 Fallbacks: no usable knowledge partition writes null LUM columns (``fallback: "no_knowledge"``; a
 ``ValueError`` with ``require_knowledge``); user/item knowledge of different newest days use the
@@ -24,7 +25,7 @@ from stages.core.dates import check_ds, days_before
 from stages.core.spark import get_spark
 from stages.join.checks import check_days, check_samples_schema
 from stages.join.frame import build_training_frame
-from stages.join.inputs import read_items, read_knowledge, resolve_conditions, sample_rows_by_day
+from stages.join.inputs import items_frame, read_items, read_knowledge, resolve_conditions, sample_rows_by_day
 from stages.join.plan import choose_knowledge_ds
 from stages.join.spec import JoinSpec, load_spec
 from stages.warehouse.facade import Warehouse
@@ -54,7 +55,7 @@ class Prepared:
     lag: int  # knowledge partition <= ds - lag
     wh: Warehouse
     spark: Any
-    items: Any  # broadcast Spark DataFrame (item_id, <target_feature>)
+    items: Any  # broadcast Spark DataFrame (item_id, <target_feature>), built from Arrow
     conditions: list[str]  # the lum_match order
 
 
@@ -80,14 +81,11 @@ def output_metadata(spec: JoinSpec, conditions: list[str]) -> dict[str, str]:
 
 def prepare(spec: JoinSpec, lag: int, wh: Warehouse) -> Prepared:
     """Start Spark, check the samples table schema, read items and resolve the condition order."""
-    from pyspark.sql import functions as F  # deferred: the CLI/DAG import this module for Config without Spark
-
     spark = get_spark()
     check_samples_schema(wh, spec)
     items_table = read_items(wh, spec)
     conditions = resolve_conditions(spec, items_table)
-    items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
-                                              f"item_id long, {spec.target_feature} string"))
+    items = items_frame(spark, items_table, spec)
     return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions)
 
 
@@ -103,7 +101,7 @@ def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int
     uk = ik = None
     version, dim = None, 1
     if k_ds is not None:
-        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds)
+        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, samples)
     out = build_training_frame(samples, prep.items, uk, ik, spec=prep.spec, conditions=prep.conditions,
                                knowledge_ds=k_ds, model_version=version, dim=dim,
                                broadcast_items=cfg.broadcast_items)
