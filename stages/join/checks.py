@@ -44,24 +44,25 @@ def check_samples_schema(wh: Warehouse, spec: JoinSpec) -> None:
             raise ValueError(f"{spec.samples_table}: column {f.name} has type {have[f.name]}, expected {f.type}")
 
 
-def check_knowledge(uk: Any, ik: Any, k_ds: str) -> tuple[str | None, int]:
-    """(model_version, dim) of the user/item knowledge rows the join uses from partition ``k_ds``; ONE Spark job.
+def check_knowledge(users: Any, ik: Any, k_ds: str) -> tuple[str | None, int]:
+    """(model_version, dim) of the knowledge rows the join uses from partition ``k_ds``; ONE Spark job.
 
-    ``uk`` / ``ik`` are the rows of the samples' users / items only, so the counts cover what is joined. Those
-    rows must hold exactly one model_version, one embedding width and unique keys ((user_id, condition) /
-    item_id); both tables must agree on version and width. A table with no such rows is not checked;
-    (None, 1) when neither has any.
+    ``users`` is ``stages.join.frame.user_vectors`` of the samples' users (its check columns), ``ik`` the
+    item_knowledge rows of the samples' items, so the counts cover what is joined. Those rows must hold exactly
+    one model_version, one embedding width and unique keys ((user_id, condition) / item_id); both tables must
+    agree on version and width. A table with no such rows is not checked; (None, 1) when neither has any.
     """
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
-    def stats_of(name: str, df: Any, key: list[str]) -> Any:
-        return df.agg(F.lit(name).alias("table"), F.collect_set("model_version").alias("versions"),
-                      F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
-                      F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"))
-
+    user_stats = users.agg(F.lit("user_knowledge").alias("table"),
+                           F.array_distinct(F.flatten(F.collect_list("_versions"))).alias("versions"),
+                           F.min("_lo").alias("lo"), F.max("_hi").alias("hi"),
+                           F.sum("_rows").alias("rows"), F.sum("_keys").alias("keys"))
+    item_stats = ik.agg(F.lit("item_knowledge").alias("table"), F.collect_set("model_version").alias("versions"),
+                        F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
+                        F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("keys"))
     stats = {}
-    rows = stats_of("user_knowledge", uk, ["user_id", "condition"]).union(
-        stats_of("item_knowledge", ik, ["item_id"])).collect()  # one Spark job for both tables
+    rows = user_stats.union(item_stats).collect()  # one Spark job for both tables
     for row in rows:
         name = row["table"]
         if not row["rows"]:

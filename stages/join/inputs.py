@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stages.join.checks import check_knowledge, peek_knowledge
+from stages.join.frame import user_vectors
 from stages.join.spec import JoinSpec
 from stages.warehouse.facade import Warehouse
 
@@ -61,18 +62,29 @@ def sample_rows_by_day(wh: Warehouse, spec: JoinSpec, days: list[str], samples: 
     return {d: counted.get(d, 0) for d in days}
 
 
-def read_knowledge(spark: Any, wh: Warehouse, k_ds: str, samples: Any) -> tuple[Any, Any, str | None, int]:
-    """(user_knowledge, item_knowledge, model_version, dim) of partition ``k_ds``, checked (one Spark job).
+def read_knowledge(spark: Any, wh: Warehouse, k_ds: str, samples: Any,
+                   extended: list[str]) -> tuple[Any, Any, str | None, int]:
+    """(user vectors, item_knowledge, model_version, dim) of partition ``k_ds``, checked (one Spark job).
 
-    The DataFrames hold only the rows of the users / items of ``samples`` (left semi-joins on the distinct
-    ids, ahead of any group-by); the checks count those rows only. When no sample user or item has
-    knowledge, version and width come from one row of the partitions (no full scan).
+    Only the knowledge of the users / items of ``samples`` is read on: left semi-joins on their distinct ids,
+    ahead of the per-user group-by (``stages.join.frame.user_vectors``). Both results are persisted (the
+    check job fills the cache, the join reads it): the caller unpersists them. When no sample user or item
+    has knowledge, version and width come from one row of the partitions (no full scan).
     """
+    from pyspark import StorageLevel  # deferred: the CLI/DAG import the join for its Config without Spark
+
     uk_all = wh.read_spark(spark, "user_knowledge", ds=k_ds)
     ik_all = wh.read_spark(spark, "item_knowledge", ds=k_ds)
     uk = uk_all.join(samples.select("user_id").distinct(), on="user_id", how="left_semi")
-    ik = ik_all.join(samples.select("item_id").distinct(), on="item_id", how="left_semi")
-    version, dim = check_knowledge(uk, ik, k_ds)
-    if version is None:
-        version, dim = peek_knowledge(uk_all, ik_all)
-    return uk, ik, version, dim
+    users = user_vectors(uk, extended).persist(StorageLevel.DISK_ONLY)
+    ik = (ik_all.join(samples.select("item_id").distinct(), on="item_id", how="left_semi")
+          .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        version, dim = check_knowledge(users, ik, k_ds)
+        if version is None:
+            version, dim = peek_knowledge(uk_all, ik_all)
+    except BaseException:
+        users.unpersist()
+        ik.unpersist()
+        raise
+    return users, ik, version, dim

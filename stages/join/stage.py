@@ -24,7 +24,7 @@ from schemas import dlrm_training
 from stages.core.dates import check_ds, days_before
 from stages.core.spark import get_spark
 from stages.join.checks import check_days, check_samples_schema
-from stages.join.frame import build_training_frame
+from stages.join.frame import build_training_frame, extended_conditions
 from stages.join.inputs import items_frame, read_items, read_knowledge, resolve_conditions, sample_rows_by_day
 from stages.join.plan import choose_knowledge_ds
 from stages.join.spec import JoinSpec, load_spec
@@ -57,6 +57,7 @@ class Prepared:
     spark: Any
     items: Any  # broadcast Spark DataFrame (item_id, <target_feature>), built from Arrow
     conditions: list[str]  # the lum_match order
+    extended: list[str]  # conditions, then the other item target conditions: the condition index order
 
 
 def check_config(cfg: Config) -> tuple[JoinSpec, int]:
@@ -86,7 +87,8 @@ def prepare(spec: JoinSpec, lag: int, wh: Warehouse) -> Prepared:
     items_table = read_items(wh, spec)
     conditions = resolve_conditions(spec, items_table)
     items = items_frame(spark, items_table, spec)
-    return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions)
+    return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions,
+                    extended=extended_conditions(items_table, spec, conditions))
 
 
 def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int],
@@ -98,19 +100,24 @@ def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int
     """
     from pyspark import StorageLevel  # deferred: the CLI/DAG import this module for Config without Spark
 
-    uk = ik = None
+    users = ik = None
     version, dim = None, 1
     if k_ds is not None:
-        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, samples)
-    out = build_training_frame(samples, prep.items, uk, ik, spec=prep.spec, conditions=prep.conditions,
-                               knowledge_ds=k_ds, model_version=version, dim=dim,
-                               broadcast_items=cfg.broadcast_items)
-    out = out.persist(StorageLevel.DISK_ONLY)
+        users, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, samples, prep.extended)
     try:
-        without = check_days(out, prep.spec, expected)
-    except BaseException:
-        out.unpersist()
-        raise
+        out = build_training_frame(samples, prep.items, users, ik, spec=prep.spec, conditions=prep.conditions,
+                                   extended=prep.extended, knowledge_ds=k_ds, model_version=version, dim=dim,
+                                   broadcast_items=cfg.broadcast_items)
+        out = out.persist(StorageLevel.DISK_ONLY)
+        try:
+            without = check_days(out, prep.spec, expected)
+        except BaseException:
+            out.unpersist()
+            raise
+    finally:  # the output cache is filled: the knowledge caches are done with
+        for df in (users, ik):
+            if df is not None:
+                df.unpersist()
     return out, without, version, dim
 
 
