@@ -48,6 +48,7 @@ EPILOG = """examples:
   lum query --ds 2000-12-01 --user-id 42 --top-items 10 --exclude-seen
   lum evaluate knowledge --ds 2000-11-30                # next-item HR@10/NDCG@10 of the knowledge vs popularity
   lum bench kernels --out reports/bench_kernels.json
+  lum bench scale --users 100000 --out reports/bench_scale.json
 """
 
 
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHES)
     p.add_argument("--out", help="JSON report path (default: reports/bench_<name>.json)")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
+    p.add_argument("--users", type=int, help="number of users (as --set users=N)")
     _add_config(p)
     _add_common(p)
 
@@ -291,7 +293,8 @@ def cmd_evaluate(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, An
 
 def cmd_bench(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     name = f"bench.{args.name}"
-    report = {**registry.run(name, _config(name, args, quick=args.quick), warehouse=warehouse), "quick": args.quick}
+    cfg = _config(name, args, {"users": args.users}, quick=args.quick)
+    report = {**registry.run(name, cfg, warehouse=warehouse), "quick": args.quick}
     out = args.out or os.path.join("reports", f"bench_{args.name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as fh:

@@ -1,6 +1,6 @@
 """The join's input and output checks; each failure is a ``ValueError`` naming the table, day and column.
 
-Inputs: the samples table's Delta schema (``check_samples_schema``) and the two knowledge partitions
+Inputs: the samples table's Delta schema (``check_samples_schema``) and the knowledge rows the join uses
 (``check_knowledge``: one model version, one embedding width, unique keys, the same in both).
 Output: rows per day == sample rows of that day, keys non-null and unique (``check_days``), asserted
 before any commit so ``dlrm_training`` is untouched by a failed check.
@@ -45,24 +45,29 @@ def check_samples_schema(wh: Warehouse, spec: JoinSpec, version: int | None = No
             raise ValueError(f"{spec.samples_table}: column {f.name} has type {have[f.name]}, expected {f.type}")
 
 
-def check_knowledge(uk: Any, ik: Any, k_ds: str) -> tuple[str, int]:
-    """(model_version, dim) of the user/item knowledge DataFrames of partition ``k_ds``; ONE Spark job.
+def check_knowledge(users: Any, ik: Any, k_ds: str) -> tuple[str | None, int]:
+    """(model_version, dim) of the knowledge rows the join uses from partition ``k_ds``; ONE Spark job.
 
-    Each partition must hold exactly one model_version, one embedding width and unique keys
-    ((user_id, condition) / item_id); both must agree on version and width.
+    ``users`` is ``stages.join.frame.user_vectors`` of the samples' users (its check columns), ``ik`` the
+    item_knowledge rows of the samples' items, so the counts cover what is joined. Those rows must hold exactly
+    one model_version, one embedding width and unique keys ((user_id, condition) / item_id); both tables must
+    agree on version and width. A table with no such rows is not checked; (None, 1) when neither has any.
     """
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
-    def stats_of(name: str, df: Any, key: list[str]) -> Any:
-        return df.agg(F.lit(name).alias("table"), F.collect_set("model_version").alias("versions"),
-                      F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
-                      F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"))
-
+    user_stats = users.agg(F.lit("user_knowledge").alias("table"),
+                           F.array_distinct(F.flatten(F.collect_list("_versions"))).alias("versions"),
+                           F.min("_lo").alias("lo"), F.max("_hi").alias("hi"),
+                           F.sum("_rows").alias("rows"), F.sum("_keys").alias("keys"))
+    item_stats = ik.agg(F.lit("item_knowledge").alias("table"), F.collect_set("model_version").alias("versions"),
+                        F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
+                        F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("keys"))
     stats = {}
-    rows = stats_of("user_knowledge", uk, ["user_id", "condition"]).union(
-        stats_of("item_knowledge", ik, ["item_id"])).collect()  # one Spark job for both tables
+    rows = user_stats.union(item_stats).collect()  # one Spark job for both tables
     for row in rows:
         name = row["table"]
+        if not row["rows"]:
+            continue
         versions = sorted(row["versions"] or [])
         if len(versions) != 1:
             raise ValueError(f"{name}[{k_ds}] must hold exactly one model_version, got {versions}")
@@ -71,7 +76,10 @@ def check_knowledge(uk: Any, ik: Any, k_ds: str) -> tuple[str, int]:
         if row["rows"] != row["keys"]:
             raise ValueError(f"{name}[{k_ds}] has {row['rows'] - row['keys']} duplicated key(s)")
         stats[name] = (versions[0], row["lo"])
-    (uv, udim), (iv, idim) = stats["user_knowledge"], stats["item_knowledge"]
+    if not stats:
+        return None, 1
+    uv, udim = stats.get("user_knowledge") or stats["item_knowledge"]
+    iv, idim = stats.get("item_knowledge") or stats["user_knowledge"]
     if uv != iv:
         raise ValueError(f"model_version mismatch in knowledge partition {k_ds}: "
                          f"user_knowledge {uv!r} vs item_knowledge {iv!r}")
@@ -79,6 +87,15 @@ def check_knowledge(uk: Any, ik: Any, k_ds: str) -> tuple[str, int]:
         raise ValueError(f"embedding width mismatch in knowledge partition {k_ds}: "
                          f"user_knowledge D={udim} vs item_knowledge D={idim} (model {uv})")
     return uv, int(udim)
+
+
+def peek_knowledge(uk: Any, ik: Any) -> tuple[str | None, int]:
+    """(model_version, dim) from the first row of ``uk`` or ``ik`` (one small Spark job, no full scan)."""
+    from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
+
+    cols = [F.col("model_version"), F.size("embedding").alias("dim")]
+    rows = uk.select(*cols).limit(1).union(ik.select(*cols).limit(1)).collect()
+    return (rows[0]["model_version"], int(rows[0]["dim"])) if rows else (None, 1)
 
 
 def check_days(out: Any, spec: JoinSpec, expected: dict[str, int]) -> dict[str, int]:

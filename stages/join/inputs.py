@@ -1,8 +1,10 @@
 """What the join reads besides the samples themselves: the items dimension, the condition order,
-the sample row counts per day and the (checked) knowledge partition.
+the sample row counts per day and the (checked) knowledge of the samples' users and items.
 
-The items dimension is unpartitioned and small, so it is read with pyarrow and broadcast; sample row
-counts come from the Delta log's file stats (free) so the output check needs no extra Spark job.
+The items dimension is unpartitioned and small, so it is read with pyarrow and broadcast from Arrow (no
+pandas); sample row counts come from the Delta log's file stats (free) so the output check needs no extra
+Spark job. Knowledge is semi-joined with the samples' distinct users / items before anything groups or
+counts it, so a run's work follows the day's samples, not the size of the knowledge tables.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.join.checks import check_knowledge
+from stages.join.checks import check_knowledge, peek_knowledge
+from stages.join.frame import user_vectors
 from stages.join.spec import JoinSpec
 from stages.warehouse.facade import Warehouse
 
@@ -26,6 +29,15 @@ def read_items(wh: Warehouse, spec: JoinSpec, version: int | None = None) -> pa.
     if pc.count_distinct(table.column("item_id")).as_py() != table.num_rows:
         raise ValueError("items: key item_id has duplicated values")
     return table
+
+
+def items_frame(spark: Any, items: pa.Table, spec: JoinSpec) -> Any:
+    """``read_items``' table as a broadcast Spark DataFrame (item_id long, <target_feature> string), from Arrow."""
+    from pyspark.sql import functions as F  # deferred: the CLI/DAG import the join for its Config without Spark
+
+    data = items.select(["item_id", spec.target_feature]).cast(
+        pa.schema([("item_id", pa.int64()), (spec.target_feature, pa.string())]))
+    return F.broadcast(spark.createDataFrame(data, f"item_id long, {spec.target_feature} string"))
 
 
 def resolve_conditions(spec: JoinSpec, items: pa.Table) -> list[str]:
@@ -52,12 +64,31 @@ def sample_rows_by_day(wh: Warehouse, spec: JoinSpec, days: list[str], samples: 
     return {d: counted.get(d, 0) for d in days}
 
 
-def read_knowledge(spark: Any, wh: Warehouse, k_ds: str,
-                   versions: Mapping[str, int | None] | None = None) -> tuple[Any, Any, str, int]:
-    """(user_knowledge, item_knowledge, model_version, dim) of partition ``k_ds`` at the pinned ``versions``
-    (latest when None), checked (one Spark job)."""
+def read_knowledge(spark: Any, wh: Warehouse, k_ds: str, samples: Any, extended: list[str],
+                   versions: Mapping[str, int | None] | None = None) -> tuple[Any, Any, str | None, int]:
+    """(user vectors, item_knowledge, model_version, dim) of partition ``k_ds`` at the pinned ``versions``
+    (latest when None), checked (one Spark job).
+
+    Only the knowledge of the users / items of ``samples`` is read on: left semi-joins on their distinct ids,
+    ahead of the per-user group-by (``stages.join.frame.user_vectors``). Both results are persisted (the
+    check job fills the cache, the join reads it): the caller unpersists them. When no sample user or item
+    has knowledge, version and width come from one row of the partitions (no full scan).
+    """
+    from pyspark import StorageLevel  # deferred: the CLI/DAG import the join for its Config without Spark
+
     pins = versions or {}
-    uk = wh.read_spark(spark, "user_knowledge", ds=k_ds, version=pins.get("user_knowledge"))
-    ik = wh.read_spark(spark, "item_knowledge", ds=k_ds, version=pins.get("item_knowledge"))
-    version, dim = check_knowledge(uk, ik, k_ds)
-    return uk, ik, version, dim
+    uk_all = wh.read_spark(spark, "user_knowledge", ds=k_ds, version=pins.get("user_knowledge"))
+    ik_all = wh.read_spark(spark, "item_knowledge", ds=k_ds, version=pins.get("item_knowledge"))
+    uk = uk_all.join(samples.select("user_id").distinct(), on="user_id", how="left_semi")
+    users = user_vectors(uk, extended).persist(StorageLevel.DISK_ONLY)
+    ik = (ik_all.join(samples.select("item_id").distinct(), on="item_id", how="left_semi")
+          .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        version, dim = check_knowledge(users, ik, k_ds)
+        if version is None:
+            version, dim = peek_knowledge(uk_all, ik_all)
+    except BaseException:
+        users.unpersist()
+        ik.unpersist()
+        raise
+    return users, ik, version, dim

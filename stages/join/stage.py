@@ -3,7 +3,8 @@
 ``run(cfg, ds=D, warehouse=...)`` writes ``dlrm_training[ds = D]`` in one delta-rs commit: every row
 of ``dlrm_samples[D]`` (rows out == rows in, keys unique, asserted before the commit) plus the LUM
 columns of schemas/dlrm_training.py, from the knowledge partition chosen by stages.join.plan and
-recorded per row in ``lum_knowledge_ds``. Nothing of day D or later is read except D's samples.
+recorded per row in ``lum_knowledge_ds``. Nothing of day D or later is read except D's samples; of the
+knowledge partition only the rows of D's sample users and items are grouped, checked and joined.
 
 Day D needs the knowledge of D - lag (D-1 by default): when the run for that day failed, the join is a
 ``ValueError`` naming the missing day. ``allow_stale_knowledge = true`` accepts, with a warning, the newest
@@ -29,8 +30,8 @@ from stages.core.dates import check_ds, days_before
 from stages.core.spark import get_spark
 from stages.join import provenance
 from stages.join.checks import check_days, check_samples_schema
-from stages.join.frame import build_training_frame
-from stages.join.inputs import read_items, read_knowledge, resolve_conditions, sample_rows_by_day
+from stages.join.frame import build_training_frame, extended_conditions
+from stages.join.inputs import items_frame, read_items, read_knowledge, resolve_conditions, sample_rows_by_day
 from stages.join.plan import knowledge_lag, resolve_knowledge
 from stages.join.spec import JoinSpec, load_spec
 from stages.warehouse.facade import Warehouse
@@ -61,8 +62,9 @@ class Prepared:
     lag: int  # knowledge partition <= ds - lag
     wh: Warehouse
     spark: Any
-    items: Any  # broadcast Spark DataFrame (item_id, <target_feature>)
+    items: Any  # broadcast Spark DataFrame (item_id, <target_feature>), built from Arrow
     conditions: list[str]  # the lum_match order
+    extended: list[str]  # conditions, then the other item target conditions: the condition index order
     versions: dict[str, int | None]  # the input table versions every read uses (provenance.pin_inputs)
     config: dict[str, Any]  # provenance.config_record of this join
 
@@ -90,18 +92,16 @@ def output_metadata(spec: JoinSpec, conditions: list[str]) -> dict[str, str]:
 def prepare(cfg: Config, spec: JoinSpec, lag: int, wh: Warehouse, versions: dict[str, int | None]) -> Prepared:
     """Start Spark, check the samples table schema, read items and resolve the condition order, all at the
     pinned ``versions``."""
-    from pyspark.sql import functions as F  # deferred: the CLI/DAG import this module for Config without Spark
-
     spark = get_spark()
     check_samples_schema(wh, spec, versions.get(spec.samples_table))
     items_table = read_items(wh, spec, versions.get("items"))
     conditions = resolve_conditions(spec, items_table)
-    items = F.broadcast(spark.createDataFrame(items_table.to_pandas(),
-                                              f"item_id long, {spec.target_feature} string"))
+    items = items_frame(spark, items_table, spec)
     config = provenance.config_record(spec, lag, require_knowledge=cfg.require_knowledge,
                                       broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)
     return Prepared(spec=spec, lag=lag, wh=wh, spark=spark, items=items, conditions=conditions,
-                    versions=dict(versions), config=config)
+                    extended=extended_conditions(items_table, spec, conditions), versions=dict(versions),
+                    config=config)
 
 
 def commit_metadata(prep: Prepared, days: list[str], k_ds: str | None, fallback: str | None,
@@ -120,19 +120,24 @@ def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int
     """
     from pyspark import StorageLevel  # deferred: the CLI/DAG import this module for Config without Spark
 
-    uk = ik = None
+    users = ik = None
     version, dim = None, 1
     if k_ds is not None:
-        uk, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, prep.versions)
-    out = build_training_frame(samples, prep.items, uk, ik, spec=prep.spec, conditions=prep.conditions,
-                               knowledge_ds=k_ds, model_version=version, dim=dim,
-                               broadcast_items=cfg.broadcast_items)
-    out = out.persist(StorageLevel.DISK_ONLY)
+        users, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, samples, prep.extended, prep.versions)
     try:
-        without = check_days(out, prep.spec, expected)
-    except BaseException:
-        out.unpersist()
-        raise
+        out = build_training_frame(samples, prep.items, users, ik, spec=prep.spec, conditions=prep.conditions,
+                                   extended=prep.extended, knowledge_ds=k_ds, model_version=version, dim=dim,
+                                   broadcast_items=cfg.broadcast_items)
+        out = out.persist(StorageLevel.DISK_ONLY)
+        try:
+            without = check_days(out, prep.spec, expected)
+        except BaseException:
+            out.unpersist()
+            raise
+    finally:  # the output cache is filled: the knowledge caches are done with
+        for df in (users, ik):
+            if df is not None:
+                df.unpersist()
     return out, without, version, dim
 
 

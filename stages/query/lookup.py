@@ -25,7 +25,7 @@ from stages.core.tables import format_table
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.history import check_readable
 from stages.warehouse.reads import restore_types
-from stages.warehouse.scan import read_users
+from stages.warehouse.scan import add_actions, read_users
 
 TABLE = "user_knowledge"
 QUERYABLE = ("user_knowledge", "dlrm_training")  # tables keyed by user_id that `lum query` reads
@@ -80,7 +80,8 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
     if as_of is not None:
         version = wh.version_as_of(table, as_of)
     delta = wh.delta_table(table, version)  # ValueError when missing
-    days = pa.table(delta.get_add_actions(flatten=True)).column("partition.ds")
+    actions = add_actions(delta)  # listed once: the partition check below and the scan share it
+    days = actions.column("partition.ds")
     if ds is None:
         if len(days) == 0:
             raise ValueError(f"table {table} has no partitions (version {delta.version()})")
@@ -90,7 +91,7 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
     if as_of is not None:  # an old snapshot: name the retention rather than a missing file
         check_readable(wh, table, delta.version(), days=[ds])
     extra = None if conds is None else pc.field("condition").isin(pa.array(conds, pa.string()))
-    out = restore_types(table, read_users(delta, ds, ids, extra))
+    out = restore_types(table, read_users(delta, ds, ids, extra, actions=actions))
     keys = [("user_id", "ascending")] + ([("condition", "ascending")] if table == "user_knowledge" else
                                          [("item_id", "ascending"), ("ts", "ascending")])
     out = out.sort_by(keys)  # the resolved day and version travel as schema metadata (for the summary)

@@ -1,8 +1,10 @@
 """Point reads of a few ``user_id`` values from one partition of a Delta snapshot, touching little data.
 
-Local tables: the log's per-file ``user_id`` min/max picks the files of partition ``ds``, the parquet footers
-pick the row groups, and the ``user_id`` column is read before the other columns (infer writes sorted files,
-so a user is about one row group). Other URIs use delta-rs' pyarrow dataset with the same filter: correct,
+Local tables: the log's per-file ``user_id`` min/max picks the files of partition ``ds`` (from the add actions
+the caller already read, if it passes them: the log is listed once per lookup), the parquet footers pick the
+row groups, and the ``user_id`` column is read before the other columns (infer writes sorted files, so a user
+is about one row group). The snapshot's add actions cover every day; delta-rs' filtered file listing
+(``file_uris`` with a ``ds`` predicate) costs more than exporting them all and filtering in Arrow. Other URIs use delta-rs' pyarrow dataset with the same filter: correct,
 but it opens more footers. Returns the matching rows with ``ds`` restored, in the files' column types
 (callers cast them with ``stages.warehouse.reads.restore_types``).
 """
@@ -30,22 +32,25 @@ def _local_root(delta: Any) -> str | None:
     return None
 
 
-def _candidate_files(delta: Any, ds: str, ids: np.ndarray) -> list[str]:
-    """Relative paths of partition-``ds`` files whose user_id [min, max] contains one of ``ids``."""
-    actions = pa.table(delta.get_add_actions(flatten=True))
+def add_actions(delta: Any) -> pa.Table:
+    """The snapshot's add actions, flattened (``path``, ``partition.ds``, ``min.user_id``, ...): one call, reused
+    by the caller for the partition list and by ``read_users`` for the files."""
+    return pa.table(delta.get_add_actions(flatten=True))
+
+
+def _candidate_files(actions: pa.Table, ds: str, ids: np.ndarray) -> list[str]:
+    """Relative paths of partition-``ds`` files whose user_id [min, max] contains one of ``ids`` (sorted)."""
     actions = actions.filter(pc.equal(actions.column("partition.ds"), ds))
     paths = actions.column("path").to_pylist()
-    if f"min.{KEY}" not in actions.column_names:
+    if f"min.{KEY}" not in actions.column_names or not paths:
         return paths  # no statistics in the log: every file of the partition is a candidate
-    lo = actions.column(f"min.{KEY}").to_numpy(zero_copy_only=False)
-    hi = actions.column(f"max.{KEY}").to_numpy(zero_copy_only=False)
-    out = []
-    for path, a, b in zip(paths, lo, hi):
-        if a is None or b is None or np.isnan(a) or np.isnan(b):
-            out.append(path)
-        elif np.searchsorted(ids, a, "left") < np.searchsorted(ids, b, "right"):
-            out.append(path)  # some id falls inside [a, b]
-    return out
+    lo, hi = actions.column(f"min.{KEY}"), actions.column(f"max.{KEY}")
+    unknown = pc.or_(lo.is_null(), hi.is_null()).to_numpy(zero_copy_only=False)
+    lo_v = pc.fill_null(lo, 0).to_numpy(zero_copy_only=False)
+    hi_v = pc.fill_null(hi, 0).to_numpy(zero_copy_only=False)
+    # some id falls inside [lo, hi] (or the file has no statistics)
+    keep = unknown | (np.searchsorted(ids, lo_v, "left") < np.searchsorted(ids, hi_v, "right"))
+    return [path for path, k in zip(paths, keep) if k]
 
 
 def _read_file(path: str, ids: np.ndarray, id_array: pa.Array) -> pa.Table | None:
@@ -66,8 +71,12 @@ def _read_file(path: str, ids: np.ndarray, id_array: pa.Array) -> pa.Table | Non
     return pa.concat_tables(parts) if parts else None
 
 
-def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any = None) -> pa.Table:
-    """Rows of partition ``ds`` with ``user_id`` in ``user_ids`` (and ``extra_filter``), ``ds`` restored."""
+def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any = None, *,
+               actions: pa.Table | None = None) -> pa.Table:
+    """Rows of partition ``ds`` with ``user_id`` in ``user_ids`` (and ``extra_filter``), ``ds`` restored.
+
+    ``actions``: ``add_actions(delta)`` when the caller already has them (else they are read here).
+    """
     ids = np.unique(np.asarray(user_ids, dtype=np.int64))
     id_array = pa.array(ids, pa.int64())
     root = _local_root(delta)
@@ -77,7 +86,7 @@ def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any =
         return dataset.to_table(filter=expr if extra_filter is None else expr & extra_filter)
     schema = pa.schema(delta.schema().to_arrow())  # the table's columns, ds included, in table order
     parts = []
-    for rel in _candidate_files(delta, ds, ids):
+    for rel in _candidate_files(add_actions(delta) if actions is None else actions, ds, ids):
         table = _read_file(os.path.join(root, unquote(rel)), ids, id_array)
         if table is not None:
             parts.append(table)

@@ -1,0 +1,64 @@
+"""``lum bench scale``: the process-tree sampler on a known tree, the report of a tiny run, and its errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from stages.bench.proctree import run_sampled
+from stages.bench.scale import QUICK, Config, commands, measure
+
+# A Python child that starts a Python grandchild holding ~200 MiB for a second, then holds ~10 MiB itself.
+TREE = ("import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'b = bytearray(200 << 20); import time; time.sleep(1.5)'])\n"
+        "c.wait(); x = bytearray(10 << 20); time.sleep(0.5)\n")
+
+
+def test_sampler_classes_driver_and_python_workers(tmp_path):
+    out = run_sampled([sys.executable, "-c", TREE], stdout=str(tmp_path / "o"), stderr=str(tmp_path / "e"),
+                      interval=0.05)
+    assert out.returncode == 0 and out.seconds >= 1.5 and out.samples >= 10
+    assert out.processes["driver"] == 1 and out.processes["workers"] == 1 and out.processes["jvm"] == 0
+    assert 190 <= out.peak_rss_mb["workers"] < 400  # the grandchild's 200 MiB, touched by bytearray's zeroing
+    assert 5 < out.peak_rss_mb["driver"] < 190 and out.peak_rss_mb["jvm"] == 0
+
+
+def test_a_failing_stage_is_an_error_naming_it(tmp_path):
+    argv = [sys.executable, "-c", "import sys; print('lum: error: no partition', file=sys.stderr); sys.exit(2)"]
+    with pytest.raises(ValueError, match=r"join@2000-01-02 exited 2: lum: error: no partition"):
+        measure("join@2000-01-02", argv, tmp_path, Config(interval=0.05))
+
+
+def test_commands_run_each_daily_stage_per_day_after_the_first():
+    labels = [label for label, _ in commands(Config(days=3, run_days=2), "/w")]
+    assert labels == ["ingest"] + [f"{s}@{d}" for d in ("2000-01-02", "2000-01-03")
+                                   for s in ("sequences", "pretrain", "infer", "join")]
+    with pytest.raises(ValueError, match="run_days"):
+        Config(days=2, run_days=2).check()
+
+
+@pytest.mark.slow  # five stage processes (two start a Spark JVM): about a minute on an idle 2-core box
+def test_bench_scale_quick_report(tmp_path):
+    from stages.pipeline.registry import run_with
+
+    root = tmp_path / "bench"
+    report = run_with("bench.scale", {"dir": str(root)}, quick=True, warehouse=str(tmp_path / "unused"))
+    day = "2000-01-02"
+    assert report["users"] == QUICK["users"]
+    assert list(report["stages"]) == ["ingest"] + [f"{s}@{day}" for s in ("sequences", "pretrain", "infer", "join")]
+    for label, entry in report["stages"].items():
+        rss = entry["peak_rss_mb"]
+        assert set(rss) == {"driver", "workers", "jvm"}
+        assert 0 < entry["seconds"] < 600, label
+        assert 50 < rss["driver"] < 4000, label  # a Python with pyarrow loaded, far from the machine's memory
+        spark = label.startswith(("sequences", "join"))
+        assert (rss["jvm"] > 100) == spark, label  # the Spark JVM, only under the Spark stages
+        assert entry["rows"] > 0, label
+    stages = report["stages"]
+    assert stages["sequences@" + day]["rows"] <= QUICK["users"] < stages["ingest"]["rows"]
+    assert stages["join@" + day]["peak_rss_mb"]["workers"] > 0  # mapInArrow's Python workers
+    assert stages["infer@" + day]["rows"] <= 2 * stages["sequences@" + day]["rows"]  # conditions top:2
+    assert [r["stage"] for r in report["table"]] == list(stages)
+    assert not os.path.exists(root) and not os.path.exists(tmp_path / "unused")
