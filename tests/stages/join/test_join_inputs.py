@@ -20,6 +20,9 @@ def _append_duplicate_key(wh, user_id: int) -> None:
     row = row.set_column(row.schema.get_field_index("embedding"), "embedding",
                          row.column("embedding").cast(pa.list_(pa.float32())))
     rows = pa.concat_tables([row, row]).append_column("ds", pa.array([K_DS] * 2))
+    for field in wh.delta_table("user_knowledge").schema().to_arrow():  # columns the test rows lack: nulls
+        if field.name not in rows.column_names:
+            rows = rows.append_column(pa.field(field.name, pa.float32()), pa.nulls(2, pa.float32()))
     write_deltalake(wh.table_uri("user_knowledge"), rows, mode="append", partition_by=["ds"])
 
 
