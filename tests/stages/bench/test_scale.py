@@ -62,3 +62,11 @@ def test_bench_scale_quick_report(tmp_path):
     assert stages["infer@" + day]["rows"] <= 2 * stages["sequences@" + day]["rows"]  # conditions top:2
     assert [r["stage"] for r in report["table"]] == list(stages)
     assert not os.path.exists(root) and not os.path.exists(tmp_path / "unused")
+
+
+def test_cli_users_flag_reaches_the_bench_config(tmp_path, capsys):
+    from stages.cli.app import main
+
+    assert main(["bench", "scale", "--users", "0", "--warehouse", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "bench scale: users must be >= 1, got 0" in capsys.readouterr().err
