@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stages.core.config import parse_overrides
-from stages.core.dates import check_ds
+from stages.core.dates import check_ds, day_range
 from stages.core.tables import format_table
 from stages.pipeline import registry
 
@@ -205,11 +205,14 @@ def cmd_run(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     elif args.retrain:
         raise UsageError("--retrain applies to `lum run pretrain` only")
     cfg = _config(args.stage, args, extra)
-    if ranged:
-        from stages.join.range import run_range  # deferred: Spark and the join load only for this command
+    from stages.pipeline.daily import stage_lease  # deferred: loads deltalake; one lease per day written
 
-        return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
-    return registry.run(args.stage, cfg, ds=args.ds, warehouse=warehouse)
+    with stage_lease(args.stage, day_range(args.start, args.end) if ranged else [args.ds], warehouse, cfg):
+        if ranged:
+            from stages.join.range import run_range  # deferred: Spark and the join load only for this command
+
+            return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
+        return registry.run(args.stage, cfg, ds=args.ds, warehouse=warehouse)
 
 
 def cmd_backfill(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:

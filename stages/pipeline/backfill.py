@@ -7,7 +7,9 @@ stages are all complete is skipped; otherwise it restarts at its first incomplet
 selected stage after it (later outputs depend on earlier ones). ``force=True`` reruns everything. Consecutive
 days that need only ``join`` run as one ``stages.join.range.run_range`` (same rows, fewer Spark jobs and
 commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
-day with everything before it committed, so rerunning the same command resumes.
+day with everything before it committed, so rerunning the same command resumes. Every stage runs under its
+(stage, day) lease (``daily.stage_lease``): two backfills over the same days, or a backfill beside a scheduled
+run, fail with one line rather than write a partition twice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stages.core.dates import day_range
+from stages.core.phases import phase
 from stages.join import range as join_range
 from stages.model import store as model_store
 from stages.pipeline import daily
@@ -71,7 +74,8 @@ def _run_join_range(start: str, end: str, warehouse: str, config_path: str | Non
                     overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """``join_range.run_range`` over ``start..end`` with the join Config the per-day runner would build."""
     cfg = daily.stage_config("join", config_path, overrides)
-    return join_range.run_range(cfg, start=start, end=end, warehouse=warehouse)
+    with daily.stage_lease("join", day_range(start, end), warehouse, cfg), phase("stage", f"join {start}..{end}"):
+        return join_range.run_range(cfg, start=start, end=end, warehouse=warehouse)
 
 
 def _join_stretch(warehouse: str, days: Sequence[str], first: int, chosen: Sequence[str], *,

@@ -6,18 +6,27 @@ summary with the stage name and wall seconds added. The DAG imports this module 
 
 Overrides: ``{"max_steps": 50}`` goes to every stage whose Config has that field (an error if none
 has it); ``{"pretrain.max_steps": 50}`` goes to one stage only.
+
+A stage runs under the lease of (stage, ds) (``stage_lease``, ``stages.warehouse.lease``): a second run of the
+same stage and day, a task beside a manual ``lum run`` or two backfills, fails with one line naming the
+holder instead of mixing its rows with the first run's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.pipeline import registry
+from stages.warehouse import lease
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -49,15 +58,31 @@ def stage_config(stage: str, config_path: str | None = None,
     return registry.build_config(stage, config_path=config_path, overrides=overrides, scope=STAGES)
 
 
+@contextmanager
+def stage_lease(stage: str, days: Sequence[str], warehouse: Warehouse | str, cfg: Any = None) -> Iterator[list[Path]]:
+    """Hold the leases of ``stage`` for ``days`` while the block runs (``LeaseHeld`` when another run has one).
+
+    A sharded infer process (``shard="i/n"``) stages invisible files only and takes none (its ``commit/n``
+    does); the ranks of one torchrun job share the lease."""
+    shard = getattr(cfg, "shard", None)
+    if shard and not str(shard).startswith("commit/"):
+        yield []
+        return
+    job = os.environ.get(lease.JOB_ENV) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    with lease.hold(warehouse, stage, days, job=job) as paths:
+        yield paths
+
+
 def run_stage(stage: str, ds: str, warehouse: Warehouse | str | None = None, config_path: str | None = None,
               overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run one stage for day ``ds``; returns its summary plus ``stage`` and ``seconds``."""
+    """Run one stage for day ``ds`` under its lease; returns its summary plus ``stage`` and ``seconds``."""
     check_ds(ds, name="ds")
     warehouse = Warehouse.of(warehouse)
     cfg = stage_config(stage, config_path, overrides)
     started = time.perf_counter()
     log.info("%s(%s) starting, warehouse %s", stage, ds, warehouse.uri)
-    summary = registry.run(stage, cfg, ds=ds, warehouse=warehouse)
+    with stage_lease(stage, [ds], warehouse, cfg), phase("stage", f"{stage} {ds}"):
+        summary = registry.run(stage, cfg, ds=ds, warehouse=warehouse)
     seconds = round(time.perf_counter() - started, 3)
     log.info("%s(%s) done in %.1f s", stage, ds, seconds)
     return {"stage": stage, "ds": ds, **summary, "seconds": seconds}

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 import schemas
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.warehouse.commit import (
     DataFile,
     already_committed,
@@ -197,7 +198,8 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     folder = f"{table_path}/{folder_rel}"
     target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
     try:
-        conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
+        with phase("spark_write", f"{name} ds={label}"):
+            conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
         version, applied = commit_days_files(table_uri, name, days=days, files=_list_written(fs, folder, folder_rel),
                                              schema=spec.build_schema(1), app_id=txn,
                                              storage_options=wh.storage_options or None, metadata=metadata)
