@@ -8,7 +8,8 @@ kill point, kills anything of its session that survived, reruns the same command
 every table and model version with the reference (``stages.bench.chaos_compare``). Kill points: ``kill_at``
 (fixed, one per trial) or, per trial, the next phase of ``phases`` in turn (default: ``any`` plus every phase
 the reference run shows), a seeded occurrence of it and a seeded delay within that occurrence's duration in the
-reference (``any``: a seeded moment of the whole run). The phase a kill hit is read from the child's markers.
+reference (0 for occurrences shorter than ``SHORT_PHASE_S``: a timer cannot land inside those; ``any``: a
+seeded moment of the whole run). The phase a kill hit is read from the child's markers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 QUICK = {"trials": 3, "days": 2}
 DAILY_STAGES = ("sequences", "pretrain", "infer", "join")
+SHORT_PHASE_S = 0.02  # shorter occurrences are hit at their begin (a timer thread waits for the GIL)
 DEFAULT_PHASES = ("spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish")
 # tests/dags/tiny.toml with more, checkpointed steps, so kills land in training and in checkpoint writes
 TINY_TOML = """[sequences]
@@ -128,7 +130,8 @@ def plan(cfg: Config, reference: ChildResult) -> list[tuple[KillPoint, str]]:
         k = int(rng.integers(len(occ)))
         begin, end = occ[k]
         details = [m.detail for m in reference.markers if m.kind == "begin" and m.phase == name]
-        out.append((KillPoint(name, k + 1, round(float(rng.uniform(0, max(end - begin, 0.0))), 4)), details[k]))
+        delay = float(rng.uniform(0, end - begin)) if end - begin >= SHORT_PHASE_S else 0.0
+        out.append((KillPoint(name, k + 1, round(delay, 4)), details[k]))
     return out
 
 

@@ -13,7 +13,8 @@ did not finish.
 Fault injection (``lum bench chaos`` only): ``LUM_CHAOS_KILL=phase:occurrence:delay_s`` makes the process
 SIGKILL its own process group ``delay_s`` after the ``occurrence``-th begin of ``phase`` (0: at once, before
 the phase's work), so a kill lands inside a phase of a few milliseconds, which a watcher reading the log
-could not time. Unset, it costs one dictionary lookup per phase.
+could not time. With ``LUM_CHAOS_SIGNAL=STOP`` the process instead SIGSTOPs itself there (tests freeze one run
+inside a phase while another runs). Unset, it costs one dictionary lookup per phase.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 MARKER = "lum-phase"
 ENV = "LUM_PHASE_LOG"
 KILL_ENV = "LUM_CHAOS_KILL"
+SIGNAL_ENV = "LUM_CHAOS_SIGNAL"  # "KILL" (default) or "STOP"
 PHASES = ("stage", "spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish")
 LINE_RE = re.compile(rf"{MARKER} (begin|end) (\w+)(?: (.*))?$")
 
@@ -54,7 +56,8 @@ _begun: Counter[str] = Counter()
 
 
 def _maybe_kill(name: str) -> None:
-    """SIGKILL this process group now or after the delay when ``LUM_CHAOS_KILL`` names this begin."""
+    """SIGKILL this process group (SIGSTOP this process) now or after the delay when ``LUM_CHAOS_KILL`` names
+    this begin."""
     target, _, rest = os.environ[KILL_ENV].partition(":")
     occurrence, _, delay = rest.partition(":")
     if target != name:
@@ -62,9 +65,12 @@ def _maybe_kill(name: str) -> None:
     _begun[name] += 1
     if _begun[name] != int(occurrence or 1):
         return
+    stop = os.environ.get(SIGNAL_ENV, "KILL") == "STOP"
+    act, args = (os.kill, (os.getpid(), signal.SIGSTOP)) if stop else (os.killpg, (0, signal.SIGKILL))
     if float(delay or 0) <= 0:
-        os.killpg(0, signal.SIGKILL)
-    timer = threading.Timer(float(delay), os.killpg, (0, signal.SIGKILL))
+        act(*args)
+        return
+    timer = threading.Timer(float(delay), act, args)
     timer.daemon = True
     timer.start()
 

@@ -9,7 +9,8 @@ days that need only ``join`` run as one ``stages.join.range.run_range`` (same ro
 commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
 day with everything before it committed, so rerunning the same command resumes. Every stage runs under its
 (stage, day) lease (``daily.stage_lease``): two backfills over the same days, or a backfill beside a scheduled
-run, fail with one line rather than write a partition twice.
+run, fail with one line rather than write a partition twice; a stage that another run completed after this
+day was planned (and before this process ran any stage of the day) is skipped, not run again.
 """
 
 from __future__ import annotations
@@ -134,10 +135,16 @@ def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, f
         log.info("backfill %s (%d/%d): running %s", ds, n + 1, len(days), ", ".join(todo))
         seconds: dict[str, float] = {}
         for stage in todo:
+            if not force and not seconds and COMPLETE[stage](warehouse, ds):
+                log.info("backfill %s: %s was completed by another run meanwhile; skipped", ds, stage)
+                continue
             summary = daily.RUNNERS[stage](ds, warehouse, config_path, overrides)
             seconds[stage] = summary["seconds"]
-        ran.append(ds)
-        runs.append({"ds": ds, "seconds": seconds})
+        if seconds:
+            ran.append(ds)
+            runs.append({"ds": ds, "seconds": seconds})
+        else:
+            skipped.append(ds)
         n += 1
     return {"start": start, "end": end, "days": len(days), "ran": ran, "skipped": skipped,
             "stage_runs": sum(len(r["seconds"]) for r in runs), "runs": runs, "join_ranges": ranges,

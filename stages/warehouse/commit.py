@@ -113,9 +113,10 @@ def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], sc
     actions = [add_action(fs, table_path, item) for item in files]
     props = CommitProperties(custom_metadata=dict(metadata or {}),
                              app_transactions=[Transaction(app_id, TXN_VERSION)])
-    with phase("delta_commit", f"{name} {what}"):
-        if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
-            table = DeltaTable(table_uri, storage_options=storage_options)
+    exists = DeltaTable.is_deltatable(table_uri, storage_options=storage_options)
+    table = DeltaTable(table_uri, storage_options=storage_options) if exists else None
+    with phase("delta_commit", f"{name} {what}"):  # from the snapshot just read to the new version
+        if table is not None:
             table.create_write_transaction(actions, "overwrite", table.schema(), partition_by=["ds"],
                                            partition_filters=[partition_filter], commit_properties=props)
         else:

@@ -165,6 +165,11 @@ def acquire(root: Path, stage: str, ds: str, *, job: str | None = None) -> tuple
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _read(path)
+            for _ in range(40):  # its creator is writing it: wait for the owner to be readable
+                if owner != {}:
+                    break
+                time.sleep(0.025)
+                owner = _read(path)
             if owner and job and owner.get("job") == job:
                 return path, None
             if owner is None or _break_if_stale(path, stage, ds):
