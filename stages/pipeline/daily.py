@@ -68,7 +68,9 @@ def stage_lease(stage: str, days: Sequence[str], warehouse: Warehouse | str, cfg
     if shard and not str(shard).startswith("commit/"):
         yield []
         return
-    job = os.environ.get(lease.JOB_ENV) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    job = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: its run id ("none" unless set) and rendezvous port
+        job = "{}@{}:{}".format(*(os.environ.get(k, "") for k in (lease.JOB_ENV, "MASTER_ADDR", "MASTER_PORT")))
     with lease.hold(warehouse, stage, days, job=job) as paths:
         yield paths
 

@@ -5,8 +5,8 @@
 
 A lease is the file ``<warehouse>/_leases/<stage>/<ds>``, created with ``O_CREAT | O_EXCL`` (atomic on a
 local or POSIX file system) and holding its owner as JSON: pid, host, start time, a random token, the
-process's start tick and boot id (so a reused pid is not mistaken for the owner), and ``job`` (torchrun's
-``TORCHELASTIC_RUN_ID``: the ranks of one job share the lease; the rank that created it releases it).
+process's start tick and boot id (so a reused pid is not mistaken for the owner), and ``job`` (for torchrun,
+its run id and rendezvous address: the ranks of one job share the lease; the rank that created it releases it).
 It is released (unlinked) in ``finally``. A lease is stale, and is broken by the next run, when its owner
 ran on this host and is gone (a SIGKILL, an OOM kill), or when its file's mtime, which a holder's heartbeat
 thread touches every ``HEARTBEAT_S``, is older than ``LUM_LEASE_STALE_S`` seconds (default ``STALE_S``;
