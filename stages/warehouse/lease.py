@@ -8,10 +8,11 @@ local or POSIX file system) and holding its owner as JSON: pid, host, start time
 process's start tick and boot id (so a reused pid is not mistaken for the owner), and ``job`` (for torchrun,
 its run id and rendezvous address: the ranks of one job share the lease; the rank that created it releases it).
 It is released (unlinked) in ``finally``. A lease is stale, and is broken by the next run, when its owner
-ran on this host and is gone (a SIGKILL, an OOM kill), or when its file's mtime, which a holder's heartbeat
-thread touches every ``HEARTBEAT_S``, is older than ``LUM_LEASE_STALE_S`` seconds (default ``STALE_S``;
-owners on other hosts). Breaking happens under an ``flock`` on ``<stage>/.guard`` and re-reads the owner
-first, so two runs never both break and take one lease.
+ran on this host (same host name) and is gone (a SIGKILL, an OOM kill), or when its file's mtime, which a
+holder's heartbeat thread touches every ``HEARTBEAT_S``, is older than ``LUM_LEASE_STALE_S`` seconds (default
+``STALE_S``; owners on other hosts; containers sharing a warehouse need distinct host names). Breaking and
+releasing happen under an ``flock`` on ``<stage>/.guard`` and re-read the owner first, so two runs never both
+break and take one lease.
 
 Why: two runs of one stage and day share staging and checkpoint directories and model paths, and two
 delta-rs overwrites of a partition that did not exist yet both commit (the conflict checker sees no file
@@ -135,22 +136,29 @@ def describe(stage: str, ds: str, owner: dict, path: Path) -> str:
             f"since {owner.get('since')}{job}; lease {path}")
 
 
-def _break_if_stale(path: Path, stage: str, ds: str) -> bool:
-    """Under the stage's guard lock: re-read the owner, unlink the lease when it is stale. True when broken."""
-    guard = path.parent / ".guard"
-    with open(guard, "a") as handle:
+@contextmanager
+def _guarded(path: Path) -> Iterator[None]:
+    """The stage directory's ``flock``: unlinking a lease (breaking or releasing it) happens under it, after
+    re-reading the owner, so nobody unlinks a lease another run has just taken."""
+    with open(path.parent / ".guard", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            owner = _read(path)
-            if owner is None:
-                return True  # released meanwhile
-            if not is_stale(path, owner):
-                return False
-            log.warning("breaking the stale lease of %s for ds %s: %s", stage, ds, describe(stage, ds, owner, path))
-            path.unlink(missing_ok=True)
-            return True
+            yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _break_if_stale(path: Path, stage: str, ds: str) -> bool:
+    """Re-read the owner under the guard and unlink the lease when it is stale. True when it is gone."""
+    with _guarded(path):
+        owner = _read(path)
+        if owner is None:
+            return True  # released meanwhile
+        if not is_stale(path, owner):
+            return False
+        log.warning("breaking the stale lease of %s for ds %s: %s", stage, ds, describe(stage, ds, owner, path))
+        path.unlink(missing_ok=True)
+        return True
 
 
 def acquire(root: Path, stage: str, ds: str, *, job: str | None = None) -> tuple[Path, str | None]:
@@ -187,11 +195,12 @@ def acquire(root: Path, stage: str, ds: str, *, job: str | None = None) -> tuple
 
 def release(path: Path, token: str) -> None:
     """Unlink the lease if it is still ours (a lease broken as stale and retaken by another run is left)."""
-    owner = _read(path)
-    if owner and owner.get("token") == token:
-        path.unlink(missing_ok=True)
-    else:
-        log.warning("lease %s is no longer ours (broken as stale?); leaving it", path)
+    with _guarded(path):
+        owner = _read(path)
+        if owner and owner.get("token") == token:
+            path.unlink(missing_ok=True)
+            return
+    log.warning("lease %s is no longer ours (broken as stale?); leaving it", path)
 
 
 @contextmanager
