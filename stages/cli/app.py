@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from stages.core.config import parse_overrides
-from stages.core.dates import check_ds
+from stages.core.dates import check_ds, day_range
 from stages.core.redact import install_log_redaction, redact, redact_obj
 from stages.core.shutdown import end_process, run_command
 from stages.core.tables import format_table
@@ -248,11 +248,14 @@ def cmd_run(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
             raise ValueError(f"{summary['table']}[{args.ds}] rebuilt from its recorded inputs differs from the "
                              f"written partition: {summary['difference']}")
         return summary
-    if ranged:
-        from stages.join.range import run_range  # deferred: Spark and the join load only for this command
+    from stages.pipeline.daily import stage_lease  # deferred: loads deltalake; one lease per day written
 
-        return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
-    return registry.run(args.stage, cfg, ds=args.ds, warehouse=warehouse)
+    with stage_lease(args.stage, day_range(args.start, args.end) if ranged else [args.ds], warehouse, cfg):
+        if ranged:
+            from stages.join.range import run_range  # deferred: Spark and the join load only for this command
+
+            return run_range(cfg, start=args.start, end=args.end, warehouse=warehouse)
+        return registry.run(args.stage, cfg, ds=args.ds, warehouse=warehouse)
 
 
 def cmd_backfill(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from stages.core.phases import phase
 from stages.infer.chunks import ShardSpec, shard_of
 from stages.infer.encode import check_embeddings, embedding_array
 from stages.warehouse.facade import Warehouse
@@ -70,7 +71,8 @@ def items_not_in_model(wh: Warehouse, vocab: Any) -> int:
 
 def commit(wh: Warehouse, ds: str, run_id: str, shards: int | None) -> dict[str, int]:
     """One commit per table with every shard's staged files (item_knowledge first, user_knowledge last)."""
-    return {name: wh.commit_staged(name, ds=ds, run_id=run_id, shards=shards) for name in TABLES}
+    with phase("infer_publish", f"ds={ds} run {run_id}"):
+        return {name: wh.commit_staged(name, ds=ds, run_id=run_id, shards=shards) for name in TABLES}
 
 
 def torchrun_commit(wh: Warehouse, ds: str, run_id: str, shard: ShardSpec) -> dict[str, int] | None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 import torch
 
+from stages.core.phases import phase
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 
@@ -66,6 +67,11 @@ def latest_version(warehouse: str, *, through: str) -> str | None:
 
 def publish(warehouse: str, version: str, files: dict[str, Any]) -> Path:
     """Atomically write a version: ``files`` maps file name -> bytes | str | (torch object to save)."""
+    with phase("model_publish", version):
+        return _publish(warehouse, version, files)
+
+
+def _publish(warehouse: str, version: str, files: dict[str, Any]) -> Path:
     root = store_root(warehouse)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{version}-{os.getpid()}"
@@ -174,5 +180,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write a checkpoint atomically (temp file + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with phase("checkpoint", f"{path.parent.name} step {state.get('step')}"):
+        torch.save(state, tmp)
+        os.replace(tmp, path)

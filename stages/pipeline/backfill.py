@@ -9,7 +9,10 @@ days that need only ``join`` run as one ``stages.join.range.run_range`` (same ro
 commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
 day with everything before it committed, so rerunning the same command resumes. The first day's join needs
 the knowledge of the day before the range (a bootstrap, or an earlier run): when it is missing and the join
-config does not allow stale knowledge, the backfill fails before running anything.
+config does not allow stale knowledge, the backfill fails before running anything. Every stage runs under its
+(stage, day) lease (``daily.stage_lease``): two backfills over the same days, or a backfill beside a scheduled
+run, fail with one line rather than write a partition twice; a stage that another run completed after this
+day was planned (and before this process ran any stage of the day) is skipped, not run again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stages.core.dates import day_range, days_before
+from stages.core.phases import phase
 from stages.join import range as join_range
 from stages.join.plan import knowledge_days, pick_knowledge_ds, stale_knowledge
 from stages.join.stage import check_config
@@ -75,7 +79,8 @@ def _run_join_range(start: str, end: str, warehouse: str, config_path: str | Non
                     overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """``join_range.run_range`` over ``start..end`` with the join Config the per-day runner would build."""
     cfg = daily.stage_config("join", config_path, overrides)
-    return join_range.run_range(cfg, start=start, end=end, warehouse=warehouse)
+    with daily.stage_lease("join", day_range(start, end), warehouse, cfg), phase("stage", f"join {start}..{end}"):
+        return join_range.run_range(cfg, start=start, end=end, warehouse=warehouse)
 
 
 def _join_stretch(warehouse: str, days: Sequence[str], first: int, chosen: Sequence[str], *,
@@ -158,10 +163,16 @@ def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, f
         log.info("backfill %s (%d/%d): running %s", ds, n + 1, len(days), ", ".join(todo))
         seconds: dict[str, float] = {}
         for stage in todo:
+            if not force and not seconds and COMPLETE[stage](warehouse, ds):
+                log.info("backfill %s: %s was completed by another run meanwhile; skipped", ds, stage)
+                continue
             summary = daily.RUNNERS[stage](ds, warehouse, config_path, overrides)
             seconds[stage] = summary["seconds"]
-        ran.append(ds)
-        runs.append({"ds": ds, "seconds": seconds})
+        if seconds:
+            ran.append(ds)
+            runs.append({"ds": ds, "seconds": seconds})
+        else:
+            skipped.append(ds)
         n += 1
     return {"start": start, "end": end, "days": len(days), "ran": ran, "skipped": skipped,
             "stage_runs": sum(len(r["seconds"]) for r in runs), "runs": runs, "join_ranges": ranges,

@@ -11,19 +11,27 @@ Errors: a ``ValueError`` is a contract error (bad input, missing partition or kn
 violation) that a retry cannot fix; the DAG fails such a task without retrying it. Anything else (OSError,
 Spark/py4j errors) may be transient and keeps its retries. Log records and summaries are redacted
 (stages.core.redact): a task's summary goes to Airflow's XCom and its logs to the task log.
+A stage runs under the lease of (stage, ds) (``stage_lease``, ``stages.warehouse.lease``): a second run of the
+same stage and day, a task beside a manual ``lum run`` or two backfills, fails with one line naming the
+holder instead of mixing its rows with the first run's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.core.redact import install_log_redaction, redact_obj
 from stages.pipeline import registry
+from stages.warehouse import lease
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -55,16 +63,35 @@ def stage_config(stage: str, config_path: str | None = None,
     return registry.build_config(stage, config_path=config_path, overrides=overrides, scope=STAGES)
 
 
+@contextmanager
+def stage_lease(stage: str, days: Sequence[str], warehouse: Warehouse | str, cfg: Any = None) -> Iterator[list[Path]]:
+    """Hold the leases of ``stage`` for ``days`` while the block runs (``LeaseHeld`` when another run has one).
+
+    A sharded infer process (``shard="i/n"``) stages invisible files only and takes none (its ``commit/n``
+    does); the ranks of one torchrun job share the lease."""
+    shard = getattr(cfg, "shard", None)
+    if shard and not str(shard).startswith("commit/"):
+        yield []
+        return
+    job = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: its run id ("none" unless set) and rendezvous port
+        job = "{}@{}:{}".format(*(os.environ.get(k, "") for k in (lease.JOB_ENV, "MASTER_ADDR", "MASTER_PORT")))
+    with lease.hold(warehouse, stage, days, job=job) as paths:
+        yield paths
+
+
 def run_stage(stage: str, ds: str, warehouse: Warehouse | str | None = None, config_path: str | None = None,
               overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run one stage for day ``ds``; returns its summary (redacted) plus ``stage`` and ``seconds``."""
+    """Run one stage for day ``ds`` under its lease; returns its summary (redacted) plus ``stage`` and
+    ``seconds``."""
     install_log_redaction()
     check_ds(ds, name="ds")
     warehouse = Warehouse.of(warehouse)
     cfg = stage_config(stage, config_path, overrides)
     started = time.perf_counter()
     log.info("%s(%s) starting, warehouse %s", stage, ds, warehouse.uri)
-    summary = registry.run(stage, cfg, ds=ds, warehouse=warehouse)
+    with stage_lease(stage, [ds], warehouse, cfg), phase("stage", f"{stage} {ds}"):
+        summary = registry.run(stage, cfg, ds=ds, warehouse=warehouse)
     seconds = round(time.perf_counter() - started, 3)
     log.info("%s(%s) done in %.1f s", stage, ds, seconds)
     return redact_obj({"stage": stage, "ds": ds, **summary, "seconds": seconds})

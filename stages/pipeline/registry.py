@@ -73,6 +73,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench.join", "stages.bench.join", BENCH, "rows/s of the point-in-time join"),
     Stage("bench.query", "stages.bench.query", BENCH, "latency of single-user knowledge lookups"),
     Stage("bench.scale", "stages.bench.scale", BENCH, "wall time, rows and peak memory of every stage at N users"),
+    Stage("bench.chaos", "stages.bench.chaos", BENCH, "SIGKILL lum backfill at seeded moments, resume, compare tables"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

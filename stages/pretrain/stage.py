@@ -83,7 +83,18 @@ def config_hash(cfg: Config, extra: str = "") -> str:
 
 
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
-    """Train through day ``ds`` and publish version ``lum-<ds>``; returns the summary dict."""
+    """Train through day ``ds`` and publish version ``lum-<ds>``; returns the summary dict.
+
+    torch's thread count (``threads``) is restored afterwards: a later stage of the same process (infer in a
+    backfill) then computes as it does alone, and CPU results can differ in the last bit between thread counts."""
+    before = torch.get_num_threads()
+    try:
+        return _run(cfg, ds=ds, warehouse=warehouse)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
     check_ds(ds)
     cfg.check()
     wh = Warehouse.of(warehouse)

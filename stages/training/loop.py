@@ -145,6 +145,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     cond_w = float(getattr(model.cfg, "cond_loss_weight", 0.0)) if getattr(model, "has_cond_head", False) else 0.0
     progress = Progress("pretrain", total - start, unit="steps", every_s=cfg.log_every_s, logger=log)
     tokens, t0, loss_val, acc, cond_val = 0, time.perf_counter(), float("nan"), 0.0, float("nan")
+    if state is not None:  # resumed at the last step, nothing runs: report what the interrupted run reached
+        loss_val, acc, cond_val = state.get("loss", loss_val), state.get("accuracy", acc), state.get("cond_loss", cond_val)
     fills = []
     rows_cache: tuple[int, list[list[int]]] | None = None
     net.train()
@@ -206,7 +208,8 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
                 (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "scheduler": sched.state_dict(), "step": done, "loss_curve": curve.state(),
-                                        "torch_rng": torch.get_rng_state(), "neg_rng": gen.get_state()})
+                                        "torch_rng": torch.get_rng_state(), "neg_rng": gen.get_state(),
+                                        "loss": loss_val, "accuracy": acc, "cond_loss": cond_val})
         if stop_after_step is not None and done >= stop_after_step and done < total:
             raise RuntimeError(f"stopped after step {done} (test hook)")
     seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from stages.core.phases import phase
 from stages.warehouse.stats import footer_stats
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,16 @@ def commit_overwrite(table_uri: str, name: str, *, files: Sequence[DataFile], sc
     actions = [add_action(fs, table_path, item) for item in files]
     props = CommitProperties(custom_metadata=dict(metadata or {}),
                              app_transactions=[Transaction(app_id, TXN_VERSION)])
-    if DeltaTable.is_deltatable(table_uri, storage_options=storage_options):
-        table = DeltaTable(table_uri, storage_options=storage_options)
-        table.create_write_transaction(actions, "overwrite", evolved_schema(table, schema), partition_by=["ds"],
-                                       partition_filters=[partition_filter], commit_properties=props)
-    else:
-        create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",
-                                      partition_by=["ds"], storage_options=storage_options,
-                                      commit_properties=props)
+    exists = DeltaTable.is_deltatable(table_uri, storage_options=storage_options)
+    table = DeltaTable(table_uri, storage_options=storage_options) if exists else None
+    with phase("delta_commit", f"{name} {what}"):  # from the snapshot just read to the new version
+        if table is not None:
+            table.create_write_transaction(actions, "overwrite", evolved_schema(table, schema), partition_by=["ds"],
+                                           partition_filters=[partition_filter], commit_properties=props)
+        else:
+            create_table_with_add_actions(table_uri, Schema.from_arrow(schema), actions, mode="error",
+                                          partition_by=["ds"], storage_options=storage_options,
+                                          commit_properties=props)
     version = DeltaTable(table_uri, storage_options=storage_options).version()
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
     log.info("committed %s %s: %d files, %d rows, version %d", name, what, len(actions), rows, version)

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 
 import schemas
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.warehouse.commit import (
     DataFile,
     already_committed,
@@ -209,7 +210,8 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     folder = f"{table_path}/{folder_rel}"
     target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
     try:
-        conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
+        with phase("spark_write", f"{name} ds={label}"):
+            conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
         written = _list_written(fs, folder, folder_rel)
         if written:
             check_written_keys(spark, target, name)

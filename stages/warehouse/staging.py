@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.warehouse.commit import (
     DataFile,
     already_committed,
@@ -101,8 +102,9 @@ class PartitionStager:
                    f"{self._token}-{len(self.files):05d}.parquet")
         self._fs.create_dir(f"{self._table_path}/ds={self.ds}", recursive=True)
         # delta-rs data files hold no partition column: ds lives in the add action
-        pq.write_table(data.drop_columns(["ds"]), f"{self._table_path}/{relpath}", filesystem=self._fs,
-                       compression="zstd", row_group_size=row_group_size)
+        with phase("staging", f"{self.name} ds={self.ds} file {len(self.files)}"):
+            pq.write_table(data.drop_columns(["ds"]), f"{self._table_path}/{relpath}", filesystem=self._fs,
+                           compression="zstd", row_group_size=row_group_size)
         # the first key column's range lets the commit skip the key check of files no other file overlaps
         lo, hi = key_range(data, self.spec.key[0])
         self.files.append({"path": relpath, "rows": data.num_rows, "key_min": lo, "key_max": hi})
@@ -117,9 +119,10 @@ class PartitionStager:
         fs.create_dir(root, recursive=True)
         target = f"{root}/shard-{self.shard}-of-{self.n_shards}.json"
         tmp = f"{target}.{self._token}.tmp"
-        with fs.open_output_stream(tmp) as out:
-            out.write(json.dumps(manifest).encode())
-        fs.move(tmp, target)
+        with phase("staging", f"{self.name} ds={self.ds} manifest"):
+            with fs.open_output_stream(tmp) as out:
+                out.write(json.dumps(manifest).encode())
+            fs.move(tmp, target)
         self.finished = True
         log.info("staged %s ds=%s shard %d/%d: %d files, %d rows", self.name, self.ds, self.shard,
                  self.n_shards, len(self.files), self.rows)
