@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from stages.cli.app import BENCHES, INGEST_SOURCES, RUN_STAGES, build_parser
+from stages.cli.parser import BENCHES, INGEST_SOURCES, RUN_STAGES, build_parser
 from stages.pipeline import daily, registry
 
 
