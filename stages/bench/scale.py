@@ -76,7 +76,9 @@ def commands(cfg: Config, warehouse: str) -> list[tuple[str, list[str]]]:
                        "--start", cfg.start, "--warehouse", warehouse])]
     sets = {"pretrain": [f"max_steps={cfg.max_steps}", f"d_model={cfg.d_model}", f"n_layers={cfg.n_layers}",
                          f"d_ff={4 * cfg.d_model}", "warmup_steps=1"],
-            "infer": [f"conditions={cfg.conditions}"]}
+            "infer": [f"conditions={cfg.conditions}"],
+            # the first run day has no knowledge of the day before (nothing ran then): null LUM columns
+            "join": ["allow_stale_knowledge=true"]}
     ds = cfg.start
     for _ in range(cfg.run_days):
         ds = next_day(ds)

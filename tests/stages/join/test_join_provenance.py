@@ -48,7 +48,8 @@ def history_warehouse(spark, tmp_path_factory) -> dict:
     wh = make_range_warehouse(path)
     pinned = {name: wh.version(name) for name in INPUTS}
     single = run(Config(), ds="2001-01-03", warehouse=path)
-    ranged = run_range(Config(), start="2001-01-05", end="2001-01-06", warehouse=path)
+    # 2001-01-06 has the knowledge of 01-04, not of 01-05: the range join allows it explicitly
+    ranged = run_range(Config(allow_stale_knowledge=True), start="2001-01-05", end="2001-01-06", warehouse=path)
     rows = {d: wh.read("dlrm_training", ds=d) for d in ("2001-01-03", "2001-01-05", "2001-01-06")}
     overwrite_inputs(wh)
     return {"path": path, "pinned": pinned, "single": single, "ranged": ranged, "rows": rows}
