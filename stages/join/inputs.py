@@ -3,8 +3,9 @@ the sample row counts per day and the (checked) knowledge of the samples' users 
 
 The items dimension is unpartitioned and small, so it is read with pyarrow and broadcast from Arrow (no
 pandas); sample row counts come from the Delta log's file stats (free) so the output check needs no extra
-Spark job. Knowledge is semi-joined with the samples' distinct users / items before anything groups or
-counts it, so a run's work follows the day's samples, not the size of the knowledge tables.
+Spark job. Knowledge is semi-joined with the samples' distinct users / items before anything groups, counts
+or caches it: the knowledge partition is still scanned (and, unless Spark broadcasts the sample ids, shuffled)
+once, but only the samples' rows go further.
 """
 
 from __future__ import annotations
