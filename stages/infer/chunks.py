@@ -123,11 +123,15 @@ class JaggedBatch:
     query_cond_ids: torch.Tensor  # LongTensor (sum N, ...)
     cu_queries: torch.Tensor  # IntTensor (B+1,)
     n_tokens: int  # 2 * sum L + sum N (grouped cost)
+    hist_ts: torch.Tensor | None = None  # LongTensor (sum L,) epoch seconds (time-aware models)
+    query_ts: torch.Tensor | None = None  # LongTensor (B,) epoch seconds of the query time
 
 
 def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.ndarray],
-                query_conds: list[np.ndarray], device: str | torch.device = "cpu") -> JaggedBatch:
-    """Concatenate per-user arrays of ``users`` into one jagged batch (values + int32 offsets)."""
+                query_conds: list[np.ndarray], device: str | torch.device = "cpu",
+                hist_ts: list[np.ndarray] | None = None, query_ts: int | None = None) -> JaggedBatch:
+    """Concatenate per-user arrays of ``users`` into one jagged batch (values + int32 offsets); ``hist_ts``
+    (epoch seconds per behaviour) and ``query_ts`` (one query time for every user) feed time-aware models."""
     items = hist_items[users]
     conds = hist_conds[users]
     queries = query_conds[users]
@@ -147,6 +151,9 @@ def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.
         query_cond_ids=cat(queries),
         cu_queries=torch.from_numpy(offsets(query_lens)).to(device),
         n_tokens=2 * sum(hist_lens) + sum(query_lens),
+        hist_ts=None if hist_ts is None else cat(hist_ts[users]),
+        query_ts=None if query_ts is None else torch.full((len(items),), int(query_ts), dtype=torch.int64,
+                                                          device=device),
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from stages.core.conditions import ConditionSet
@@ -33,20 +34,26 @@ def encode(model: Any, batch: JaggedBatch, mode: str) -> torch.Tensor:
     return encode_batch(model, batch, mode, next_cond=False)[0]
 
 
-def encode_batch(model: Any, batch: JaggedBatch, mode: str, *,
-                 next_cond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(o_q (sum N_b, D) float32, and with ``next_cond`` the (B, n_conditions) log p(next condition | history)
-    of the same forward, else None). ``next_cond`` needs the model's next-condition head."""
+def encode_batch(model: Any, batch: JaggedBatch, mode: str, *, next_cond: bool,
+                 popularity: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(o_q (sum N_b, D) float32; with ``next_cond`` the (B, n_conditions) log p(next condition | history) of the
+    same forward, else None; with ``popularity`` the (sum N_b, POP_BUCKETS) popularity weights, else None).
+    ``next_cond`` needs the model's next-condition head, ``popularity`` its time features."""
     with torch.inference_mode():
         if mode == "grouped":
             out = model.encode_grouped(batch.hist_item_rows, batch.hist_cond_ids, batch.cu_hist,
-                                       batch.query_cond_ids, batch.cu_queries, with_next_cond=next_cond)
-            return (out[0].float(), out[1].float()) if next_cond else (out.float(), None)
-        return encode_naive(model, batch, next_cond=next_cond)
+                                       batch.query_cond_ids, batch.cu_queries, with_next_cond=next_cond,
+                                       hist_ts=batch.hist_ts, query_ts=batch.query_ts, with_popularity=popularity)
+            out = list(out) if isinstance(out, tuple) else [out]
+            o = out.pop(0).float()
+            log_p = out.pop(0).float() if next_cond else None
+            pop_w = out.pop(0).float() if popularity else None
+            return o, log_p, pop_w
+        return encode_naive(model, batch, next_cond=next_cond, popularity=popularity)
 
 
-def encode_naive(model: Any, batch: JaggedBatch, *,
-                 next_cond: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_naive(model: Any, batch: JaggedBatch, *, next_cond: bool = False,
+                 popularity: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Baseline: for j = 0..max N-1, one forward of every user that has a j-th condition with its full
     history plus that single condition token (plain causal attention; the history is recomputed N times).
     The first pass holds every user, so it also gives the next-condition log-probabilities."""
@@ -54,7 +61,7 @@ def encode_naive(model: Any, batch: JaggedBatch, *,
     cu_h = batch.cu_hist.tolist()
     n_q = [cu_q[b + 1] - cu_q[b] for b in range(len(cu_q) - 1)]
     dev = batch.hist_item_rows.device
-    out, log_p = None, None
+    out, log_p, pop_w = None, None, None
     for j in range(max(n_q)):
         users = [b for b, n in enumerate(n_q) if n > j]
         hist_idx = torch.cat([torch.arange(cu_h[b], cu_h[b + 1]) for b in users]).to(dev)
@@ -63,15 +70,26 @@ def encode_naive(model: Any, batch: JaggedBatch, *,
         cu_hist[1:] = torch.cumsum(lens, 0).to(torch.int32)
         q_pos = torch.tensor([cu_q[b] + j for b in users], dtype=torch.int64)
         cu_one = torch.arange(len(users) + 1, dtype=torch.int32)
-        o = model.encode_grouped(batch.hist_item_rows[hist_idx], batch.hist_cond_ids[hist_idx], cu_hist.to(dev),
-                                 batch.query_cond_ids[q_pos.to(dev)], cu_one.to(dev), with_next_cond=next_cond and j == 0)
+        users_t = torch.tensor(users, dtype=torch.long, device=dev)
+        res = model.encode_grouped(batch.hist_item_rows[hist_idx], batch.hist_cond_ids[hist_idx], cu_hist.to(dev),
+                                   batch.query_cond_ids[q_pos.to(dev)], cu_one.to(dev),
+                                   with_next_cond=next_cond and j == 0,
+                                   hist_ts=None if batch.hist_ts is None else batch.hist_ts[hist_idx],
+                                   query_ts=None if batch.query_ts is None else batch.query_ts[users_t],
+                                   with_popularity=popularity)
+        res = list(res) if isinstance(res, tuple) else [res]
+        o = res.pop(0).float()
         if next_cond and j == 0:
-            o, log_p = o[0], o[1].float()
-        o = o.float()
+            log_p = res.pop(0).float()
         if out is None:
             out = o.new_empty((cu_q[-1], o.shape[1]))
         out[q_pos.to(o.device)] = o
-    return out, log_p
+        if popularity:
+            w = res.pop(0).float()
+            if pop_w is None:
+                pop_w = w.new_empty((cu_q[-1], w.shape[1]))
+            pop_w[q_pos.to(w.device)] = w
+    return out, log_p, pop_w
 
 
 def tokens_per_user(mode: str, hist_lens: list[int], n_queries: list[int]) -> list[int]:
@@ -116,26 +134,30 @@ class ChunkStats:
 
 def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet, fixed: list[str] | None,
                   mode: str, token_budget: int, dim: int, ds: str, version: str, max_history: int | None,
-                  device: str | torch.device, stats: ChunkStats) -> pa.Table | None:
+                  device: str | torch.device, stats: ChunkStats, query_ts: int | None = None) -> pa.Table | None:
     """Users of one chunk (any order) -> user_knowledge rows sorted by (user_id, condition order).
 
     Users without history or without a condition are skipped (counted in ``stats``); None when none is left.
     ``fixed``: the condition list shared by every user, or None to derive it per user from ``cset``.
+    ``query_ts`` (epoch seconds; time-aware models, needs the chunk's ``ts`` column): the embedding is
+    [o, T * popularity weights] (stages.model.timefeat), so <row, item row> / T adds the bucket's weight.
     """
     chunk = chunk.sort_by("user_id")
     user_ids = chunk.column("user_id").to_numpy()
     item_lists = chunk.column("item_ids").to_pylist()
     cond_lists = chunk.column("conditions").to_pylist()
+    ts_lists = seconds_lists(chunk.column("ts")) if query_ts is not None else [None] * len(item_lists)
     features = tuple(vocab.features)
     fixed_ids = None if fixed is None else np.asarray([vocab.condition_id(q) for q in fixed], dtype=np.int64)
-    keep_uid, hist_items, hist_conds, query_ids, query_names, hist_lens = [], [], [], [], [], []
-    for uid, items, conds in zip(user_ids.tolist(), item_lists, cond_lists):
+    keep_uid, hist_items, hist_conds, query_ids, query_names, hist_lens, hist_ts = [], [], [], [], [], [], []
+    for uid, items, conds, ts in zip(user_ids.tolist(), item_lists, cond_lists, ts_lists):
         items, conds = items or [], conds or []
         if not items:
             stats.skipped_empty += 1
             continue
         if max_history is not None and len(items) > max_history:
             items, conds = items[-max_history:], conds[-max_history:]
+            ts = ts[-max_history:] if ts is not None else None
         queries = fixed if fixed is not None else cset.for_user(conds, features)
         if not queries:
             stats.skipped_no_conditions += 1
@@ -149,16 +171,22 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
                          np.asarray([vocab.condition_id(q) for q in queries], dtype=np.int64))
         query_names.append(queries)
         hist_lens.append(len(items))
+        hist_ts.append(ts)
     stats.users += len(keep_uid)
     if not keep_uid:
         return None
     n_per = [len(q) for q in query_names]
     learned = bool(getattr(model, "has_cond_head", False))
     pieces, raw_prior = [], []
+    timed = query_ts is not None
+    temperature = model_temperature(model)
     for users in pack_by_budget(tokens_per_user(mode, hist_lens, n_per), forward_budget(mode, token_budget, max(n_per))):
-        batch = build_batch(users, hist_items, hist_conds, query_ids, device=device)
+        batch = build_batch(users, hist_items, hist_conds, query_ids, device=device,
+                            hist_ts=hist_ts if timed else None, query_ts=query_ts)
         stats.tokens += batch.n_tokens
-        emb_b, log_p = encode_batch(model, batch, mode, next_cond=learned)
+        emb_b, log_p, pop_w = encode_batch(model, batch, mode, next_cond=learned, popularity=timed)
+        if timed:
+            emb_b = torch.cat([emb_b, pop_w * temperature], dim=1)
         pieces.append(emb_b.cpu().numpy())
         if learned:
             log_p = log_p.cpu().numpy()
@@ -177,8 +205,17 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
         "model_version": pa.array([version] * len(emb), pa.string()),
         "history_len": pa.array(np.repeat(np.asarray(hist_lens, dtype=np.int32), n_per)),
         "condition_logprob": pa.array(logprob.astype(np.float32)),
-        "temperature": pa.array(np.full(len(emb), model_temperature(model), dtype=np.float32)),
+        "temperature": pa.array(np.full(len(emb), temperature, dtype=np.float32)),
     })
+
+
+def seconds_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list<timestamp> column -> per row, int64 epoch seconds (empty arrays for null or empty lists)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lens = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(column)
+    secs = pc.cast(flat, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000
+    return np.split(secs.astype(np.int64), np.cumsum(lens)[:-1])
 
 
 def model_temperature(model: Any) -> float:

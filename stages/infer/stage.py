@@ -23,19 +23,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from stages.core.conditions import condition_to_features, parse_spec
-from stages.core.dates import check_ds
+from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
 from stages.infer.chunks import ShardSpec, parse_shard, user_ordered_chunks
 from stages.infer.encode import MODES, ChunkStats, model_temperature, process_chunk
 from stages.infer.publish import commit, default_run_id, item_rows_table, items_not_in_model, torchrun_commit
 from stages.model import store as model_store
+from stages.model.item_popularity import popularity_for
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.reads import pyarrow_dataset
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_COLUMNS = ["user_id", "item_ids", "conditions", "history_len"]
+SEQUENCE_COLUMNS = ["user_id", "item_ids", "conditions", "history_len", "ts"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,11 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
     for c in fixed or []:
         vocab.condition_id(c)  # every query condition must be known to the model: fail before any work
     shard_arg = None if shard is None else shard.label
+    query_ts, item_buckets = None, None
+    if model.cfg.time_features:  # queries are asked at the end of ds, items ranked by popularity up to ds
+        query_ts = int(day_end(ds).timestamp())
+        item_buckets = popularity_for(wh, vocab, first_ds=next_day(ds), last_ds=next_day(ds),
+                                      window=model.cfg.popularity_days).buckets[0]
     total = int(dataset.count_rows())
     progress = Progress("infer", total if shard is None else max(1, total // shard.count), unit="users")
     stats = ChunkStats()
@@ -163,14 +169,14 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
         last_max = int(uids.max())
         out = process_chunk(chunk, model=model, vocab=vocab, cset=cset, fixed=fixed, mode=cfg.mode,
                             token_budget=cfg.token_budget, dim=dim, ds=ds, version=version,
-                            max_history=max_history, device=device, stats=stats)
+                            max_history=max_history, device=device, stats=stats, query_ts=query_ts)
         if out is not None:
             user_stager.write(out, row_group_size=cfg.row_group_rows)
         progress.update(chunk.num_rows)
     user_stager.finish()
 
     item_stager = wh.stage_partition("item_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim)
-    items = item_rows_table(model, vocab, dim=dim, ds=ds, version=version, shard=shard)
+    items = item_rows_table(model, vocab, dim=dim, ds=ds, version=version, shard=shard, buckets=item_buckets)
     item_stager.write(items, row_group_size=cfg.row_group_rows)
     item_stager.finish()
     elapsed = progress.done()

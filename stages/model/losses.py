@@ -19,13 +19,15 @@ import torch.nn.functional as F
 
 def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, scale: torch.Tensor | float,
                   sampled: torch.Tensor | None = None, log_q: torch.Tensor | None = None,
-                  weights: torch.Tensor | None = None, accuracy: bool = True) -> tuple[torch.Tensor, dict]:
+                  weights: torch.Tensor | None = None, accuracy: bool = True,
+                  bias=None) -> tuple[torch.Tensor, dict]:
     """InfoNCE over in-batch (+ sampled) candidates; returns (scalar loss, {"candidates": C, "accuracy": a}).
 
     queries (P, D) unit-norm condition-position outputs; targets (P,) int64 item rows; item_table: rows (C,) ->
     (C, D) unit-norm embeddings; scale: 1/temperature; sampled (K,) extra rows or None; log_q (n_item_rows,) or
     None; weights (P,), default 1: loss = sum(w * nll) / sum(w). ``a``: the top-1 hit rate among candidates
-    when ``accuracy`` (an extra argmax over (P, C) logits), else None. Mismatched shapes: ``ValueError``.
+    when ``accuracy`` (an extra argmax over (P, C) logits), else None. ``bias``: cands (C,) -> (P, C) float logit
+    bonus (a time-aware model's popularity weights). Mismatched shapes: ``ValueError``.
     """
     if queries.ndim != 2 or targets.ndim != 1 or queries.shape[0] != targets.shape[0]:
         raise ValueError(f"info_nce_loss: queries {tuple(queries.shape)} and targets {tuple(targets.shape)} mismatch")
@@ -36,6 +38,8 @@ def info_nce_loss(queries: torch.Tensor, targets: torch.Tensor, item_table, *, s
     logits = ((queries * scale) @ emb.t().to(queries.dtype)).float()  # scale folded in: one pass fewer
     if log_q is not None:
         logits = logits - log_q[cands].to(logits.dtype)
+    if bias is not None:
+        logits = logits + bias(cands).to(logits.dtype)
     nll = F.cross_entropy(logits, labels, reduction="none")
     if weights is None:
         loss = nll.mean()

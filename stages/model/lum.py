@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import grouped_query_attention, plan_causal_attention
+from stages.model.timefeat import GAP_BUCKETS, POP_BUCKETS, gap_bucket_of, gap_buckets
 from stages.model.vocab import interleave
 
 TRAINING_BACKENDS = ("auto", "sdpa_mask", "kernel", "varlen")  # LUM.attention_backend values
@@ -40,6 +41,9 @@ class ModelConfig:
     cond_loss_weight: float = 1.0   # > 0: next-condition head (item token i_{l-1} -> c_l) trained with this
                                     # weight next to InfoNCE; it gives the eval's p(category | history).
                                     # 0: no head (old models; the eval falls back to the frequency prior)
+    time_features: bool = False  # gap-before-behaviour embeddings on condition tokens, and a learned per-query
+                                 # weight of each item's recent-popularity bucket (stages.model.timefeat)
+    popularity_days: int = 30    # the recent-popularity window of time_features, in days before the query day
 
     def check(self) -> None:
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
@@ -53,6 +57,14 @@ class ModelConfig:
             raise ValueError(f"cond_loss_weight must be >= 0, got {self.cond_loss_weight}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.popularity_days < 1:
+            raise ValueError(f"popularity_days must be >= 1, got {self.popularity_days}")
+
+    @property
+    def knowledge_dim(self) -> int:
+        """Width of the knowledge tables' embeddings: d_model, plus POP_BUCKETS with time_features (the query's
+        bucket weights x T in user_knowledge, the item's one-hot bucket in item_knowledge)."""
+        return self.d_model + (POP_BUCKETS if self.time_features else 0)
 
     @property
     def history_len(self) -> int:
@@ -113,7 +125,13 @@ class LUM(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
                                       requires_grad=cfg.learn_temperature)
         self.attention_backend = "auto"   # training attention, one of TRAINING_BACKENDS
+        # time: the gap before each behaviour on its condition token; pop_head turns a query's state into a
+        # logit bonus per popularity bucket of the candidate (zero at init: the plain model)
+        self.gap_emb = nn.Embedding(GAP_BUCKETS, cfg.d_model) if cfg.time_features else None
+        self.pop_head = nn.Linear(cfg.d_model, POP_BUCKETS) if cfg.time_features else None
         self.apply(self._init)
+        if self.pop_head is not None:
+            nn.init.zeros_(self.pop_head.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -132,10 +150,19 @@ class LUM(nn.Module):
         feats = torch.cat([self.item_id_emb(rows), self.item_cat_emb(self.item_category[rows])], dim=-1)
         return self.item_proj(feats)
 
-    def _cond_tokens(self, cond_ids: torch.Tensor) -> torch.Tensor:
+    def _cond_tokens(self, cond_ids: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
         f = self.cond_features[cond_ids]
         feats = torch.cat([emb(f[:, k]) for k, emb in enumerate(self.cond_embs)], dim=-1)
-        return self.cond_proj(feats)
+        x = self.cond_proj(feats)
+        if self.gap_emb is not None:  # no timestamps: bucket 0, "no previous behaviour"
+            x = x + self.gap_emb(gaps if gaps is not None else torch.zeros_like(cond_ids))
+        return x
+
+    def popularity_weights(self, h: torch.Tensor) -> torch.Tensor:
+        """(P, POP_BUCKETS) logit bonus of each candidate popularity bucket for query states h (P, d_model)."""
+        if self.pop_head is None:
+            raise ValueError("popularity_weights: model has no time features (time_features = false)")
+        return self.pop_head(h).float()
 
     def item_embeddings(self, item_rows: torch.Tensor | None = None) -> torch.Tensor:
         """e_i: (n, d_model) unit-norm embeddings of ``item_rows`` (all rows, OOV row 0 included, if None)."""
@@ -182,12 +209,16 @@ class LUM(nn.Module):
 
     def encode_packed(self, items: torch.Tensor, conds: torch.Tensor, cu_seqlens: torch.Tensor,
                       row_of_seq: torch.Tensor | None = None, row_tokens: int | None = None,
-                      with_item_hidden: bool = False):
+                      with_item_hidden: bool = False, ts: torch.Tensor | None = None,
+                      with_popularity: bool = False):
         """Training forward. items/conds (N,) behaviours of B packed sequences, cu_seqlens (B+1,) behaviour
         offsets, row_of_seq (B,) packed row per sequence (None: one row each; used by "sdpa_mask" only).
         Returns (N, d_model) unit outputs at the condition tokens: row n predicts items[n].
         with_item_hidden: also return the (N, d_model) final-LN hidden states at the item tokens (row n is
-        the state after i_n; the next-condition head turns it into a prediction of conds[n + 1])."""
+        the state after i_n; the next-condition head turns it into a prediction of conds[n + 1]).
+        ts: (N,) int64 epoch seconds of the behaviours (time_features: the gap buckets; None = bucket 0).
+        with_popularity: also return (N, POP_BUCKETS) popularity weights of the condition positions.
+        Returns o, then item states if asked, then popularity weights if asked (a tuple when anything is asked)."""
         cu = cu_seqlens.to(torch.long)
         n_beh = cu[1:] - cu[:-1]
         if n_beh.numel() and int(n_beh.max()) > self.cfg.max_len:
@@ -196,19 +227,24 @@ class LUM(nn.Module):
         T = 2 * items.shape[0]
         seq = torch.repeat_interleave(torch.arange(n_beh.numel(), device=items.device), 2 * n_beh, output_size=T)
         pos = torch.arange(T, device=items.device) - 2 * cu[:-1][seq]
-        x = interleave(self._cond_tokens(conds), self._item_tokens(items)) + self.pos_emb(pos)
+        gaps = gap_buckets(ts, cu) if (ts is not None and self.gap_emb is not None) else None
+        x = interleave(self._cond_tokens(conds, gaps), self._item_tokens(items)) + self.pos_emb(pos)
         attend = self._training_attend(cu_tok, row_of_seq, row_tokens)
         h = self._hidden(x, attend)
         out = F.normalize(self.head(h[0::2]), dim=-1)
-        return (out, h[1::2]) if with_item_hidden else out
+        extra = ([h[1::2]] if with_item_hidden else []) + ([self.popularity_weights(h[0::2])] if with_popularity else [])
+        return (out, *extra) if extra else out
 
     def forward(self, items, conds, cu_seqlens, row_of_seq=None, row_tokens=None,
-                with_item_hidden=False):  # DDP calls forward
-        return self.encode_packed(items, conds, cu_seqlens, row_of_seq, row_tokens, with_item_hidden)
+                with_item_hidden=False, ts=None, with_popularity=False):  # DDP calls forward
+        return self.encode_packed(items, conds, cu_seqlens, row_of_seq, row_tokens, with_item_hidden, ts,
+                                  with_popularity)
 
     def encode_grouped(self, hist_item_rows: torch.Tensor, hist_cond_ids: torch.Tensor,
                        cu_seqlens_hist: torch.Tensor, query_cond_ids: torch.Tensor,
-                       cu_queries: torch.Tensor, *, backend: str = "auto", with_next_cond: bool = False):
+                       cu_queries: torch.Tensor, *, backend: str = "auto", with_next_cond: bool = False,
+                       hist_ts: torch.Tensor | None = None, query_ts: torch.Tensor | None = None,
+                       with_popularity: bool = False):
         """Query N_b conditions per user against its history, the history encoded once.
 
         hist_item_rows/hist_cond_ids: (sum L_b,) behaviours, oldest first; cu_seqlens_hist: (B+1,) int32
@@ -221,6 +257,9 @@ class LUM(nn.Module):
         with_next_cond: also return (B, n_conditions) log p(next condition | history) from the hidden state
         at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
         Needs the next-condition head (raises ValueError without it).
+        hist_ts (sum L_b,) int64 epoch seconds and query_ts (B,) the query time (time_features: gap buckets; the
+        queries' gap is query_ts - the last behaviour's ts). with_popularity: also return (sum N_b, POP_BUCKETS)
+        popularity weights. Returns o, then log p if asked, then popularity weights if asked.
         """
         dev = hist_item_rows.device
         cu_h = cu_seqlens_hist.to(device=dev, dtype=torch.long)
@@ -235,6 +274,7 @@ class LUM(nn.Module):
             local = torch.arange(hist_item_rows.numel(), device=dev) - cu_h[:-1][user]
             mask = local >= (L - keep)[user]
             hist_item_rows, hist_cond_ids = hist_item_rows[mask], hist_cond_ids[mask]
+            hist_ts = hist_ts[mask] if hist_ts is not None else None
             L = keep
             cu_h = torch.cat([cu_h.new_zeros(1), torch.cumsum(L, 0)])
         N = cu_q[1:] - cu_q[:-1]
@@ -252,25 +292,35 @@ class LUM(nn.Module):
         D = self.cfg.d_model
         x = torch.zeros(T, D, device=dev, dtype=self.pos_emb.weight.dtype)
         pos = torch.zeros(T, dtype=torch.long, device=dev)
-        x[c_slot] = self._cond_tokens(hist_cond_ids)
+        gaps = q_gaps = None
+        if self.gap_emb is not None and hist_ts is not None:
+            gaps = gap_buckets(hist_ts, cu_h)
+            if query_ts is not None:
+                last = hist_ts[(cu_h[1:] - 1).clamp(min=0)] if hist_ts.numel() else query_ts.new_zeros(B)
+                q_gap = torch.where(L > 0, gap_bucket_of(query_ts.to(dev) - last), torch.zeros_like(L))
+                q_gaps = q_gap[user_q]
+        x[c_slot] = self._cond_tokens(hist_cond_ids, gaps)
         x[c_slot + 1] = self._item_tokens(hist_item_rows)
-        x[q_slot] = self._cond_tokens(query_cond_ids)
+        x[q_slot] = self._cond_tokens(query_cond_ids, q_gaps)
         pos[c_slot], pos[c_slot + 1], pos[q_slot] = 2 * local_h, 2 * local_h + 1, 2 * L[user_q]
         x = x + self.pos_emb(pos)
         cu32, prefix = cu_tok.to(torch.int32), (2 * L).to(torch.int32)
         h = self._hidden(x, lambda q, k, v: grouped_query_attention(
             q.contiguous(), k.contiguous(), v.contiguous(), cu32, prefix, backend=backend))
         out = F.normalize(self.head(h[q_slot]), dim=-1)
-        if not with_next_cond:
-            return out
-        if not self.has_cond_head:
-            raise ValueError("encode_grouped(with_next_cond=True): model has no next-condition head")
-        log_p = torch.zeros(B, self.cond_features.shape[0], device=dev)
-        has = L > 0
-        if bool(has.any()):
-            last_item = cu_tok[:-1][has] + 2 * L[has] - 1
-            log_p[has] = self.condition_log_probs(h[last_item])
-        return out, log_p
+        extra = []
+        if with_next_cond:
+            if not self.has_cond_head:
+                raise ValueError("encode_grouped(with_next_cond=True): model has no next-condition head")
+            log_p = torch.zeros(B, self.cond_features.shape[0], device=dev)
+            has = L > 0
+            if bool(has.any()):
+                last_item = cu_tok[:-1][has] + 2 * L[has] - 1
+                log_p[has] = self.condition_log_probs(h[last_item])
+            extra.append(log_p)
+        if with_popularity:
+            extra.append(self.popularity_weights(h[q_slot]))
+        return (out, *extra) if extra else out
 
 
 def build_model(cfg: ModelConfig, vocab) -> LUM:

@@ -118,6 +118,7 @@ def load(warehouse: str, version: str, device: str = "cpu") -> LoadedModel:
     vocab = _read_version_file(path, "vocab.json", lambda p: Vocab.from_json(p.read_text()))
     mc = dict(meta.get("model_config") or {})
     mc.setdefault("cond_loss_weight", 0.0)  # versions before the next-condition head have no head weights
+    mc.setdefault("time_features", False)   # versions before time features have no gap/popularity weights
     try:
         model = build_model(ModelConfig(**mc), vocab)
     except (TypeError, ValueError) as exc:

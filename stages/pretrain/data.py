@@ -28,6 +28,7 @@ class SeqData:
     conds: list[np.ndarray]       # per user: condition ids
     last_ts: np.ndarray           # (U,) datetime64[us] of the newest behaviour (NaT when empty)
     vocab: Vocab
+    ts: list[np.ndarray] | None = None  # per user: int64 epoch seconds of each behaviour
 
 
 def load_sequences(wh: Warehouse, ds: str) -> SeqData:
@@ -64,7 +65,10 @@ def load_sequences(wh: Warehouse, ds: str) -> SeqData:
     ts_flat = pc.list_flatten(t.column("ts")).to_numpy(zero_copy_only=False).astype("datetime64[us]")
     last = np.array([ts_flat[offsets[i + 1] - 1] if lens[i] else np.datetime64("NaT")
                      for i in range(len(lens))], dtype="datetime64[us]")
-    return SeqData(user_ids=t.column("user_id").to_numpy(), items=items, conds=conds, last_ts=last, vocab=vocab)
+    secs = ts_flat.astype(np.int64) // 1_000_000
+    ts = [secs[offsets[i]:offsets[i + 1]] for i in range(len(lens))]
+    return SeqData(user_ids=t.column("user_id").to_numpy(), items=items, conds=conds, last_ts=last, vocab=vocab,
+                   ts=ts)
 
 
 def remap_state(old: dict, old_vocab: Vocab, new: dict, new_vocab: Vocab) -> dict:
@@ -108,23 +112,27 @@ def _by_values(old_w, old_values: list[str], new_w, new_values: list[str]):
 
 
 def training_windows(items: list[np.ndarray], conds: list[np.ndarray], max_len: int,
-                     windows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                     windows: int, ts: list[np.ndarray] | None = None):
     """Cut each user's history into windows of at most ``max_len`` behaviours, newest first: window 0 is the
     last max_len behaviours (what SASRec trains on), window 1 the max_len before it, ...
 
     windows: per user, 0 = all the partition holds. Older windows under 2 behaviours (no next-item target) and
-    empty histories are dropped. Returns (items, conds) of the kept windows, oldest behaviour first in each.
+    empty histories are dropped. Returns (items, conds) of the kept windows, oldest behaviour first in each,
+    and their ``ts`` windows as a third list when ``ts`` is given.
     """
     if max_len <= 0 or windows < 0:
         raise ValueError(f"training_windows: max_len {max_len} must be > 0 and windows {windows} >= 0")
     out_i: list[np.ndarray] = []
     out_c: list[np.ndarray] = []
-    for it, cd in zip(items, conds):
+    out_t: list[np.ndarray] = []
+    for u, (it, cd) in enumerate(zip(items, conds)):
         end, k = len(it), 0
         while end > 0 and (windows == 0 or k < windows):
             start = max(0, end - max_len)
             if k == 0 or end - start >= 2:
                 out_i.append(it[start:end])
                 out_c.append(cd[start:end])
+                if ts is not None:
+                    out_t.append(ts[u][start:end])
             end, k = start, k + 1
-    return out_i, out_c
+    return (out_i, out_c, out_t) if ts is not None else (out_i, out_c)

@@ -14,6 +14,7 @@ runs DDP; rank 0 evaluates and publishes. The summary's ``loss_curve`` holds [st
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from stages.core.config import to_flat_dict
 from stages.core.dates import check_ds, day_end, prev_day
 from stages.core.device import DEVICES, resolve_device
 from stages.model import store as model_store
+from stages.model.item_popularity import popularity_for
 from stages.model.lum import ModelConfig, build_model
 from stages.pretrain.data import SeqData, load_sequences, remap_state, training_windows
 from stages.training import loop as train_loop
@@ -125,11 +127,14 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         log.info("warm start from %s", parent)
     model.to(device)
 
+    timed = cfg.model.time_features
+    popularity = _popularity(wh, data, ds, cfg.model.popularity_days) if timed else None
     users, split = _select_users(cfg, data, ds, warm=parent is not None)
     # scratch runs train every window; warm-started daily runs only the newest one (what changed is in it)
-    train_items, train_conds = training_windows([s[0][0] for s in split], [s[0][1] for s in split],
-                                                cfg.model.max_len, cfg.train_windows if parent is None else 1)
-    seqs = Sequences.from_lists(train_items, train_conds)
+    windows = training_windows([s[0][0] for s in split], [s[0][1] for s in split], cfg.model.max_len,
+                               cfg.train_windows if parent is None else 1,
+                               ts=[s[0][2] for s in split] if timed else None)
+    seqs = Sequences.from_lists(*windows)
     counts = torch.from_numpy(np.bincount(seqs.items, minlength=vocab.n_item_rows).astype(np.float64))
     train_stats: dict = {"steps": 0}
     if len(seqs):
@@ -137,7 +142,8 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         if rank == 0:
             _prepare_run_dir(rdir, config_hash(cfg, f"{ds}|{parent}|{len(seqs)}"))
         train_stats = train_loop.train(model, seqs, cfg.train_config(warm=parent is not None), item_counts=counts,
-                                       ckpt_path=rdir / "checkpoint.pt", init_state=parent_state)
+                                       ckpt_path=rdir / "checkpoint.pt", init_state=parent_state,
+                                       popularity=popularity)
     else:
         log.info("no user changed on %s: publishing %s's weights unchanged as %s", ds, parent, version)
     if rank != 0:
@@ -145,10 +151,10 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
     metrics = {k: v for k, v in train_stats.items() if not k.endswith("_state") and k != "loss_curve"}
     metrics["train_sequences"] = len(seqs)
     if cfg.eval:
-        metrics.update(_evaluate(cfg, model, data, split))
+        metrics.update(_evaluate(cfg, model, data, split, popularity))
     meta = {"version": version, "through_ds": ds, "parent": parent, "config": to_flat_dict(cfg),
             "model_config": dataclasses.asdict(cfg.model), "metrics": metrics,
-            "dim": cfg.model.d_model, "features": list(vocab.features), "created_unix": int(time.time())}
+            "dim": cfg.model.knowledge_dim, "features": list(vocab.features), "created_unix": int(time.time())}
     ckpt = {"optimizer": train_stats.get("optimizer_state"), "step": train_stats.get("steps", 0)}
     model.to("cpu")
     model_store.publish(wh.uri, version, {
@@ -186,12 +192,22 @@ def _select_users(cfg: Config, data: SeqData, ds: str, *, warm: bool) -> tuple[n
         day_start = np.datetime64(day_end(ds).replace(tzinfo=None), "us") - np.timedelta64(1, "D")
         users = np.nonzero(data.last_ts >= day_start)[0]
         log.info("continuation: %d of %d users changed on %s", users.size, len(data.items), ds)
+    ts = [data.ts[u] for u in users] if cfg.model.time_features else None
     if cfg.eval:
-        return users, split_leave_last_out([data.items[u] for u in users], [data.conds[u] for u in users])
+        return users, split_leave_last_out([data.items[u] for u in users], [data.conds[u] for u in users], ts)
+    if ts is not None:
+        return users, [((data.items[u], data.conds[u], t), None, None) for u, t in zip(users, ts)]
     return users, [((data.items[u], data.conds[u]), None, None) for u in users]
 
 
-def _evaluate(cfg: Config, model, data: SeqData, split: list) -> dict:
+def _popularity(wh: Warehouse, data: SeqData, ds: str, window: int):
+    """Item popularity buckets for every day from the first behaviour of the partition through ds."""
+    flat = np.concatenate([t for t in data.ts if len(t)]) if data.ts else np.zeros(0, np.int64)
+    first = dt.datetime.fromtimestamp(int(flat.min()), dt.UTC).date().isoformat() if flat.size else ds
+    return popularity_for(wh, data.vocab, first_ds=first, last_ds=ds, window=window)
+
+
+def _evaluate(cfg: Config, model, data: SeqData, split: list, popularity) -> dict:
     """Leave-last-out metrics (test, valid) over every item of the data set, on rank 0 after training."""
     cases = [s[2] for s in split if s[2] is not None and s[2][2] != 0]
     valid = [s[1] for s in split if s[1] is not None and s[1][2] != 0]
@@ -201,8 +217,8 @@ def _evaluate(cfg: Config, model, data: SeqData, split: list) -> dict:
     t_eval = time.perf_counter()
     universe = np.unique(np.concatenate(data.items))
     universe = universe[universe > 0]
-    out = {"test": evaluate(model, data.vocab, cases, candidate_rows=universe),
-           "valid": evaluate(model, data.vocab, valid, candidate_rows=universe),
+    out = {"test": evaluate(model, data.vocab, cases, candidate_rows=universe, popularity=popularity),
+           "valid": evaluate(model, data.vocab, valid, candidate_rows=universe, popularity=popularity),
            "ranked_items": int(universe.size)}
     out["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
     log.info("eval test %s valid %s", out["test"], out["valid"])

@@ -91,13 +91,19 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor, ckpt_path: Path | None,
-          resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None) -> dict:
+          resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None,
+          popularity=None) -> dict:
     """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "loss_curve", "tokens", "seconds", ...}.
 
     item_counts: (n_item_rows,) training events per item (popularity sampling, logQ). ckpt_path: None = no
     checkpoints; resume: continue from it when it exists. init_state: optimizer state to warm-start from (ignored
     when resuming). stop_after_step: test hook, raises RuntimeError after that step. No sequences: ValueError.
+    popularity: a ``stages.model.timefeat.Popularity`` over the behaviours' days; a time-aware model needs it and
+    sequences with ``ts``: each candidate's logit gets the query's weight of the candidate's bucket that day.
     """
+    timed = bool(getattr(model.cfg, "time_features", False))
+    if timed and (popularity is None or seqs.ts is None):
+        raise ValueError("a model with time_features needs sequences with timestamps and a popularity table")
     group, rank, world = dist_info()
     device = next(model.parameters()).device
     if len(seqs) == 0:
@@ -169,8 +175,14 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         items = batch.items.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = net(items, batch.conds.to(device), batch.cu_seqlens.to(device),
-                      batch.row_of_seq.to(device), cfg.row_tokens, with_item_hidden=cond_w > 0)
-        cond_sum = None
+                      batch.row_of_seq.to(device), cfg.row_tokens, with_item_hidden=cond_w > 0,
+                      ts=batch.ts.to(device) if timed else None, with_popularity=timed)
+        cond_sum, bias = None, None
+        if timed:
+            *out, pop_w = out if isinstance(out, tuple) else (out,)
+            out = tuple(out) if len(out) > 1 else out[0]
+            days = batch.ts.to(device) // 86_400
+            bias = lambda cands, w=pop_w.float(), d=days: w.gather(1, popularity.at(d, cands))  # noqa: E731
         if cond_w > 0:
             out, item_h = out
             cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
@@ -184,7 +196,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
                        if cfg.sampled_negatives > 0 else None)
         extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
         loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None,
-                                      accuracy=step == total - 1)
+                                      accuracy=step == total - 1, bias=bias)
         if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
             loss_sum = loss_sum + cond_w * cond_sum
             cond_val = float(cond_sum.detach()) / max(1, n_cond)  # this rank's mean next-condition CE
@@ -278,8 +290,8 @@ def _same_shapes(saved: dict, opt) -> bool:
     return True
 
 
-def _local_loss(model, out, targets, candidates, log_q, accuracy=True):
+def _local_loss(model, out, targets, candidates, log_q, accuracy=True, bias=None):
     """Sum (not mean) of InfoNCE terms of this rank's positions over the shared candidate set."""
     loss, stats = info_nce_loss(out, targets, model.item_embeddings, scale=model.logit_scale,
-                                sampled=candidates, log_q=log_q, accuracy=accuracy)
+                                sampled=candidates, log_q=log_q, accuracy=accuracy, bias=bias)
     return loss * targets.numel(), stats

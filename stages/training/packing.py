@@ -60,6 +60,7 @@ class Sequences:
     items: np.ndarray     # (N,) int64 item rows
     conds: np.ndarray     # (N,) int64 condition ids
     offsets: np.ndarray   # (S+1,) int64
+    ts: np.ndarray | None = None  # (N,) int64 epoch seconds (time-aware models), or None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -69,12 +70,13 @@ class Sequences:
         return int(self.offsets.size - 1)
 
     @classmethod
-    def from_lists(cls, items: list[np.ndarray], conds: list[np.ndarray]) -> Sequences:
+    def from_lists(cls, items: list[np.ndarray], conds: list[np.ndarray],
+                   ts: list[np.ndarray] | None = None) -> Sequences:
         lens = np.asarray([len(x) for x in items], dtype=np.int64)
         offsets = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
         cat = (lambda xs: np.concatenate(xs).astype(np.int64)) if len(items) else (lambda xs: np.zeros(0, np.int64))
-        return cls(items=cat(items), conds=cat(conds), offsets=offsets)
+        return cls(items=cat(items), conds=cat(conds), offsets=offsets, ts=None if ts is None else cat(ts))
 
 
 @dataclass
@@ -91,6 +93,7 @@ class PackedBatch:
     cu_seqlens: object
     row_of_seq: object | None
     row_tokens: int | None
+    ts: object | None = None  # (N,) int64 epoch seconds, when the sequences carry them
 
     @property
     def n_tokens(self) -> int:
@@ -109,7 +112,7 @@ def make_batch(seqs: Sequences, seq_ids: list[int], row_of_seq: list[int] | None
     return PackedBatch(items=torch.from_numpy(seqs.items[gather]), conds=torch.from_numpy(seqs.conds[gather]),
                        cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
                        row_of_seq=None if row_of_seq is None else torch.as_tensor(row_of_seq, dtype=torch.long),
-                       row_tokens=row_tokens)
+                       row_tokens=row_tokens, ts=None if seqs.ts is None else torch.from_numpy(seqs.ts[gather]))
 
 
 def packed_step_batches(seqs: Sequences, rows: list[list[int]], rows_per_step: int,

@@ -23,28 +23,36 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def split_leave_last_out(items: list[np.ndarray], conds: list[np.ndarray]):
+def split_leave_last_out(items: list[np.ndarray], conds: list[np.ndarray], ts: list[np.ndarray] | None = None):
     """Per user: (train prefix, valid (hist, target), test (hist, target)); users with < 3 behaviours
-    get None for valid/test and train on all they have (at least the c1 -> i1 prior)."""
+    get None for valid/test and train on all they have (at least the c1 -> i1 prior). With ``ts`` (epoch seconds
+    per behaviour) the train prefix is (items, conds, ts) and each case ends with (history ts, target ts)."""
     out = []
-    for it, cd in zip(items, conds):
+    for u, (it, cd) in enumerate(zip(items, conds)):
+        t = None if ts is None else ts[u]
         if len(it) < 3:
-            out.append(((it, cd), None, None))
+            out.append(((it, cd) if t is None else (it, cd, t), None, None))
             continue
-        out.append(((it[:-2], cd[:-2]), (it[:-2], cd[:-2], int(it[-2]), int(cd[-2])),
-                    (it[:-1], cd[:-1], int(it[-1]), int(cd[-1]))))
+        if t is None:
+            out.append(((it[:-2], cd[:-2]), (it[:-2], cd[:-2], int(it[-2]), int(cd[-2])),
+                        (it[:-1], cd[:-1], int(it[-1]), int(cd[-1]))))
+        else:
+            out.append(((it[:-2], cd[:-2], t[:-2]), (it[:-2], cd[:-2], int(it[-2]), int(cd[-2]), t[:-2], int(t[-2])),
+                        (it[:-1], cd[:-1], int(it[-1]), int(cd[-1]), t[:-1], int(t[-1]))))
     return out
 
 
 @torch.no_grad()
 def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]], *, k: int = 10,
              chunk_users: int = 256, backend: str = "auto", candidate_rows: np.ndarray | None = None,
-             prior_alpha: float = 1.0, prior: str = "auto", filter_seen: bool = True) -> dict:
+             prior_alpha: float = 1.0, prior: str = "auto", filter_seen: bool = True, popularity=None) -> dict:
     """HR@k/NDCG@k of ``cases`` (history items, history conds, target item row, target cond id).
 
     candidate_rows: the items ranked (default: every vocabulary item; pretrain passes those of the data set).
     prior: "auto" (the learned head if any, else frequency, add-``prior_alpha`` smoothed) | "learned" |
-    "frequency"; filter_seen: drop the history window's items from each ranking. Returns "users", "hr@k",
+    "frequency"; filter_seen: drop the history window's items from each ranking. popularity: a time-aware model's
+    ``Popularity`` (cases then carry (history ts, target ts)): queries are asked at the target's time and each
+    candidate gets the query's weight of its bucket on the target's day. Returns "users", "hr@k",
     "ndcg@k", "prior", "target_cond_*", "raw_own_cond_*", "unfiltered_*", "frequency_prior_*" (k in the names).
     """
     if prior not in ("auto", "learned", "frequency"):
@@ -80,19 +88,31 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         hi = torch.from_numpy(np.concatenate(hist_i).astype(np.int64)).to(dev)
         hc = torch.from_numpy(np.concatenate(hist_c).astype(np.int64)).to(dev)
         B = len(chunk)
+        timed = popularity is not None
+        time_kw = {}
+        if timed:
+            hts = torch.from_numpy(np.concatenate([c[4][-history_len:] for c in chunk]).astype(np.int64)).to(dev)
+            qts = torch.tensor([c[5] for c in chunk], dtype=torch.int64, device=dev)
+            time_kw = {"hist_ts": hts, "query_ts": qts, "with_popularity": True}
         targets = torch.tensor([c[2] for c in chunk], device=dev)
         t_conds = torch.tensor([c[3] for c in chunk], device=dev)
         # queries per user: every category condition, then the target's own condition
         q = torch.cat([cat_conds.repeat(B, 1), t_conds[:, None]], dim=1).reshape(-1)
         cu_q = torch.arange(0, (n_c + 1) * B + 1, n_c + 1, dtype=torch.int32, device=dev)
-        if learned:
-            o, log_p_cond = model.encode_grouped(hi, hc, cu_h, q, cu_q, backend=backend, with_next_cond=True)
-        else:
-            o = model.encode_grouped(hi, hc, cu_h, q, cu_q, backend=backend)
+        res = model.encode_grouped(hi, hc, cu_h, q, cu_q, backend=backend, with_next_cond=learned, **time_kw)
+        res = list(res) if isinstance(res, tuple) else [res]
+        o = res.pop(0)
+        log_p_cond = res.pop(0) if learned else None
         o = o.float().view(B, n_c + 1, -1)
         # comparable: item i scored under its own category's query
         scale = model.logit_scale.float()
         per_cond = torch.einsum("bcd,nd->bcn", o[:, :n_c], E[1:]) * scale    # (B, C, n_items)
+        t_bias = 0.0
+        if timed:  # (B, C+1, P) weights; bucket of every item on each target's day
+            w = res.pop(0).float().view(B, n_c + 1, -1)
+            bk = popularity.at(qts // 86_400, torch.arange(1, E.shape[0], device=dev))        # (B, n_items)
+            per_cond = per_cond + w[:, :n_c].gather(2, bk[:, None, :].expand(B, n_c, -1))
+            t_bias = w[:, n_c].gather(1, bk)
         per_cond = per_cond.masked_fill(excluded, float("-inf"))
         user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
         seen = torch.zeros(B, E.shape[0] - 1, dtype=torch.bool, device=dev)   # (B, n_items)
@@ -125,7 +145,7 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         r = _rank(comparable.masked_fill(seen, float("-inf")), targets - 1)
         hits += float((r < k).sum())
         ndcg += float(_ndcg(r, k).sum())
-        t_scores = o[:, n_c] @ E[1:].t()
+        t_scores = o[:, n_c] @ E[1:].t() * scale + t_bias
         tr = _rank(t_scores.masked_fill(excluded, float("-inf")).masked_fill(seen, float("-inf")), targets - 1)
         t_hits += float((tr < k).sum())
         t_ndcg += float(_ndcg(tr, k).sum())

@@ -203,10 +203,10 @@ def test_nan_embeddings_are_refused_before_the_commit(wh_ready, monkeypatch):
     real_encode = infer_encode.encode_batch
 
     def poisoned(model, batch, mode, **kwargs):
-        out, log_p = real_encode(model, batch, mode, **kwargs)
+        out, log_p, pop_w = real_encode(model, batch, mode, **kwargs)
         out = out.clone()
         out[0, 0] = float("nan")
-        return out, log_p
+        return out, log_p, pop_w
 
     monkeypatch.setattr(infer_encode, "encode_batch", poisoned)
     with pytest.raises(ValueError, match="NaN/Inf"):
