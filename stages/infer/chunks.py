@@ -157,6 +157,54 @@ def build_batch(users: slice, hist_items: list[np.ndarray], hist_conds: list[np.
     )
 
 
+@dataclass
+class Histories:
+    """The (cut) histories of a chunk's users as flat arrays: user u's behaviours are ``offsets[u]:offsets[u+1]``."""
+
+    user_ids: np.ndarray   # (U,) int64
+    lengths: np.ndarray    # (U,) int64 behaviours kept (<= max_history)
+    offsets: np.ndarray    # (U+1,) int64
+    rows: np.ndarray       # (sum,) int64 model item rows (0 = unknown to the model)
+    cond_ids: np.ndarray   # (sum,) int64 condition ids
+    cond_codes: np.ndarray  # (sum,) int64 index into ``cond_values``
+    cond_values: list[str]
+    ts: np.ndarray | None  # (sum,) int64 epoch seconds, when asked for
+
+    def split(self, values: np.ndarray | None, users: np.ndarray) -> list[np.ndarray] | None:
+        """Per user of ``users`` (indices), its slice of ``values`` (views, no copy); None stays None."""
+        if values is None:
+            return None
+        return [values[self.offsets[u]:self.offsets[u + 1]] for u in users.tolist()]
+
+    def condition_strings(self, u: int) -> list[str]:
+        return [self.cond_values[c] for c in self.cond_codes[self.offsets[u]:self.offsets[u + 1]].tolist()]
+
+
+def flat_histories(chunk: pa.Table, vocab, max_history: int | None, *, timed: bool) -> Histories:
+    """Columns user_id, item_ids, conditions (and ts when ``timed``) -> `Histories`, each user's last
+    ``max_history`` behaviours; vectorised (one vocabulary lookup per chunk, condition strings dictionary-encoded)."""
+    items = chunk.column("item_ids").combine_chunks()
+    full = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    start = np.zeros(len(full) + 1, dtype=np.int64)
+    np.cumsum(full, out=start[1:])
+    keep = full if max_history is None else np.minimum(full, max_history)
+    user = np.repeat(np.arange(len(full)), full)
+    mask = (np.arange(int(start[-1])) - start[:-1][user]) >= (full - keep)[user]
+    enc = pc.dictionary_encode(pc.list_flatten(chunk.column("conditions").combine_chunks()))
+    values = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[mask]
+    ts = None
+    if timed:
+        flat_ts = pc.list_flatten(chunk.column("ts").combine_chunks())
+        ts = pc.cast(pc.cast(flat_ts, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(zero_copy_only=False)
+        ts = (ts // 1_000_000).astype(np.int64)[mask]
+    offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=offsets[1:])
+    return Histories(user_ids=chunk.column("user_id").to_numpy(), lengths=keep, offsets=offsets,
+                     rows=vocab.item_rows(pc.list_flatten(items).to_numpy(zero_copy_only=False)[mask]),
+                     cond_ids=vocab.condition_ids(values)[codes], cond_codes=codes, cond_values=values, ts=ts)
+
+
 # ---- chunks of users in user_id order ----------------------------------------------------------------
 
 MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks / 256) chunks

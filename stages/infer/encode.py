@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from stages.core.conditions import ConditionSet
-from stages.infer.chunks import JaggedBatch, build_batch, pack_by_budget
+from stages.infer.chunks import JaggedBatch, build_batch, flat_histories, pack_by_budget
 
 MODES = ("grouped", "naive")
 
@@ -143,38 +142,27 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
     [o, T * popularity weights] (stages.model.timefeat), so <row, item row> / T adds the bucket's weight.
     """
     chunk = chunk.sort_by("user_id")
-    user_ids = chunk.column("user_id").to_numpy()
-    item_lists = chunk.column("item_ids").to_pylist()
-    cond_lists = chunk.column("conditions").to_pylist()
-    ts_lists = seconds_lists(chunk.column("ts")) if query_ts is not None else [None] * len(item_lists)
+    h = flat_histories(chunk, vocab, max_history, timed=query_ts is not None)
     features = tuple(vocab.features)
     fixed_ids = None if fixed is None else np.asarray([vocab.condition_id(q) for q in fixed], dtype=np.int64)
-    keep_uid, hist_items, hist_conds, query_ids, query_names, hist_lens, hist_ts = [], [], [], [], [], [], []
-    for uid, items, conds, ts in zip(user_ids.tolist(), item_lists, cond_lists, ts_lists):
-        items, conds = items or [], conds or []
-        if not items:
-            stats.skipped_empty += 1
-            continue
-        if max_history is not None and len(items) > max_history:
-            items, conds = items[-max_history:], conds[-max_history:]
-            ts = ts[-max_history:] if ts is not None else None
-        queries = fixed if fixed is not None else cset.for_user(conds, features)
-        if not queries:
-            stats.skipped_no_conditions += 1
-            continue
-        rows = vocab.item_rows(np.asarray(items, dtype=np.int64))
-        stats.history_oov_items += int((rows == 0).sum())
-        keep_uid.append(uid)
-        hist_items.append(rows)
-        hist_conds.append(vocab.condition_ids(conds))
-        query_ids.append(fixed_ids if queries is fixed else
-                         np.asarray([vocab.condition_id(q) for q in queries], dtype=np.int64))
-        query_names.append(queries)
-        hist_lens.append(len(items))
-        hist_ts.append(ts)
-    stats.users += len(keep_uid)
-    if not keep_uid:
+    stats.skipped_empty += int((h.lengths == 0).sum())
+    live = np.flatnonzero(h.lengths > 0)
+    if fixed is not None:
+        query_names = [fixed] * len(live)
+    else:  # per-user condition sets read the user's condition strings (top:K)
+        names = [cset.for_user(h.condition_strings(u), features) for u in live.tolist()]
+        stats.skipped_no_conditions += sum(1 for q in names if not q)
+        live = np.asarray([u for u, q in zip(live.tolist(), names) if q], dtype=np.int64)
+        query_names = [q for q in names if q]
+    stats.users += len(live)
+    if not len(live):
         return None
+    keep_uid = h.user_ids[live].tolist()
+    hist_items, hist_conds, hist_ts = h.split(h.rows, live), h.split(h.cond_ids, live), h.split(h.ts, live)
+    hist_lens = h.lengths[live].tolist()
+    stats.history_oov_items += int(sum(int((r == 0).sum()) for r in hist_items))
+    query_ids = [fixed_ids] * len(live) if fixed is not None else \
+        [np.asarray([vocab.condition_id(q) for q in qs], dtype=np.int64) for qs in query_names]
     n_per = [len(q) for q in query_names]
     learned = bool(getattr(model, "has_cond_head", False))
     pieces, raw_prior = [], []
@@ -207,15 +195,6 @@ def process_chunk(chunk: pa.Table, *, model: Any, vocab: Any, cset: ConditionSet
         "condition_logprob": pa.array(logprob.astype(np.float32)),
         "temperature": pa.array(np.full(len(emb), temperature, dtype=np.float32)),
     })
-
-
-def seconds_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
-    """A list<timestamp> column -> per row, int64 epoch seconds (empty arrays for null or empty lists)."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    lens = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(column)
-    secs = pc.cast(flat, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000
-    return np.split(secs.astype(np.int64), np.cumsum(lens)[:-1])
 
 
 def model_temperature(model: Any) -> float:
