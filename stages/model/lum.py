@@ -41,8 +41,9 @@ class ModelConfig:
     cond_loss_weight: float = 1.0   # > 0: next-condition head (item token i_{l-1} -> c_l) trained with this
                                     # weight next to InfoNCE; it gives the eval's p(category | history).
                                     # 0: no head (old models; the eval falls back to the frequency prior)
-    time_features: bool = False  # gap-before-behaviour embeddings on condition tokens, and a learned per-query
-                                 # weight of each item's recent-popularity bucket (stages.model.timefeat)
+    time_features: bool = True   # gap-before-behaviour embeddings on condition tokens, and a learned per-query
+                                 # weight of each item's recent-popularity bucket (stages.model.timefeat);
+                                 # chosen on the validation day (README, "Knowledge on the days it is used")
     popularity_days: int = 30    # the recent-popularity window of time_features, in days before the query day
 
     def check(self) -> None:

@@ -48,7 +48,8 @@ class TrainConfig:
     negative_sampling: str = "uniform"  # "uniform" | "popularity" source of the extra negatives | "all": every
                                         # item is a candidate (exact softmax; no sampling bias; sampled_negatives
                                         # is ignored). "auto": "all" up to ALL_ITEMS_MAX item rows, else "uniform"
-    logq: bool = False             # subtract log popularity from candidate logits (sampling-bias correction)
+    logq: bool = True              # subtract log popularity from sampled candidates' logits (sampling-bias
+                                   # correction; chosen on the validation day, README); unused with "all"
     seed: int = 0                  # seeds init, data order, dropout and negatives
     checkpoint_every: int = 200    # steps between checkpoints (0 = only at the end)
     log_every_s: float = 10.0      # seconds between progress lines
@@ -72,13 +73,11 @@ def resolve_negative_sampling(mode: str, n_item_rows: int | None, *, logq: bool 
     """The candidate scheme a run uses: "all" | "uniform" | "popularity" ("auto" picks by catalog size).
 
     n_item_rows None (the catalog is not known yet, e.g. a config check): "auto" stays "auto". ValueError
-    for an unknown mode, and for logQ correction with "all" (it corrects sampled candidates; none are)."""
+    for an unknown mode. ``logq`` is accepted with every mode; "all" samples nothing, so training ignores it."""
     if mode not in NEGATIVE_SAMPLINGS:
         raise ValueError(f"negative_sampling must be one of {'|'.join(NEGATIVE_SAMPLINGS)}, got {mode!r}")
     if mode == "auto" and n_item_rows is not None:
         mode = "all" if n_item_rows - 1 <= ALL_ITEMS_MAX else "uniform"
-    if logq and mode == "all":
-        raise ValueError("logq corrects sampled candidates; negative_sampling='all' samples none")
     return mode
 
 
@@ -145,8 +144,9 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
             log.info("warm start: parent optimizer state not reusable (%s); fresh AdamW", exc)
     sampling = resolve_negative_sampling(cfg.negative_sampling, model.item_id_emb.num_embeddings, logq=cfg.logq)
     all_items = torch.arange(1, model.item_id_emb.num_embeddings, device=device) if sampling == "all" else None
-    log.info("negatives: %s", "every item (exact softmax)" if all_items is not None else
-             f"in-batch + {cfg.sampled_negatives} {sampling}-sampled per step")
+    use_logq = cfg.logq and all_items is None  # exact softmax: no sampling bias to correct
+    log.info("negatives: %s%s", "every item (exact softmax)" if all_items is not None else
+             f"in-batch + {cfg.sampled_negatives} {sampling}-sampled per step", ", logQ-corrected" if use_logq else "")
     use_bf16 = device.type == "cuda"
     cond_w = float(getattr(model.cfg, "cond_loss_weight", 0.0)) if getattr(model, "has_cond_head", False) else 0.0
     progress = Progress("pretrain", total - start, unit="steps", every_s=cfg.log_every_s, logger=log)
@@ -195,7 +195,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
                                         model.item_id_emb.num_embeddings, gen).to(device)
                        if cfg.sampled_negatives > 0 else None)
         extra = all_targets if sampled is None else torch.cat([all_targets, sampled])
-        loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if cfg.logq else None,
+        loss_sum, stats = _local_loss(model, out.float(), items, extra, log_q.to(device) if use_logq else None,
                                       accuracy=step == total - 1, bias=bias)
         if cond_sum is not None:  # same normaliser as InfoNCE: independent of packing and of the DDP split
             loss_sum = loss_sum + cond_w * cond_sum

@@ -39,13 +39,13 @@ def publish_model(warehouse: str, through: str = DS, *, features=("category",), 
     vocab = make_vocab(features)
     torch.manual_seed(seed)
     mcfg = ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=max_len, d_item=8, d_feature=4,
-                       dropout=0.0, cond_loss_weight=cond_loss_weight)
+                       dropout=0.0, cond_loss_weight=cond_loss_weight, time_features=False)
     model = build_model(mcfg, vocab)
     import dataclasses
 
     version = model_store.version_name(through)
     meta = {"version": version, "through_ds": through, "config": {}, "metrics": {},
-            "model_config": dataclasses.asdict(mcfg), "dim": dim_override or mcfg.d_model,
+            "model_config": dataclasses.asdict(mcfg), "dim": dim_override or mcfg.knowledge_dim,
             "features": list(features)}
     model_store.publish(warehouse, version, {"model.pt": model.state_dict(), "vocab.json": vocab.to_json(),
                                              "meta.json": json.dumps(meta)})

@@ -81,7 +81,7 @@ def test_a_query_asked_at_time_t_equals_training_on_a_behaviour_at_t():
                                    torch.tensor([0, 1], dtype=torch.int32), hist_ts=ts, query_ts=q_ts + 300 * DAY)
     assert not torch.allclose(o, o_other)  # how long the user has been away changes the knowledge
     assert model.cfg.knowledge_dim == 16 + POP_BUCKETS
-    assert ModelConfig().knowledge_dim == ModelConfig().d_model
+    assert ModelConfig(time_features=False).knowledge_dim == ModelConfig().d_model
 
 
 def test_info_nce_adds_the_popularity_bonus_to_each_candidate():

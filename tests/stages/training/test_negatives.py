@@ -21,8 +21,7 @@ def test_resolve_negative_sampling():
     with pytest.raises(ValueError, match="negative_sampling"):
         train_loop.resolve_negative_sampling("everything", 10)
     assert train_loop.resolve_negative_sampling("auto", None, logq=True) == "auto"   # catalog not known yet
-    with pytest.raises(ValueError, match="logq"):
-        train_loop.resolve_negative_sampling("auto", 3707, logq=True)               # resolves to "all"
+    assert train_loop.resolve_negative_sampling("auto", 3707, logq=True) == "all"     # logq unused there
 
 
 def test_all_items_loss_is_full_softmax():
