@@ -1,7 +1,9 @@
 """``dlrm_training``: every ``dlrm_samples`` row of ds plus LUM features (null when the user or
 item has no knowledge in ``lum_knowledge_ds``, which is always < ds).
 
-``lum_match[j]`` is sim(o_q, e_i) under the j-th configured condition; that order is stored in the
+``lum_match[j]`` is sim(o_q, e_i) under the j-th configured condition (with ``liked`` in the knowledge: under
+that condition with ``liked=yes``, as are ``lum_target_match`` and ``lum_user``; ``lum_target_match_disliked``
+is the target's sim under ``liked=no``, null without such knowledge); that order is stored in the
 Delta table's configuration under ``CONDITIONS_KEY`` as a JSON list (conditions contain commas),
 written with ``Warehouse.write_partition(..., metadata={CONDITIONS_KEY: encode_conditions(c)})``
 and read with ``decode_conditions(Warehouse.table_metadata("dlrm_training")[CONDITIONS_KEY])``.
@@ -39,10 +41,13 @@ def _build(dim: int) -> pa.Schema:
         field_("lum_item", embedding_type(dim)),  # e_i
         field_("lum_knowledge_ds", pa.string()),  # knowledge partition used (< ds)
         field_("lum_model_version", pa.string()),
+        field_("lum_target_match_disliked", pa.float32()),  # sim under the target's category with liked=no
     ])
 
 
+OPTIONAL = ("lum_target_match_disliked",)  # added after the first partitions: older ones read it as null
+
 SPEC = TableSpec(name="dlrm_training", partition_by=("ds",), key=("user_id", "item_id", "ts"),
-                 build_schema=_build, embedding_columns=("lum_user", "lum_item"))
+                 build_schema=_build, embedding_columns=("lum_user", "lum_item"), optional=OPTIONAL)
 NAME, PARTITION_BY, KEY = SPEC.name, SPEC.partition_by, SPEC.key
 schema, validate, spark_schema = SPEC.schema, SPEC.validate, SPEC.spark_schema

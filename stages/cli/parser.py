@@ -6,6 +6,7 @@ The lists of stages, sources and benches come from the registry, so a new regist
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from stages.pipeline import registry
 
@@ -30,6 +31,17 @@ EPILOG = """examples:
   lum evaluate knowledge --ds 2000-11-30                # next-item HR@10/NDCG@10 of the knowledge vs popularity
   lum bench kernels --out reports/bench_kernels.json
   lum bench scale --users 100000 --out reports/bench_scale.json
+"""
+
+
+RUN_EPILOG = """condition features and query conditions (sequences, infer):
+  lum run sequences --ds D --set condition_features=category,liked [--set liked_threshold=4.0]
+      each behaviour's condition: category=Comedy,liked=yes (rating >= threshold), liked=no (below),
+      liked=<unk> (no rating)
+  lum run infer --ds D --set conditions=all --set with_features='liked=*'
+      conditions: all (every category) | top:K (the user's K most frequent) | list:C1;C2
+      with_features: merged into every condition; a value * = every value the model knows but <unk>,
+      so all + liked=* writes category=X,liked=yes and category=X,liked=no for every category X
 """
 
 
@@ -75,10 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("run", help="run one daily stage for one day",
-                       description="Run one stage of the daily pipeline for day --ds. Reads partitions <= ds, "
-                       "writes partition ds; rerunning replaces it. `join` also takes --start/--end instead "
-                       "of --ds: every day of the range, one Spark job and one commit per knowledge partition, "
-                       "the same rows as one run per day (days without samples are skipped).")
+                       description=textwrap.fill(
+                           "Run one stage of the daily pipeline for day --ds. Reads partitions <= ds, "
+                           "writes partition ds; rerunning replaces it. `join` also takes --start/--end instead "
+                           "of --ds: every day of the range, one Spark job and one commit per knowledge partition, "
+                           "the same rows as one run per day (days without samples are skipped).", 78),
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=RUN_STAGES)
     p.add_argument("--ds", help="the day, YYYY-MM-DD (UTC); required unless join --start/--end")
     p.add_argument("--start", help="join only: first day of a range (with --end, instead of --ds)")

@@ -6,15 +6,21 @@ A condition is ``feature=value`` pairs joined by ``,`` in the model's feature or
 - ``top:K``: the user's K most frequent values of the query feature (ties: the more recent, then by name),
   so N = min(K, distinct values in the history) varies per user.
 - ``list:C1;C2;...``: fixed condition strings (``;`` between conditions, since ``,`` separates features).
-``with_features`` (e.g. ``scenario=rating``) is merged into every condition of the set. Output strings follow
+``with_features`` (e.g. ``scenario=rating``) is merged into every condition of the set; the value ``*`` crosses the
+set with every value of that feature the model knows except ``<unk>`` (``resolve``): ``all`` with
+``liked=*`` asks ``category=X,liked=no`` and ``category=X,liked=yes`` for every category X. Output strings follow
 the model's feature order, so one query always gets one string: it is part of the ``user_knowledge`` key.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+ANY = "*"  # a with_features value: every value of the feature the model knows, except UNKNOWN
+UNKNOWN = "<unk>"
 
 
 def condition_to_features(text: str) -> dict[str, str]:
@@ -56,31 +62,58 @@ class ConditionSet:
     feature: str = "category"  # the query feature for "all" and "top"
     top_k: int = 0  # K for "top"
     listed: tuple[str, ...] = ()  # the conditions of "list", as given
-    with_features: tuple[tuple[str, str], ...] = ()  # merged into every condition (multi-condition queries)
+    # merged into every condition (multi-condition queries): (feature, its values); several values (a resolved
+    # ANY) cross the set with each of them, (ANY,) is resolved from the model's conditions (``resolve``)
+    with_features: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def per_user(self) -> bool:
         return self.kind == "top"
 
+    def feature_names(self) -> set[str]:
+        """The features the set's conditions name (for "list": those of every listed condition)."""
+        names = {name for name, _ in self.with_features}
+        if self.kind == "list":
+            return names.union(*(condition_to_features(c) for c in self.listed))
+        return names | {self.feature}
+
+    def resolve(self, known_conditions: Sequence[str]) -> ConditionSet:
+        """The set with every ``feature=*`` replaced by the values of that feature among ``known_conditions``
+        (the model's vocabulary), ``<unk>`` left out; ValueError when the model knows no value of it."""
+        resolved = []
+        for name, values in self.with_features:
+            if values == (ANY,):
+                values = tuple(v for v in feature_values(known_conditions, name) if v != UNKNOWN)
+                if not values:
+                    raise ValueError(f"with_features {name}={ANY}: the model knows no value of feature {name!r}")
+            resolved.append((name, values))
+        return replace(self, with_features=tuple(resolved))
+
     def _finish(self, base: Iterable[dict[str, str]], feature_order: Sequence[str]) -> list[str]:
+        names = [name for name, _ in self.with_features]
+        if any(values == (ANY,) for _, values in self.with_features):
+            raise ValueError(f"with_features {ANY} must be resolved against the model's conditions first (resolve)")
         out: list[str] = []
         for features in base:
-            merged = dict(features)
-            for name, value in self.with_features:
-                if name in merged and merged[name] != value:
-                    raise ValueError(f"with_features {name}={value} conflicts with condition "
-                                     f"{format_condition(features, feature_order)!r}")
-                merged[name] = value
-            text = format_condition(merged, feature_order)
-            if text not in out:
-                out.append(text)
+            for combo in itertools.product(*(values for _, values in self.with_features)):
+                merged = dict(features)
+                for name, value in zip(names, combo):
+                    if name in merged and merged[name] != value:
+                        raise ValueError(f"with_features {name}={value} conflicts with condition "
+                                         f"{format_condition(features, feature_order)!r}")
+                    merged[name] = value
+                text = format_condition(merged, feature_order)
+                if text not in out:
+                    out.append(text)
         return out
 
     def fixed(self, known_conditions: Sequence[str], feature_order: Sequence[str] = ()) -> list[str]:
         """The conditions every user is queried with (kind "all" or "list").
 
-        ``known_conditions``: the condition strings the model's vocabulary holds (for "all").
+        ``known_conditions``: the condition strings the model's vocabulary holds (for "all" and ``*``).
         """
+        if any(values == (ANY,) for _, values in self.with_features):
+            return self.resolve(known_conditions).fixed(known_conditions, feature_order)
         if self.kind == "all":
             values = feature_values(known_conditions, self.feature)
             if not values:
@@ -106,8 +139,10 @@ class ConditionSet:
 
 
 def parse_spec(spec: str, *, feature: str = "category", with_features: str = "") -> ConditionSet:
-    """``"all"`` | ``"top:K"`` | ``"list:C1;C2"`` (+ ``with_features`` "f=v,g=w") -> ``ConditionSet``."""
-    extra = tuple(condition_to_features(with_features).items()) if with_features else ()
+    """``"all"`` | ``"top:K"`` | ``"list:C1;C2"`` (+ ``with_features`` "f=v,g=w", a value ``*`` = every value
+    the model knows) -> ``ConditionSet``."""
+    extra = tuple((name, (value,)) for name, value in condition_to_features(with_features).items()) \
+        if with_features else ()
     kind, _, arg = str(spec).strip().partition(":")
     if kind == "all" and not arg:
         return ConditionSet("all", feature=feature, with_features=extra)

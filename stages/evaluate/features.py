@@ -7,8 +7,9 @@ All features are point-in-time correct, built from the ``dlrm_training`` rows an
   loaded rows (train + test: a test sample may look at earlier test-day behaviour, never at its own or
   later) and from ``events`` of the ``history_days`` days before ``train_start``, so the baseline sees the
   past behaviour the LUM was pretrained on: the comparison measures what the LUM adds, not access to history.
-- dense LUM: the chosen ``LUM_COLUMNS`` side by side and a has-knowledge flag; nulls -> 0. ``rating`` is
-  never a feature (the label is rating >= 4).
+- dense LUM: the chosen ``LUM_COLUMNS`` side by side and a has-knowledge flag; nulls -> 0. An optional column
+  (``lum_target_match_disliked``: knowledge with ``liked``) is used only where some row has it
+  (``present_lum_columns``). ``rating`` is never a feature (the label is rating >= 4).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
-LUM_COLUMNS = ("lum_target_match", "lum_match", "lum_user", "lum_item")
+LUM_COLUMNS = ("lum_target_match", "lum_match", "lum_user", "lum_item", "lum_target_match_disliked")
+SCALAR_COLUMNS = ("lum_target_match", "lum_target_match_disliked")  # one float per row; the others are vectors
+OPTIONAL_COLUMNS = ("lum_target_match_disliked",)  # null (or absent) unless the knowledge has ``liked``
 SPARSE_FIELDS = ("user_id", "item_id", "category", "age", "gender", "occupation", "scenario", "hour", "weekday")
 ITEM_FIELD = SPARSE_FIELDS.index("item_id")
 
@@ -81,6 +84,15 @@ def read_tables(wh: Warehouse, *, train_start: str, train_end: str, test_end: st
     return Tables(train, test, users, items, prior)
 
 
+def present_lum_columns(columns: tuple[str, ...], *tables: pa.Table) -> tuple[str, ...]:
+    """``columns`` without the ``OPTIONAL_COLUMNS`` that no row of ``tables`` has (absent or all null), so
+    knowledge without ``liked`` gives the same inputs as before the column existed."""
+    def present(name: str) -> bool:
+        return any(name in t.column_names and t.column(name).null_count < t.num_rows for t in tables)
+
+    return tuple(c for c in columns if c not in OPTIONAL_COLUMNS or present(c))
+
+
 def _list_matrix(col: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """A list<float> column -> ((n, width) float32 with nulls as 0, (n,) bool valid)."""
     arr = col.combine_chunks()
@@ -115,8 +127,8 @@ def dense_lum(table: pa.Table, columns: tuple[str, ...], widths: dict[str, int])
         if name not in LUM_COLUMNS:
             raise ValueError(f"lum_columns: unknown column {name!r}; choose from {list(LUM_COLUMNS)}")
         col = table.column(name)
-        if name == "lum_target_match":
-            v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+        if name in SCALAR_COLUMNS:
+            v = np.asarray(pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False), dtype=np.float32)
             valid = ~np.isnan(v)
             parts.append(np.nan_to_num(v, nan=0.0)[:, None])
         else:

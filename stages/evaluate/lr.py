@@ -3,8 +3,9 @@
 Baseline features, from the TRAIN rows only (test labels never feed a feature): the user's and the item's
 positive rate, smoothed towards the global train rate with ``PRIOR`` pseudo-rows, and log(1 + the item's train
 rows). A train row leaves itself out of its own rates and count, so a feature never contains the row's label.
-Users and items without train rows get the global rate and 0. The with-LUM run adds ``lum_target_match``, the
-``lum_match`` vector, ``lum_user . lum_item`` (each present in ``lum_columns``) and a has-knowledge flag
+Users and items without train rows get the global rate and 0. The with-LUM run adds ``lum_target_match``,
+``lum_target_match_disliked``, the ``lum_match`` vector, ``lum_user . lum_item`` (each in ``lum_columns``; the
+disliked one only where some row has it) and a has-knowledge flag
 (nulls -> 0). Features are standardised with the train mean and deviation; the fit is Newton's method on the
 L2-penalised log loss (``l2``, the intercept unpenalised), deterministic.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.evaluate.features import LUM_COLUMNS, _list_matrix, _width
+from stages.evaluate.features import LUM_COLUMNS, SCALAR_COLUMNS, _list_matrix, _width
 from stages.evaluate.metrics import auc
 
 PRIOR = 20.0  # pseudo-rows at the global rate in each positive-rate estimate
@@ -74,12 +75,11 @@ def lum_features(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray,
     for name in columns:
         if name not in LUM_COLUMNS:
             raise ValueError(f"lum_columns: unknown column {name!r}; choose from {list(LUM_COLUMNS)}")
-    if "lum_target_match" in columns:
-        v = np.asarray(pc.fill_null(table.column("lum_target_match"), np.nan).to_numpy(zero_copy_only=False),
-                       np.float64)
+    for name in (c for c in SCALAR_COLUMNS if c in columns):
+        v = np.asarray(pc.fill_null(table.column(name), np.nan).to_numpy(zero_copy_only=False), np.float64)
         has |= ~np.isnan(v)
         parts.append(np.nan_to_num(v)[:, None])
-        names.append("lum_target_match")
+        names.append(name)
     if "lum_match" in columns:
         m, valid = _list_matrix(table.column("lum_match"), _width(table.column("lum_match")))
         has |= valid

@@ -18,14 +18,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from stages.core.dates import check_ds
 from stages.evaluate import lr
-from stages.evaluate.features import LUM_COLUMNS, build_features, read_tables
+from stages.evaluate.features import LUM_COLUMNS, build_features, present_lum_columns, read_tables
 from stages.evaluate.plot import write_plot
 from stages.evaluate.train import train_and_score
 from stages.warehouse.facade import Warehouse
@@ -81,6 +81,7 @@ def run(cfg: Config, *, warehouse: Warehouse | str) -> dict[str, Any]:
     dlrm = cfg.consumer == "dlrm"
     tables = read_tables(wh, train_start=cfg.train_start, train_end=cfg.train_end, test_end=cfg.test_end,
                          history_days=cfg.history_days if cfg.history_len > 0 and dlrm else 0)
+    cfg = replace(cfg, lum_columns=present_lum_columns(tuple(cfg.lum_columns), tables.train, tables.test))
     if dlrm:
         tr, te, sizes, k = build_features(tables.train, tables.test, tables.users, tables.items, cfg,
                                           prior=tables.prior)

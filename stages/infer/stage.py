@@ -10,8 +10,8 @@ Every row carries ``condition_logprob`` (log p(condition | history), normalised 
 the same forward) and ``temperature`` (stages.infer.encode); a model without the next-condition head falls back
 to the history-frequency prior, logged and named in the summary (``condition_prior``).
 Users skipped and items unknown to the model are counted in the summary, never a crash or a NaN row. A model
-trained after D, condition features unlike the sequences', or a non-finite or wrong-width embedding is a
-``ValueError`` before anything is written. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
+trained after D, condition features unlike the sequences' or not all named by the query (a ``liked`` model:
+``with_features=liked=*`` asks both values), or a bad embedding is a ``ValueError`` before anything is written. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
 hash-share of the users and items, ``"commit/n"`` publishes all shards; an unsharded run commits at its end.
 """
 
@@ -46,7 +46,7 @@ class Config:
     model_version: str | None = None  # pin a model version; None = newest trained through ds
     conditions: str = "all"  # "all" | "top:K" | "list:C1;C2" (see stages.core.conditions)
     condition_feature: str = "category"  # the feature that "all" and "top:K" enumerate
-    with_features: str = ""  # e.g. "scenario=rating": merged into every condition (multi-condition queries)
+    with_features: str = ""  # e.g. "scenario=rating" merged into every condition; "liked=*": each liked value
     token_budget: int = 16384  # tokens per forward: bounds activation memory whatever the history lengths
     chunk_users: int = 4096  # users per staged file: bounds memory and sets the file size
     row_group_rows: int = 8192  # parquet row group size: a point lookup reads about one group
@@ -93,6 +93,16 @@ def check_condition_features(vocab: Any, history_conditions: list[str], version:
         if names != tuple(vocab.features):
             raise ValueError(f"model_version {version} expects condition features {','.join(vocab.features)}, "
                              f"but user_sequences has condition {cond!r} (a model from a different config)")
+
+
+def check_query_features(cset: Any, features: tuple[str, ...], version: str) -> Any:
+    """``cset`` when its conditions name every feature of the model; else a ValueError naming the missing ones."""
+    missing = [f for f in features if f not in cset.feature_names()]
+    if missing:
+        hint = ", e.g. with_features=liked=*" if missing == ["liked"] else ""
+        raise ValueError(f"model_version {version} has condition features {','.join(features)}: the query "
+                         f"conditions lack {','.join(missing)}; add it with with_features{hint}")
+    return cset
 
 
 def sequences_snapshot(wh: Warehouse, ds: str) -> tuple[Any, int]:
@@ -144,6 +154,7 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
                     "add-1 smoothed history frequency of each condition", version)
     max_history = model.cfg.history_len  # max_len - 1: the positions training reaches
     cset = parse_spec(cfg.conditions, feature=cfg.condition_feature, with_features=cfg.with_features)
+    cset = check_query_features(cset.resolve(vocab.conditions[1:]), vocab.features, version)
     fixed = None if cset.per_user else cset.fixed(vocab.conditions[1:], vocab.features)
     for c in fixed or []:
         vocab.condition_id(c)  # every query condition must be known to the model: fail before any work

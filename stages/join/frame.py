@@ -7,9 +7,11 @@
       mapInArrow: stages.join.similarity.lum_columns per Arrow batch
 
 Condition indexes run over the configured conditions (the ``lum_match`` order) then any item target
-condition not configured, so ``lum_user`` / ``lum_target_match`` work for every item. ``user_vectors`` groups
-each user's vectors once (stages.join.inputs feeds it the samples' users only and caches it for the checks);
-no per-row Spark lambdas, no per-condition explode.
+condition not configured, so ``lum_user`` / ``lum_target_match`` work for every item. A knowledge condition
+with ``liked`` takes the index of the condition without it: ``liked=yes`` that index k, ``liked=no`` k + n_ext
+(``lum_target_match_disliked``), other values none. ``user_vectors`` groups each user's vectors once
+(stages.join.inputs feeds it the samples' users only and caches it for the checks); no per-row Spark lambdas,
+no per-condition explode.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import pyarrow as pa
 
 from schemas import dlrm_training
 from stages.join.similarity import lum_columns
-from stages.join.spec import JoinSpec
+from stages.join.spec import FEEDBACK, JoinSpec
 
-LUM_COLUMNS = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version")
+LUM_COLUMNS = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version",
+               "lum_target_match_disliked")
 
 
 def extended_conditions(items: pa.Table, spec: JoinSpec, conditions: list[str]) -> list[str]:
@@ -41,13 +44,19 @@ def _condition_frame(spark: Any, extended: list[str]) -> Any:
 
 def user_vectors(uk: Any, extended: list[str]) -> Any:
     """One row per user of ``uk`` (lazy): ``_uid``, ``_ulist`` list<struct<i: condition index, e: o_q>> over the
-    conditions of ``extended``, and the check columns ``_rows``, ``_keys`` (distinct conditions), ``_versions``,
-    ``_lo`` / ``_hi`` (embedding widths) that stages.join.checks.check_knowledge reads."""
+    conditions of ``extended`` (a ``liked=no`` condition: its index + len(extended)), and the check columns
+    ``_rows``, ``_keys`` (distinct indexes), ``_versions``, ``_lo`` / ``_hi`` (embedding widths) that
+    stages.join.checks.check_knowledge reads."""
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
     cond_df = _condition_frame(uk.sparkSession, extended)
     width = F.size("embedding")
-    return (uk.join(cond_df, uk["condition"] == cond_df["_cond"], "inner")
+    liked = F.regexp_extract("condition", f"(?:^|,){FEEDBACK}=([^,]*)", 1)  # "" when the condition has none
+    keyed = (uk.where(liked.isin("", "yes", "no"))
+             .withColumn("_base", F.regexp_replace("condition", f"^{FEEDBACK}=[^,]*,|,{FEEDBACK}=[^,]*", ""))
+             .withColumn("_off", F.when(liked == "no", F.lit(len(extended))).otherwise(F.lit(0))))
+    return (keyed.join(cond_df, keyed["_base"] == cond_df["_cond"], "inner")
+            .withColumn("_cidx", F.col("_cidx") + F.col("_off"))
             .groupBy(F.col("user_id").alias("_uid"))
             .agg(F.collect_list(F.struct(F.col("_cidx").alias("i"), F.col("embedding").alias("e"))).alias("_ulist"),
                  F.count(F.lit(1)).alias("_rows"), F.size(F.collect_set("_cidx")).alias("_keys"),

@@ -3,7 +3,9 @@
 sim(o_q, e_i) = dot(o_q, e_i) / (|o_q| |e_i|), 0.0 when either vector is all zeros; computed as one
 ``einsum`` per batch ((B, n_ext, D) x (B, D)) with each norm computed once per (user, condition) and
 per item. Nulls: a null ``lum_match`` element where the user has no vector for that condition, null
-LUM columns where the user or the item has no knowledge, and every column the spec does not want.
+LUM columns where the user or the item has no knowledge, and every column the spec does not want. Entries
+n_ext..2 n_ext-1 are ``liked=no`` vectors (stages.join.frame): only the target's enters a column
+(``lum_target_match_disliked``), so memory stays B x n_ext x D.
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present).
+Disliked = tuple[np.ndarray, np.ndarray, np.ndarray]  # liked=no entries: (rows (k,), index - n_ext (k,), (k, D))
 
-    Entries with an index outside 0..n_ext-1 are an error (the join maps conditions to indexes).
+
+def _entries(user_list: pa.Array, n_ext: int,
+             dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Disliked]:
+    """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present,
+    the liked=no entries: index n_ext + k = condition k).
+
+    Entries with an index outside 0..2 n_ext-1 are an error (the join maps conditions to indexes).
     """
     if isinstance(user_list, pa.ChunkedArray):
         user_list = user_list.combine_chunks()
@@ -39,6 +46,7 @@ def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.
     users = np.zeros((n, n_ext, dim), np.float32)
     norms = np.zeros((n, n_ext), np.float64)
     present = np.zeros((n, n_ext), bool)
+    disliked = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     flat = pc.list_flatten(user_list)
     if len(flat):
         rows = np.asarray(pc.list_parent_indices(user_list).to_numpy(zero_copy_only=False), np.int64)
@@ -46,13 +54,29 @@ def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.
         vecs = pc.list_flatten(pc.struct_field(flat, "e")).to_numpy(zero_copy_only=False).astype(np.float32)
         if vecs.size != len(flat) * dim:
             raise ValueError(f"user vectors: {vecs.size} values for {len(flat)} entries of width {dim}")
-        if idx.size and (idx.min() < 0 or idx.max() >= n_ext):
-            raise ValueError(f"user condition index out of 0..{n_ext - 1}: {idx.min()}..{idx.max()}")
+        if idx.size and (idx.min() < 0 or idx.max() >= 2 * n_ext):
+            raise ValueError(f"user condition index out of 0..{2 * n_ext - 1}: {idx.min()}..{idx.max()}")
         vecs = vecs.reshape(-1, dim)
+        no = idx >= n_ext
+        disliked = (rows[no], idx[no] - n_ext, vecs[no])
+        rows, idx, vecs = rows[~no], idx[~no], vecs[~no]
         users[rows, idx] = vecs
         norms[rows, idx] = np.sqrt(np.einsum("kd,kd->k", vecs, vecs, dtype=np.float64))
         present[rows, idx] = True
-    return users, norms, present
+    return users, norms, present, disliked
+
+
+def _disliked_match(disliked: Disliked, tidx: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((n,) sim of each row's liked=no vector under its target condition (0.0 for a zero vector), (n,) present)."""
+    rows, idx, vecs = disliked
+    hit = idx == tidx[rows]
+    rows, vecs = rows[hit], vecs[hit]
+    sims, ok = np.zeros(len(tidx), np.float64), np.zeros(len(tidx), bool)
+    norms = np.sqrt(np.einsum("kd,kd->k", vecs, vecs, dtype=np.float64))
+    dots = np.einsum("kd,kd->k", vecs, unit[rows])
+    sims[rows] = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    ok[rows] = True
+    return sims, ok
 
 
 def _list_column(matrix: np.ndarray, null_rows: np.ndarray, null_values: np.ndarray | None = None) -> pa.ListArray:
@@ -66,14 +90,15 @@ def _list_column(matrix: np.ndarray, null_rows: np.ndarray, null_values: np.ndar
 
 def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array, *, n_cond: int, n_ext: int,
                 dim: int, knowledge_ds: str, model_version: str, wanted: frozenset[str]) -> dict[str, pa.Array]:
-    """The six LUM columns of one batch of B joined samples, numpy only; a column not in ``wanted`` is all null.
+    """The seven LUM columns of one batch of B joined samples, numpy only; a column not in ``wanted`` is all null.
 
     Per row: ``user_list`` list<struct<i, e>> (i indexes the n_ext conditions: the n_cond configured ones, then
-    unconfigured target conditions; null: no user knowledge), ``target_index`` (null: no target condition in the
-    list), ``item_vec`` list<float> of D raw e_i (null: no item knowledge). sim = cosine, 0.0 when a norm is 0.
+    unconfigured target conditions, then the same n_ext under liked=no; null: no user knowledge),
+    ``target_index`` (null: no target condition in the list), ``item_vec`` list<float> of D raw e_i (null: no
+    item knowledge). sim = cosine, 0.0 when a norm is 0.
     Memory: B x n_ext x D float32.
     """
-    users, norms, present = _entries(user_list, n_ext, dim)
+    users, norms, present, disliked = _entries(user_list, n_ext, dim)
     items, i_ok = _matrix(item_vec, dim, np.float32)
     n = len(items)
     u_ok = np.asarray(user_list.is_valid().to_numpy(zero_copy_only=False), bool)
@@ -88,6 +113,8 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
     safe = np.where(has_t, tidx, 0)
     rows = np.arange(n)
     t_ok = has_t & row_ok & present[rows, safe]
+    d_sims, d_ok = _disliked_match(disliked, tidx, unit)
+    d_ok &= has_t & row_ok
     none = np.ones(n, bool)
     out = {
         "lum_match": _list_column(sims[:, :n_cond], ~row_ok if "lum_match" in wanted else none,
@@ -100,5 +127,7 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
                                        pa.scalar(None, pa.string())),
         "lum_model_version": pc.if_else(pa.array(row_ok), pa.scalar(model_version, pa.string()),
                                         pa.scalar(None, pa.string())),
+        "lum_target_match_disliked": pa.array(d_sims.astype(np.float32),
+                                              mask=~d_ok if "lum_target_match_disliked" in wanted else none),
     }
     return out

@@ -2,7 +2,10 @@
 
 A consumer (a ranking model's training table) is data, not code: a ``JoinSpec`` names its samples and output
 tables, the ``lum_match`` condition order, the target item's condition feature, the LUM columns it wants and
-``lag_days`` (>= 1 always: knowledge of day D or later never reaches the features of D). ``load_spec(ref)``
+``lag_days`` (>= 1 always: knowledge of day D or later never reaches the features of D). Knowledge asked with
+the feedback feature ``liked`` (``category=X,liked=yes|no``) serves the same conditions: ``liked=yes`` fills
+``lum_match``, ``lum_target_match`` and ``lum_user``, ``liked=no`` ``lum_target_match_disliked``, so a spec never
+names ``liked`` (a ``ValueError``). ``load_spec(ref)``
 takes a built-in name (``"dlrm"``, or a file ``stages/join/specs/<name>.toml``) or a TOML/JSON path; unknown keys
 are a ``ValueError`` naming the key. A spec file, by example: docs/architecture.md.
 """
@@ -14,7 +17,8 @@ from pathlib import Path
 
 from stages.core.config import from_mapping, read_toml_or_json
 
-LUM_FEATURES = ("lum_match", "lum_target_match", "lum_user", "lum_item")
+LUM_FEATURES = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_target_match_disliked")
+FEEDBACK = "liked"  # the knowledge's feedback feature: its value picks the column, never the condition
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 
@@ -40,6 +44,10 @@ class JoinSpec:
             raise ValueError(f"spec conditions has duplicates: {list(self.conditions)}")
         if not self.target_feature.isidentifier():
             raise ValueError(f"spec target_feature must be an items column name, got {self.target_feature!r}")
+        named = [c for c in self.conditions if FEEDBACK in {p.split("=", 1)[0].strip() for p in c.split(",")}]
+        if named or self.target_feature == FEEDBACK:
+            raise ValueError(f"spec must not name feature {FEEDBACK!r} ({named[0] if named else 'target_feature'}): "
+                             f"{FEEDBACK}=yes knowledge fills the LUM columns, {FEEDBACK}=no lum_target_match_disliked")
 
     def target_condition_prefix(self) -> str:
         """``"category="``: the target condition is this prefix + the item's ``target_feature`` value."""

@@ -5,8 +5,9 @@ All ids are row indices into embedding tables (`Vocab`):
   order. The vocabulary comes from the items table, so training never sees an OOV id and that row stays near
   its random init, scoring about 0 against users: documented, not an error.
 - conditions: id 0 is unknown; ids 1.. are the cartesian product of the feature values (every category of
-  ``items``, even ones no event has, and every scenario), so any condition a query asks for has a row;
-  ``cond_features[c, k]`` is feature k's value index, ``item_category[row]`` feeds the item token's category.
+  ``items``, even ones no event has, every scenario, and ``liked`` always ``<unk>, no, yes``: a behaviour without
+  a rating keeps its category), so any condition a query asks for has a row and ``liked`` ids never depend on
+  the day; ``cond_features[c, k]`` is feature k's value index, ``item_category[row]`` the item token's category.
 A sequence of L behaviours becomes 2L tokens ``c1, i1, ..., cL, iL`` (``interleave``); outputs at condition
 positions (even offsets) predict the item that follows them.
 """
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-KNOWN_FEATURES = ("category", "scenario")
+KNOWN_FEATURES = ("category", "scenario", "liked")
 UNKNOWN = "<unk>"
+LIKED_VALUES = [UNKNOWN, "no", "yes"]  # the feedback feature: fixed values (stable condition ids across days)
+PRODUCT_WITH_UNKNOWN = ("liked",)  # features whose <unk> value still makes conditions (an unrated behaviour)
 
 
 def parse_condition(condition: str, features: Sequence[str]) -> dict[str, str]:
@@ -60,7 +63,8 @@ class Vocab:
 
     def __post_init__(self) -> None:
         if not self.conditions:
-            combos = itertools.product(*(self.feature_values[f][1:] for f in self.features))
+            combos = itertools.product(*(self.feature_values[f][0 if f in PRODUCT_WITH_UNKNOWN else 1:]
+                                         for f in self.features))
             self.conditions = [UNKNOWN] + [
                 format_condition(dict(zip(self.features, c)), self.features) for c in combos]
         self._cond_index = {c: i for i, c in enumerate(self.conditions)}
@@ -86,7 +90,8 @@ class Vocab:
             raise ValueError(f"item_id duplicated in items: {ids[:-1][np.diff(ids) == 0][:5].tolist()}")
         category_values = [UNKNOWN] + sorted({str(c) for c in cats} - {UNKNOWN})
         values = {"category": category_values,
-                  "scenario": [UNKNOWN] + sorted({str(s) for s in scenarios if s})}
+                  "scenario": [UNKNOWN] + sorted({str(s) for s in scenarios if s}),
+                  "liked": list(LIKED_VALUES)}
         cat_index = {c: i for i, c in enumerate(category_values)}
         item_category = np.zeros(ids.size + 1, dtype=np.int64)
         item_category[1:] = [cat_index.get(str(c), 0) for c in cats]
@@ -141,9 +146,10 @@ class Vocab:
             out[cid] = [index[f][parsed[f]] for f in self.features]
         return out
 
-    def item_conditions(self, scenario: str | None = None) -> np.ndarray:
+    def item_conditions(self, scenario: str | None = None, liked: str = "yes") -> np.ndarray:
         """(n_item_rows,) condition id of each item's own category (needs "category" in features;
-        with "scenario" too, `scenario` picks the scenario value). OOV row -> 0."""
+        with "scenario" too, `scenario` picks the scenario value; with "liked", `liked` picks its value:
+        "yes" by default, the question being what the user would like). OOV row -> 0."""
         if "category" not in self.features:
             raise ValueError("item_conditions needs 'category' among the condition features")
         if "scenario" in self.features and scenario is None:
@@ -152,7 +158,7 @@ class Vocab:
         cats = self.category_values()
         out = np.zeros(self.n_item_rows, dtype=np.int64)
         for row in range(1, self.n_item_rows):
-            vals = {"category": cats[self.item_category[row]], "scenario": scenario or ""}
+            vals = {"category": cats[self.item_category[row]], "scenario": scenario or "", "liked": liked}
             out[row] = self._cond_index.get(format_condition(vals, self.features), 0)
         return out
 

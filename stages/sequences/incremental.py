@@ -4,7 +4,7 @@ Every behaviour of day D has ts >= the start of D > every ts kept in D-1's rows,
 behaviours up to D are the last ``max_len`` of (D-1's list ++ D's behaviours in (ts, event_idx) order), and
 ``total_events`` adds up: the same rows as the full build, provided D-1's rows are what a full build would give
 today. ``plan`` checks that from the build record every build stores in its commit metadata (``RECORD``): the
-same ``max_len`` and condition features; the same ``events`` files for days <= D-1 (a fingerprint of their
+same ``max_len``, condition features and ``liked`` threshold; the same ``events`` files for days <= D-1 (a fingerprint of their
 paths: re-ingesting a day changes it); ``items`` unchanged for the items D-1 used (no category changed, and no
 item added while D-1 had ``<unk>`` conditions); and the record describes the files now in partition D-1 (row
 count). Any other case is a full rebuild, its reason logged. D-1 files that cannot be read are a ``ValueError``
@@ -33,15 +33,19 @@ TABLE = "user_sequences"
 RECORD = "lum.sequences."  # prefix of the build record's keys (commit metadata, mirrored in the table config)
 HISTORY_LIMIT = 200  # newest commits searched for D-1's build record
 UNKNOWN = "category=<unk>"  # the condition part of an item missing from items
+UNRATED = "liked=<unk>"  # the condition part of a behaviour without a rating
 
 
 def build_record(*, ds: str, max_len: int, conditions: str, events_fingerprint: str, items_version: int | None,
-                 rows: int, unknown_users: int, mode: str) -> dict[str, str]:
-    """What a build of partition ``ds`` used: stored with its commit so the next day can check it."""
-    return {f"{RECORD}{k}": str(v) for k, v in {
-        "ds": ds, "max_len": max_len, "conditions": conditions, "events": events_fingerprint,
-        "items_version": "" if items_version is None else items_version, "rows": rows,
-        "unknown_users": unknown_users, "mode": mode}.items()}
+                 rows: int, unknown_users: int, mode: str, liked_threshold: float | None = None) -> dict[str, str]:
+    """What a build of partition ``ds`` used: stored with its commit so the next day can check it
+    (``liked_threshold`` only when ``liked`` is a condition feature)."""
+    record = {"ds": ds, "max_len": max_len, "conditions": conditions, "events": events_fingerprint,
+              "items_version": "" if items_version is None else items_version, "rows": rows,
+              "unknown_users": unknown_users, "mode": mode}
+    if liked_threshold is not None:
+        record["liked_threshold"] = repr(float(liked_threshold))
+    return {f"{RECORD}{k}": str(v) for k, v in record.items()}
 
 
 def events_fingerprint(wh: Warehouse, version: int, through: str) -> str:
@@ -61,7 +65,7 @@ def find_record(wh: Warehouse, ds: str) -> dict[str, str] | None:
 
 
 def plan(wh: Warehouse, *, ds: str, max_len: int, conditions: str, events_version: int,
-         items_version: int | None) -> tuple[str | None, str]:
+         items_version: int | None, liked_threshold: float | None = None) -> tuple[str | None, str]:
     """(D-1 when day ``ds`` can extend it, else None; the reason). ValueError: D-1's files cannot be read."""
     prev = prev_day(ds)
     if prev not in wh.partitions(TABLE):
@@ -73,6 +77,9 @@ def plan(wh: Warehouse, *, ds: str, max_len: int, conditions: str, events_versio
     if built != (str(max_len), conditions):
         return None, (f"partition {prev} was built with max_len={built[0]} conditions={built[1]}, "
                       f"this run uses max_len={max_len} conditions={conditions}")
+    if liked_threshold is not None and record.get(f"{RECORD}liked_threshold") != repr(float(liked_threshold)):
+        return None, (f"partition {prev} was built with liked_threshold="
+                      f"{record.get(f'{RECORD}liked_threshold', '(none)')}, this run uses {float(liked_threshold)!r}")
     actions = pa.table(wh.delta_table(TABLE).get_add_actions(flatten=True))
     files = actions.filter(pc.equal(actions.column("partition.ds"), prev))
     if str(pc.sum(files.column("num_records")).as_py() or 0) != record.get(f"{RECORD}rows"):
@@ -159,13 +166,15 @@ def extend(prev_df, day_df, *, ds: str, max_len: int):
     return carried.unionByName(updated).withColumn("history_len", F.size("item_ids").cast("int"))
 
 
-def count_rows(df, conditions: str) -> tuple[int, int]:
-    """(rows, users with a ``category=<unk>`` condition) of Spark rows ``df``, in one pass (the second is 0
-    when category is not a condition feature)."""
+def count_rows(df, conditions: str) -> tuple[int, int, int]:
+    """(rows, users with a ``category=<unk>`` condition, behaviours with ``liked=<unk>``) of Spark rows ``df``,
+    in one pass (the second and third are 0 when category / liked is not a condition feature)."""
     # deferred: as in extend
     from pyspark.sql import functions as F
 
-    unknown = F.exists("conditions", lambda c: c.contains(UNKNOWN)) if "category" in conditions.split(",") \
-        else F.lit(False)
-    row = df.agg(F.count(F.lit(1)).alias("rows"), F.sum(unknown.cast("long")).alias("unknown")).collect()[0]
-    return int(row["rows"]), int(row["unknown"] or 0)
+    features = conditions.split(",")
+    unknown = F.exists("conditions", lambda c: c.contains(UNKNOWN)) if "category" in features else F.lit(False)
+    unrated = F.size(F.filter("conditions", lambda c: c.contains(UNRATED))) if "liked" in features else F.lit(0)
+    row = df.agg(F.count(F.lit(1)).alias("rows"), F.sum(unknown.cast("long")).alias("unknown"),
+                 F.sum(unrated.cast("long")).alias("unrated")).collect()[0]
+    return int(row["rows"]), int(row["unknown"] or 0), int(row["unrated"] or 0)

@@ -1,22 +1,21 @@
 """``lum run sequences --ds D``: per user, the last ``max_len`` behaviours with ts < end of day D.
 
-A Spark job: events of partitions ds <= D (only those files are opened) with ts < day_end(D), left-joined with
-items for the category, ranked per user newest first by (ts, event_idx) (the stable tie-break for equal
-timestamps), cut to ``max_len`` and collected oldest first; that window sort dominates the cost. One Delta
-commit replaces partition D of ``user_sequences``, so a rerun writes the same rows.
-Incremental by default: when partition D-1 exists and its build record checks out, D = D-1's rows extended by day
-D's events only (``stages.sequences.incremental``: the same rows, a cost that follows the snapshot and the day,
-not all history); otherwise, or with ``full_rebuild=true``, the full build above, with the reason logged and in
-the summary (``mode``, ``reason``).
-Each behaviour gets one condition string from ``condition_features`` in that order
-(``category=Comedy,scenario=rating``; an item missing from ``items`` gets ``category=<unk>``); the feature list
-is stored in the table metadata (``lum.conditions``), the build record in the commit metadata. Users with a
-single behaviour are kept (pretrain trains their c1 -> i1 prior). No events at all up to D is a ``ValueError`` naming D, and nothing is written.
+A Spark job: events of ds <= D with ts < day_end(D), left-joined with items for the category, ranked per user
+newest first by (ts, event_idx), cut to ``max_len`` and collected oldest first (the window sort dominates the
+cost); one Delta commit replaces partition D (a rerun: the same rows). Incremental by default: D = D-1's rows
+extended by day D's events when D-1's build record checks out (``stages.sequences.incremental``, the same rows),
+else or with ``full_rebuild=true`` the full build, the reason logged and in the summary (``mode``, ``reason``).
+Each behaviour gets one condition string from ``condition_features`` in that order (``category=Comedy,liked=yes``;
+an item missing from ``items`` gets ``category=<unk>``); ``liked`` is ``yes`` when the rating >=
+``liked_threshold``, ``no`` below, ``<unk>`` without a rating (implicit feedback: logged, ``liked_unknown`` in the
+summary). Features go to the table metadata (``lum.conditions``), the build record to the commit metadata. Users
+with one behaviour are kept. No events up to D, an unknown feature or a non-finite threshold: ``ValueError``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,8 +26,9 @@ from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
-FEATURE_COLUMNS = {"category": "category", "scenario": "scenario"}
+FEATURE_COLUMNS = {"category": "category", "scenario": "scenario", "liked": "rating"}  # feature -> source column
 METADATA_KEY = "lum.conditions"
+UNKNOWN = "<unk>"
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class Config:
     max_len: int = 256  # behaviours kept per user: >= pretrain max_len (200) + 2 leave-last-out holdouts
     condition_features: tuple[str, ...] = ("category",)  # condition token features, in string order
     full_rebuild: bool = False  # true: rebuild from all events <= ds even when partition ds-1 could be extended
+    liked_threshold: float = 4.0  # feature "liked": yes when rating >= this (MovieLens' positive), no below
 
     def check(self) -> None:
         if self.max_len <= 0:
@@ -44,6 +45,24 @@ class Config:
         if bad or not self.condition_features or len(set(self.condition_features)) != len(self.condition_features):
             raise ValueError(f"condition_features must be distinct names from {', '.join(FEATURE_COLUMNS)}, "
                              f"got {','.join(self.condition_features) or '(empty)'}")
+        if not isinstance(self.liked_threshold, (int, float)) or not math.isfinite(self.liked_threshold):
+            raise ValueError(f"liked_threshold must be a finite number, got {self.liked_threshold!r}")
+
+    def threshold(self) -> float | None:
+        """The liked threshold when ``liked`` is a condition feature (part of the build record), else None."""
+        return float(self.liked_threshold) if "liked" in self.condition_features else None
+
+
+def feature_value(feature: str, liked_threshold: float):
+    """The Spark column of one behaviour's ``feature`` value (``<unk>`` when the source column is null)."""
+    # deferred: pyspark loads the JVM bridge; importing the stage (configs, registry) must not
+    from pyspark.sql import functions as F
+
+    source = F.col(FEATURE_COLUMNS[feature])
+    if feature == "liked":  # a null or NaN rating is implicit feedback: no opinion either way
+        return (F.when(source.isNull() | F.isnan(source), F.lit(UNKNOWN))
+                .when(source >= F.lit(float(liked_threshold)), F.lit("yes")).otherwise(F.lit("no")))
+    return F.coalesce(source.cast("string"), F.lit(UNKNOWN))
 
 
 def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
@@ -55,8 +74,7 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
     ev = events_df.where(F.col("ts") < F.lit(day_end(ds)))
     items = items_df.select("item_id", F.col("category").alias("category"))
     joined = ev.join(F.broadcast(items), on="item_id", how="left")
-    parts = [F.concat(F.lit(f"{f}="), F.coalesce(F.col(FEATURE_COLUMNS[f]).cast("string"), F.lit("<unk>")))
-             for f in cfg.condition_features]
+    parts = [F.concat(F.lit(f"{f}="), feature_value(f, cfg.liked_threshold)) for f in cfg.condition_features]
     joined = joined.withColumn("condition", F.concat_ws(",", *parts))
     newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_idx").desc())
     per_user = Window.partitionBy("user_id")
@@ -75,7 +93,7 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
 
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "mode", "reason",
-    "seconds"} (mode: "incremental" or "full")."""
+    "seconds"} (mode: "incremental" or "full"), and "liked_unknown" (behaviours without a rating) with "liked"."""
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
@@ -89,7 +107,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     events_version, items_version = wh.version("events"), wh.version("items")  # one snapshot for the whole build
     prev, reason = (None, "full_rebuild=true") if cfg.full_rebuild else incremental.plan(
         wh, ds=ds, max_len=cfg.max_len, conditions=conditions, events_version=events_version,
-        items_version=items_version)
+        items_version=items_version, liked_threshold=cfg.threshold())
     mode = "full" if prev is None else "incremental"
     log.info("user_sequences ds=%s: %s build (%s)", ds, mode, reason)
     spark = get_spark()
@@ -104,16 +122,23 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
         df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds, max_len=cfg.max_len)
     df = df.cache()
     try:
-        rows, unknown = incremental.count_rows(df, conditions)
+        rows, unknown, unrated = incremental.count_rows(df, conditions)
         if rows == 0:
             raise ValueError(f"events has no behaviour with ts before the end of {ds}")
         record = incremental.build_record(
             ds=ds, max_len=cfg.max_len, conditions=conditions, rows=rows, unknown_users=unknown, mode=mode,
-            events_fingerprint=incremental.events_fingerprint(wh, events_version, ds), items_version=items_version)
+            events_fingerprint=incremental.events_fingerprint(wh, events_version, ds), items_version=items_version,
+            liked_threshold=cfg.threshold())
         version = wh.write_spark_partition("user_sequences", df, ds=ds, metadata={METADATA_KEY: conditions, **record})
     finally:
         df.unpersist()
     seconds = round(time.perf_counter() - started, 2)
     log.info("user_sequences ds=%s: %d users (%s) in %.1fs", ds, rows, mode, seconds)
-    return {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "mode": mode, "reason": reason,
-            "seconds": seconds}
+    summary = {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "mode": mode,
+               "reason": reason, "seconds": seconds}
+    if cfg.threshold() is not None:
+        summary["liked_unknown"] = unrated
+        if unrated:
+            log.warning("user_sequences ds=%s: %d behaviour(s) have no rating: condition liked=%s", ds, unrated,
+                        UNKNOWN)
+    return summary

@@ -62,3 +62,28 @@ def test_all_refuses_a_model_without_the_feature_and_conflicting_with_features()
         parse_spec("all", feature="genre").fixed(KNOWN, ("category",))
     with pytest.raises(ValueError, match="conflicts"):
         parse_spec("list:category=Drama", with_features="category=Comedy").fixed([], ("category",))
+
+
+KNOWN_LIKED = [f"category={c},liked={v}" for c in ("Action", "Comedy") for v in ("<unk>", "no", "yes")]
+
+
+def test_star_crosses_every_condition_with_each_known_value_but_unk():
+    cset = parse_spec("all", with_features="liked=*")
+    assert cset.fixed(KNOWN_LIKED, ("category", "liked")) == [
+        "category=Action,liked=no", "category=Action,liked=yes", "category=Comedy,liked=no", "category=Comedy,liked=yes"]
+    assert cset.feature_names() == {"category", "liked"}
+    top = parse_spec("top:1", with_features="liked=*").resolve(KNOWN_LIKED)
+    history = ["category=Comedy,liked=yes", "category=Comedy,liked=<unk>", "category=Action,liked=no"]
+    assert top.for_user(history, ("category", "liked")) == ["category=Comedy,liked=no", "category=Comedy,liked=yes"]
+    listed = parse_spec("list:category=Drama", with_features="liked=*")
+    assert listed.fixed(KNOWN_LIKED, ("category", "liked")) == ["category=Drama,liked=no", "category=Drama,liked=yes"]
+
+
+def test_star_needs_the_models_values():
+    with pytest.raises(ValueError, match=r"liked=\*: the model knows no value of feature 'liked'") as err:
+        parse_spec("all", with_features="liked=*").fixed(KNOWN, ("category",))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="resolved"):
+        parse_spec("top:2", with_features="liked=*").for_user(["category=Comedy,liked=yes"], ("category", "liked"))
+    with pytest.raises(ValueError, match="conflicts"):
+        parse_spec("list:category=Drama,liked=yes", with_features="liked=*").fixed(KNOWN_LIKED, ("category", "liked"))

@@ -18,6 +18,7 @@ from stages.model import store as model_store
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 from stages.warehouse.facade import Warehouse
+from tests.conftest import tree_snapshot
 
 DS = "2000-01-10"
 CATS = ["Action", "Comedy", "Drama", "Horror"]
@@ -53,7 +54,7 @@ def publish_model(warehouse: str, through: str = DS, *, features=("category",), 
 
 
 def write_sequences(warehouse: str, n_users: int = 30, *, ds: str = DS, seed: int = 0, empty_users=(7,),
-                    scenario: bool = False, unknown_items: bool = True) -> pa.Table:
+                    scenario: bool = False, unknown_items: bool = True, liked: bool = False) -> pa.Table:
     """user_sequences partition ds: users 1..n_users (written in shuffled order), 1..20 behaviours each."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -64,6 +65,8 @@ def write_sequences(warehouse: str, n_users: int = 30, *, ds: str = DS, seed: in
         if unknown_items and uid == 3 and items:
             items[0] = 999  # never seen by the model: its OOV row
         conds = [f"category={item_category(i)}" + (",scenario=rating" if scenario else "") for i in items]
+        if liked:  # feedback varies along the history, some behaviours unrated
+            conds = [f"{c},liked={('yes', 'no', '<unk>')[(i + k) % 3]}" for k, (c, i) in enumerate(zip(conds, items))]
         rows.append({"user_id": uid, "item_ids": items, "conditions": conds,
                      "ts": [t0 + dt.timedelta(minutes=k) for k in range(length)],
                      "ratings": [4.0] * length, "history_len": length, "total_events": length})
@@ -269,3 +272,31 @@ def test_cli_runs_infer(wh_ready, capsys):
                  "--set", "chunk_users=16"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"] == 29 * 4 and summary["versions"]["user_knowledge"] >= 0
+
+
+def test_liked_model_answers_every_category_under_both_feedback_values(warehouse):
+    publish_model(warehouse, features=("category", "liked"))
+    seqs = write_sequences(warehouse, liked=True)
+    before = {p: b for p, b in tree_snapshot(warehouse).items()}
+    with pytest.raises(ValueError, match=r"lack liked; add it with with_features, e.g. with_features=liked=\*") as err:
+        run(Config(), ds=DS, warehouse=warehouse)  # category=X alone is no condition of this model
+    assert "\n" not in str(err.value) and tree_snapshot(warehouse) == before
+    summary = run(Config(conditions="all", with_features="liked=*"), ds=DS, warehouse=warehouse)
+    uk = read_sorted(warehouse)
+    assert summary["n_conditions"] == 8 and summary["rows"] == uk.num_rows == 29 * 8
+    assert set(uk.column("condition").to_pylist()) == {f"category={c},liked={v}" for c in CATS for v in ("yes", "no")}
+    row = seqs.filter(pa.compute.equal(seqs.column("user_id"), 5)).to_pylist()[0]
+    got = {}
+    for liked in ("yes", "no"):
+        cond = f"category=Comedy,liked={liked}"
+        sel = uk.filter(pa.compute.and_(pa.compute.equal(uk.column("user_id"), 5),
+                                        pa.compute.equal(uk.column("condition"), cond)))
+        got[liked] = np.asarray(sel.column("embedding").to_pylist()[0])
+        np.testing.assert_allclose(got[liked], expected_embedding(warehouse, row["item_ids"][-15:],
+                                                                  row["conditions"][-15:], cond), atol=1e-5)
+    assert not np.allclose(got["yes"], got["no"])  # two questions, two answers
+    lp = uk.filter(pa.compute.equal(uk.column("user_id"), 5)).column("condition_logprob").to_numpy()
+    assert np.exp(lp).sum() == pytest.approx(1.0, abs=1e-5)
+    summary = run(Config(conditions="top:2", with_features="liked=*"), ds=DS, warehouse=warehouse)
+    conds = read_sorted(warehouse).column("condition").to_pylist()
+    assert summary["rows"] == len(conds) and {c.split(",")[1] for c in conds} == {"liked=yes", "liked=no"}

@@ -98,3 +98,42 @@ def test_lum_columns_match_reference_with_missing_conditions_and_nulls():
         else:
             assert out["lum_target_match"][r].as_py() == pytest.approx(sim(ent[t], item), rel=1e-5, abs=1e-6)
             np.testing.assert_allclose(out["lum_user"][r].as_py(), ent[t].astype(np.float32))
+
+
+def test_disliked_entries_give_the_target_similarity_only():
+    rng = np.random.default_rng(5)
+    n_cond, n_ext, dim = 2, 3, 4  # entries n_ext + k: condition k under liked=no
+    yes = {0: rng.standard_normal(dim), 2: rng.standard_normal(dim)}
+    no = {0: rng.standard_normal(dim), 1: rng.standard_normal(dim), 2: np.zeros(dim)}
+    rows = [  # (entries {index: vector}, target)
+        ({**yes, **{n_ext + k: v for k, v in no.items()}}, 0),   # both
+        ({n_ext + 1: no[1]}, 1),                                  # liked=no only
+        ({**yes, n_ext + 0: no[0]}, 2),                           # no liked=no under the target
+        ({n_ext + 2: no[2]}, 2),                                  # zero vector: 0.0
+        ({n_ext + 0: no[0]}, None),                               # no target condition
+    ]
+    item = rng.standard_normal(dim)
+    user_list = pa.array([[{"i": k, "e": v.astype(np.float32).tolist()} for k, v in e.items()] for e, _ in rows],
+                         ENTRY_TYPE)
+    out = lum_columns(user_list, pa.array([t for _, t in rows], pa.int32()),
+                      pa.array([item.astype(np.float32).tolist()] * len(rows), pa.list_(pa.float32())),
+                      n_cond=n_cond, n_ext=n_ext, dim=dim, knowledge_ds="2000-01-01", model_version="m1",
+                      wanted=frozenset({"lum_match", "lum_target_match", "lum_target_match_disliked"}))
+    got = out["lum_target_match_disliked"].to_pylist()
+    item32 = item.astype(np.float32)
+    assert got[0] == pytest.approx(float(no[0] @ item32 / np.linalg.norm(no[0]) / np.linalg.norm(item32)), abs=1e-5)
+    assert got[1] == pytest.approx(float(no[1] @ item32 / np.linalg.norm(no[1]) / np.linalg.norm(item32)), abs=1e-5)
+    assert got[2:] == [None, 0.0, None]
+    assert out["lum_target_match"].to_pylist()[1] is None  # the liked=no vector never fills the liked columns
+    assert out["lum_match"].to_pylist()[1] == [None, None]
+    assert out["lum_target_match"].to_pylist()[0] == pytest.approx(
+        float(yes[0] @ item32 / np.linalg.norm(yes[0]) / np.linalg.norm(item32)), abs=1e-5)
+    with pytest.raises(ValueError, match=r"index out of 0\.\.5"):
+        lum_columns(pa.array([[{"i": 6, "e": [0.0] * dim}]], ENTRY_TYPE), pa.array([0], pa.int32()),
+                    pa.array([[1.0] * dim], pa.list_(pa.float32())), n_cond=n_cond, n_ext=n_ext, dim=dim,
+                    knowledge_ds="d", model_version="m", wanted=frozenset())
+    unwanted = lum_columns(user_list, pa.array([0] * len(rows), pa.int32()),
+                           pa.array([item.astype(np.float32).tolist()] * len(rows), pa.list_(pa.float32())),
+                           n_cond=n_cond, n_ext=n_ext, dim=dim, knowledge_ds="d", model_version="m",
+                           wanted=frozenset({"lum_target_match"}))
+    assert unwanted["lum_target_match_disliked"].null_count == len(rows)

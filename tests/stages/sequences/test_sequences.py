@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,13 +16,14 @@ def _expected(wh: Warehouse, ds: str, max_len: int, features) -> pd.DataFrame:
     ev = ev[ev["ts"] < pd.Timestamp(day_end(ds))]
     items = wh.read("items", columns=["item_id", "category"]).to_pandas()
     ev = ev.merge(items, on="item_id", how="left").sort_values(["user_id", "ts", "event_idx"], kind="stable")
+    ev["liked"] = np.where(ev["rating"].isna(), "<unk>", np.where(ev["rating"] >= 4.0, "yes", "no"))
     ev["condition"] = ev[features[0]].map(lambda v: f"{features[0]}={v}")
     for f in features[1:]:
         ev["condition"] = ev["condition"] + f",{f}=" + ev[f].astype(str)
     return ev.groupby("user_id").tail(max_len).groupby("user_id"), ev.groupby("user_id").size()
 
 
-@pytest.mark.parametrize("features", [("category",), ("category", "scenario")])
+@pytest.mark.parametrize("features", [("category",), ("category", "scenario"), ("category", "liked")])
 def test_sequences_match_pandas_reference(ml100k_warehouse, copy_warehouse, features):
     wh_path = copy_warehouse(ml100k_warehouse)
     wh = Warehouse(wh_path)
@@ -32,6 +34,7 @@ def test_sequences_match_pandas_reference(ml100k_warehouse, copy_warehouse, feat
     got = wh.read("user_sequences", ds=ds).to_pandas().set_index("user_id").sort_index()
     groups, totals = _expected(wh, ds, 7, features)
     assert summary["rows"] == len(got) == groups.ngroups
+    assert summary.get("liked_unknown") == (0 if "liked" in features else None)  # every ML-100K event is rated
     assert (got["history_len"] <= 7).all() and (got["history_len"] >= 1).all()
     for uid, g in list(groups)[:200]:
         row = got.loc[uid]
@@ -53,3 +56,23 @@ def test_bad_config_and_missing_events(warehouse):
         sequences.Config(condition_features=("genre",)).check()
     with pytest.raises(ValueError, match="does not exist"):
         sequences.run(sequences.Config(), ds="2000-01-01", warehouse=warehouse)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"condition_features": ("category", "taste")}, "condition_features must be distinct names from "
+                                                   "category, scenario, liked, got category,taste"),
+    ({"condition_features": ("category", "liked"), "liked_threshold": float("nan")},
+     "liked_threshold must be a finite number, got nan"),
+    ({"liked_threshold": float("inf")}, "liked_threshold must be a finite number, got inf"),
+])
+def test_bad_liked_config_is_a_one_line_error_and_changes_nothing(ml100k_warehouse, copy_warehouse, options,
+                                                                  message):
+    from tests.conftest import tree_snapshot
+
+    wh_path = copy_warehouse(ml100k_warehouse)
+    before = tree_snapshot(wh_path)
+    ds = Warehouse(wh_path).partitions("events")[-1]
+    with pytest.raises(ValueError) as err:
+        sequences.run(sequences.Config(**options), ds=ds, warehouse=wh_path)
+    assert str(err.value) == message
+    assert tree_snapshot(wh_path) == before

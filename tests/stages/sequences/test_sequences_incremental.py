@@ -65,31 +65,46 @@ def _rows(wh: Warehouse, ds: str) -> pa.Table:
     return wh.read("user_sequences", ds=ds).sort_by("user_id").combine_chunks()
 
 
-def _run(wh: Warehouse, ds: str, **options) -> dict:
-    cfg = sequences.Config(max_len=3, condition_features=("category", "scenario"), **options)
+def _run(wh: Warehouse, ds: str, features=("category", "scenario"), **options) -> dict:
+    cfg = sequences.Config(max_len=3, condition_features=features, **options)
     return sequences.run(cfg, ds=ds, warehouse=wh)
 
 
+def _unrated(rows: pa.Table) -> int:
+    return sum(c.endswith("liked=<unk>") for conds in rows.column("conditions").to_pylist() for c in conds)
+
+
 @pytest.mark.slow
-def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog):
+@pytest.mark.parametrize("features", [("category", "scenario"), ("category", "liked")])
+def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog, features):
     wh = small_warehouse
     caplog.set_level(logging.INFO, logger="stages.sequences.stage")
-    assert _run(wh, D1)["mode"] == "full"  # nothing to extend
-    built = {}
+    assert _run(wh, D1, features)["mode"] == "full"  # nothing to extend
+    built, summaries = {}, {}
     for ds in (D2, D3, D4):
-        summary = _run(wh, ds)
-        assert summary["mode"] == "incremental", summary["reason"]
+        summaries[ds] = _run(wh, ds, features)
+        assert summaries[ds]["mode"] == "incremental", summaries[ds]["reason"]
         built[ds] = _rows(wh, ds)
     assert "incremental build (extends partition 2003-03-01)" in caplog.text
     for ds in (D2, D4):  # D3 (no events) is D2's rows, below
-        assert _run(wh, ds, full_rebuild=True)["mode"] == "full"
+        full_summary = _run(wh, ds, features, full_rebuild=True)
+        assert full_summary["mode"] == "full"
         full = _rows(wh, ds)
         assert full.equals(built[ds]), ds  # every column, every row
+        assert full_summary.get("liked_unknown") == summaries[ds].get("liked_unknown")
     d2, d3, d4 = (built[d].to_pylist() for d in (D2, D3, D4))
     by_user = {r["user_id"]: r for r in d2}
     assert by_user[2]["item_ids"] == [32, 31, 33]  # equal ts at midnight in event_idx order, D1's last dropped
     assert by_user[1]["item_ids"] == [14, 20, 21] and by_user[1]["total_events"] == 7
-    assert by_user[3]["conditions"] == ["category=a,scenario=rating", "category=<unk>,scenario=rating"]
+    if features[1] == "scenario":
+        assert "liked_unknown" not in summaries[D2]
+        assert by_user[3]["conditions"] == ["category=a,scenario=rating", "category=<unk>,scenario=rating"]
+    else:  # ratings 4.0, none (a click), 2.0; 1.0 and 3.5 against the default threshold 4.0
+        assert by_user[1]["conditions"] == ["category=c,liked=yes", "category=c,liked=<unk>", "category=b,liked=no"]
+        assert by_user[3]["conditions"] == ["category=a,liked=no", "category=<unk>,liked=no"]
+        assert summaries[D2]["liked_unknown"] == _unrated(built[D2]) == 2  # users 1 and 2: one click each
+        assert summaries[D4]["liked_unknown"] == _unrated(built[D4]) == 3
+        assert "2 behaviour(s) have no rating: condition liked=<unk>" in caplog.text
     assert [r["user_id"] for r in d2] == [1, 2, 3, 5]
     assert [{**r, "ds": D2} for r in d3] == d2  # a day without events carries every row
     assert {r["user_id"]: r["item_ids"] for r in d4}[1] == [23, 24, 22]  # equal ts on D4: event_idx 2, 5, 9
@@ -107,6 +122,11 @@ def test_fallbacks_to_a_full_rebuild_are_logged(small_warehouse, caplog):
     summary = sequences.run(sequences.Config(max_len=4, condition_features=("category", "scenario")), ds=D4,
                             warehouse=wh)
     assert summary["mode"] == "full" and "max_len=3" in summary["reason"]  # D3 was built with max_len=3
+    summary = _run(wh, D4, ("category", "liked"))
+    assert summary["mode"] == "full" and "conditions=category,scenario" in summary["reason"]
+    summary = _run(wh, "2003-03-05", ("category", "liked"), liked_threshold=3.5)
+    assert summary["mode"] == "full" and "liked_threshold=4.0, this run uses 3.5" in summary["reason"]
+    assert _run(wh, "2003-03-06", ("category", "liked"), liked_threshold=3.5)["mode"] == "incremental"
     wh.write_table("items", _items(category_of_10="z"))  # item 10's category changes D2's conditions
     summary = _run(wh, D3)
     assert summary["mode"] == "full" and "changed the category of 1 item" in summary["reason"]
