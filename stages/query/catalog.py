@@ -129,10 +129,19 @@ def read_users(warehouse: Warehouse | str, ds: str, catalog: Catalog,
     return _to_arrays(rows, catalog, ds)
 
 
+def _column(condition: str, lookup: dict[str, int]) -> int:
+    """The catalog column a knowledge row scores, or -1: its category's column; with the ``liked`` feature only the
+    ``liked=yes`` rows score (what the user would like; their condition_logprob is log p(category, liked=yes))."""
+    features = condition_to_features(condition)
+    if features.get("liked", "yes") != "yes":
+        return -1
+    return lookup.get(features.get(FEATURE, ""), -1)
+
+
 def _to_arrays(rows: pa.Table, catalog: Catalog, ds: str) -> UserKnowledge:
     lookup = {c: i for i, c in enumerate(catalog.columns)}
     names = rows.column("condition").to_pylist()
-    col_of = {name: lookup.get(condition_to_features(name).get(FEATURE, ""), -1) for name in set(names)}
+    col_of = {name: _column(name, lookup) for name in set(names)}
     col = np.asarray([col_of[n] for n in names], dtype=np.int64)
     users = rows.column("user_id").to_numpy()
     uids = np.unique(users)

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pytest
 
 from stages.cli.app import main
+from stages.query.catalog import read_catalog, read_users
 from stages.query.score import hit_ndcg, knowledge_scores, target_ranks, top_k
 from stages.query.top_items import top_items
-from tests.stages.knowledge_fixtures import K, write_knowledge_warehouse
+from tests.stages.knowledge_fixtures import K, knowledge_table, write_knowledge_warehouse
 
 
 def brute_force(user_emb, user_has, logprob, temperature, item_emb, item_col):
@@ -106,3 +107,23 @@ def test_cli_top_items(warehouse, capsys):
     assert "--exclude-seen applies with --top-items" in capsys.readouterr().err
     assert main(["query", "--user-id", "3", "--top-items", "0", "--warehouse", warehouse]) == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_liked_knowledge_scores_with_its_liked_yes_rows(warehouse, tmp_path):
+    """A `liked` model writes liked=yes and liked=no rows per category: the score uses the yes rows (what the user
+    would like), so they give exactly the plain-category arrays, whatever the no rows hold."""
+    plain = write_knowledge_warehouse(warehouse)
+    t = knowledge_table()
+    yes = t.set_column(t.column_names.index("condition"), "condition",
+                       pa.array([c + ",liked=yes" for c in t.column("condition").to_pylist()]))
+    no = t.set_column(t.column_names.index("condition"), "condition",
+                      pa.array([c + ",liked=no" for c in t.column("condition").to_pylist()]))
+    no = no.set_column(no.column_names.index("embedding"), "embedding",
+                       pa.FixedSizeListArray.from_arrays(pa.array(np.ones(no.num_rows * 30, np.float32)), 30))
+    liked = write_knowledge_warehouse(str(tmp_path / "liked"))
+    liked.write_partition("user_knowledge", pa.concat_tables([yes, no]), ds=K)
+    a = read_users(plain, K, read_catalog(plain, K))
+    b = read_users(liked, K, read_catalog(liked, K))
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    np.testing.assert_array_equal(a.logprob, b.logprob)
+    np.testing.assert_array_equal(a.has, b.has)
