@@ -89,7 +89,8 @@ def _plan_file(path: str, ids: np.ndarray) -> list[tuple[str, list[int], np.ndar
 
 def _read(job: tuple[str, list[int], np.ndarray]) -> pa.Table:
     path, groups, mask = job
-    return pq.ParquetFile(path).read_row_groups(groups, use_threads=False).filter(pa.array(mask))
+    table = pq.ParquetFile(path).read_row_groups(groups, use_threads=False)
+    return table if mask.all() else table.filter(pa.array(mask))
 
 
 def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any = None, *,
@@ -118,5 +119,5 @@ def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any =
         data = schema.remove(schema.get_field_index("ds")).empty_table()
     if extra_filter is not None:
         data = data.filter(extra_filter)
-    data = data.append_column("ds", pa.array([ds] * data.num_rows, pa.string()))
+    data = data.append_column("ds", pa.repeat(pa.scalar(ds, pa.string()), data.num_rows))
     return data.select([name for name in schema.names if name in data.column_names])
