@@ -63,9 +63,9 @@ def days_to_expire(partitions: Iterable[str], ds: str, keep_days: int) -> list[s
     if keep_days == 0:
         return []
     days = sorted(partitions)
-    before = [d for d in days if d < ds]
+    newest_before = max((d for d in days if d < ds), default=None)
     cutoff = days_before(ds, keep_days)
-    return [d for d in days if d < cutoff and d != before[-1]]
+    return [d for d in days if d < cutoff and d != newest_before]
 
 
 def maintained_through(metadata: Mapping[str, str]) -> str | None:

@@ -155,6 +155,23 @@ def test_a_record_in_the_commit_metadata_survives_the_rewrite(mwh):
         partition_record(wh, "dlrm_training", D, "lum.provenance.test")
 
 
+def test_tables_not_clustered_are_compacted_once(mwh):
+    wh = Warehouse(mwh)
+    items = np.arange(1, 301, dtype=np.int64)
+    parts = [pa.table({"ds": [D] * len(c), "item_id": pa.array(c, pa.int64()),
+                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(len(c) * DIM, np.float32)), DIM),
+                       "model_version": ["lum-x"] * len(c)}) for c in np.array_split(items[::-1], 5)]
+    stage(wh, "item_knowledge", D, parts)
+    before = wh.read("item_knowledge").sort_by("item_id")
+    options = {"tables": ["item_knowledge"], "cluster": []}
+    first = registry.run_with("maintain", options, warehouse=mwh, ds=D)["tables"][0]
+    assert (first["rewrite"], first["files_before"], first["files_after"], first["rows"]) == ("compact", 5, 1, 300)
+    version = wh.version("item_knowledge")
+    again = registry.run_with("maintain", options, warehouse=mwh, ds=D)["tables"][0]
+    assert again["rewrite"] == "none" and wh.version("item_knowledge") == version
+    assert wh.read("item_knowledge").sort_by("item_id").equals(before)
+
+
 def test_expiry_keeps_keep_days_and_the_newest_day_before_d(mwh):
     wh = Warehouse(mwh)
     kept = wh.read("user_knowledge", start="2000-01-03")
