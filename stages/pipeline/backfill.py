@@ -7,8 +7,9 @@ that records a maintained day records D or later, ``stages.maintain.stage.is_com
 stages are all complete is skipped; otherwise it restarts at its first incomplete stage and reruns every
 selected stage after it (later outputs depend on earlier ones). ``force=True`` reruns everything. Consecutive
 days that need only ``join`` (and ``maintain``) run as one ``stages.join.range.run_range`` (same rows, fewer
-Spark jobs and commits), then each day's maintenance. Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
-day with everything before it committed, so rerunning the same command resumes. The first day's join needs
+Spark jobs and commits), then each day's maintenance. Days run strictly in order in one process (D needs D-1's
+model and knowledge); a failure stops at that day with everything before it committed, so rerunning the same
+command resumes. The first day's join needs
 the knowledge of the day before the range (a bootstrap, or an earlier run): when it is missing and the join
 config does not allow stale knowledge, the backfill fails before running anything. Every stage runs under its
 (stage, day) lease (``daily.stage_lease``): two backfills over the same days, or a backfill beside a scheduled
