@@ -2,15 +2,18 @@
 # lum_daily: the daily Large User Model pipeline
 
 For each UTC day **D**, once D is complete: `sequences(D) -> pretrain(D) -> infer(D)`, and `join(D)`
-alongside (it reads the knowledge of the newest day before D, never today's).
+alongside (it reads the knowledge of the newest day before D, never today's); then `maintain(D)` once both
+are done (day D's partitions compacted, user_knowledge and dlrm_training sorted by user, old partitions
+expired where configured, vacuum, checkpoints; it changes no row).
 
 - Schedule `CronDataIntervalTimetable("0 0 * * *", UTC)`: every task takes `ds` from the **data interval
   start**, so a scheduled run or a manual trigger only ever processes a complete day.
 - `max_active_runs=1`, `catchup=False`: days run one at a time, in date order; history is loaded by a backfill
   (`airflow backfill create ... --max-active-runs 1`, or `lum backfill` without a scheduler).
 - `pretrain` and `infer` use the pool `lum_gpu`; every task replaces exactly its own partition, so retries are safe.
-- Every task has an `execution_timeout` (sequences 1h, pretrain 6h, infer 4h, join 2h; `$LUM_TIMEOUT_<TASK>`,
-  e.g. `LUM_TIMEOUT_PRETRAIN=8h`, `0` for none), so a hung task cannot hold the `lum_gpu` pool for good.
+- Every task has an `execution_timeout` (sequences 1h, pretrain 6h, infer 4h, join 2h, maintain 2h;
+  `$LUM_TIMEOUT_<TASK>`, e.g. `LUM_TIMEOUT_PRETRAIN=8h`, `0` for none), so a hung task cannot hold the
+  `lum_gpu` pool for good.
 - A contract error (a `ValueError`: bad input, missing partition or knowledge, schema or key violation) fails
   the task at once (`AirflowFailException`, no retry); other errors (OSError, Spark/py4j, ...) are retried.
 - Settings are read when a task runs: Variable `lum_warehouse` / `lum_config`, else `$LUM_WAREHOUSE` / `$LUM_CONFIG`.
@@ -40,7 +43,7 @@ GPU_POOL = "lum_gpu"
 
 # execution_timeout per task; `LUM_TIMEOUT_<TASK>` overrides (read when the DAG file is parsed, so set it
 # for the dag processor and the workers alike; a Variable would cost a metadata round trip per parse).
-TIMEOUTS = {"sequences": "1h", "pretrain": "6h", "infer": "4h", "join": "2h"}
+TIMEOUTS = {"sequences": "1h", "pretrain": "6h", "infer": "4h", "join": "2h", "maintain": "2h"}
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -127,10 +130,16 @@ def lum_daily():
         """dlrm_training(D): samples of D with the knowledge of D-1 (older only if the join config allows it)."""
         return _run("join", data_interval_start)
 
+    @task(execution_timeout=_timeout("maintain"))
+    def maintain(data_interval_start=None) -> dict:
+        """Day D's partitions compacted or clustered by user, old partitions expired, vacuum, checkpoints."""
+        return _run("maintain", data_interval_start)
+
     # join(D) reads the knowledge written by D-1's run (max_active_runs=1 guarantees it is done),
-    # so it does not wait for today's inference (the daily semantics in the README).
-    sequences() >> pretrain() >> infer()
-    join()
+    # so it does not wait for today's inference (the daily semantics in the README). maintain(D) rewrites
+    # files of both outputs, so it waits for both, and join(D+1) pins knowledge files that stay.
+    knowledge = sequences() >> pretrain() >> infer()
+    [knowledge, join()] >> maintain()
 
 
 lum_daily()

@@ -1,14 +1,16 @@
-"""``lum bench query``: latency of ``query_user_knowledge`` lookups in one big partition.
+"""``lum bench query``: knowledge lookups in a many-day table, before and after the maintain stage.
 
-Builds a synthetic ``user_knowledge`` partition directly (vectorised numpy, no model): ``users`` users x
-``conditions`` conditions x ``dim`` float32, sorted by ``user_id`` as infer writes it, staged like infer
-(``Warehouse.stage_partition`` files of ``file_rows`` rows in parquet row groups of ``row_group_rows``,
-one commit) in a throwaway warehouse. A lookup decodes one whole row group, so the group size sets the
-cost. Then it times ``lookups`` calls of each kind, every call from scratch (open the Delta table, prune
-partitions, scan with the row-group filter), as a CLI user or a serving job would:
-- ``single``: one random user, given day;  ``single_newest``: one user, newest day (reads the log
-  for the partition list);  ``batch_100``: 100 random users in one call;  ``unknown``: a missing user.
-The summary says whether ``single`` meets ``TARGET_P50_MS``. ``QUICK`` shrinks the default size.
+Builds ``user_knowledge`` in a throwaway warehouse (``stages.bench.query_data``): day D = ``users`` x
+``conditions`` rows of ``dim`` float32, staged as infer stages it (``shards`` > 1: hash shares with overlapping
+user ranges), plus ``days - 1`` earlier days as hard links of D's files, so the log lists ``days`` partitions.
+Every call starts from scratch (open the Delta table, list the snapshot, pick files and row groups), timed:
+- ``single``: one random user of day D;  ``single_newest``: one user, newest day;  ``batch_100``: 100 users in
+  one ``query_user_knowledge`` call;  ``unknown``: a missing user;
+- ``many``: ``query_many`` of ``batch_users`` random users (Arrow in, Arrow out), reported as users/s.
+Then (``maintain``) the maintain stage runs for D (user_knowledge only: clustering by user, vacuum, checkpoint),
+the earlier days are re-linked to D's rewritten files as earlier daily runs would have left them, a checkpoint
+is written, and every kind is timed again. The summary compares ``single`` p50 and ``many`` users/s with
+``TARGET_P50_MS`` and ``TARGET_BATCH_USERS_S``. ``QUICK`` shrinks the default size.
 """
 
 from __future__ import annotations
@@ -18,68 +20,53 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from stages.query.lookup import query_user_knowledge
+from stages.bench.query_data import link_days, synthetic_knowledge, write_partition
+from stages.core.dates import days_before
+from stages.maintain import stage as maintain
+from stages.query.lookup import query_many, query_user_knowledge
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
-DS = "2000-12-01"
+DS = "2000-12-30"  # day D, the newest; the earlier days precede it
 TARGET_P50_MS = 20  # one user's lookup must feel instant on the command line and in a serving job
-QUICK = {"users": 50_000, "lookups": 20}  # --quick: a partition that builds in moments
+TARGET_BATCH_USERS_S = 100_000  # a scoring job reading a day's knowledge for many users at once
+QUICK = {"users": 20_000, "conditions": 4, "days": 3, "lookups": 20, "batch_users": 5_000}
 
 
 @dataclass(frozen=True)
 class Config:
     """Options of ``lum bench query`` (``--set key=value``)."""
 
-    users: int = 1_000_000  # users in the partition: the size lookups must stay fast at
-    conditions: int = 1  # conditions per user, i.e. rows per user
-    dim: int = 32  # embedding width: sets the bytes per row
+    users: int = 1_000_000  # users in day D
+    conditions: int = 16  # conditions per user, i.e. rows per user
+    dim: int = 16  # embedding width: sets the bytes per row
+    days: int = 30  # partitions in the table (the log every lookup lists)
+    shards: int = 1  # hash shares day D is staged in (a multi-process infer); > 1 overlaps their user ranges
     row_group_rows: int = 8_192  # parquet row-group size (infer's default): a lookup decodes one group
-    file_rows: int = 65_536  # rows per staged file: how many files the log statistics choose among
-    lookups: int = 200  # timed calls per kind (batch_100 makes a tenth of them)
+    file_rows: int = 65_536  # rows per staged file (infer: chunk_users x conditions)
+    lookups: int = 200  # timed calls per single-user kind (batch_100 makes a tenth of them)
+    batch_users: int = 100_000  # users per query_many call
+    batches: int = 3  # timed query_many calls
+    maintain: bool = True  # run the maintain stage, then time every kind again
     seed: int = 0  # the data and the users looked up
 
     def check(self) -> None:
         if self.users < 100 or self.lookups < 1:
             raise ValueError(f"users must be >= 100 and lookups >= 1, got users={self.users} "
                              f"lookups={self.lookups}")
-        for name in ("conditions", "dim", "row_group_rows", "file_rows"):
+        for name in ("conditions", "dim", "days", "shards", "row_group_rows", "file_rows", "batch_users", "batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int) -> pa.Table:
-    """``users * conditions`` rows sorted by (user_id, condition); user ids 1, 3, 5, ... (odd)."""
-    rng = np.random.default_rng(seed)
-    n = users * conditions
-    user_ids = np.repeat(np.arange(users, dtype=np.int64) * 2 + 1, conditions)
-    names = np.array([f"category=c{j:02d}" for j in range(conditions)], dtype=object)
-    emb = rng.standard_normal((n, dim), dtype=np.float32)
-    return pa.table({
-        "ds": pa.array(np.full(n, DS, dtype=object), pa.string()),
-        "user_id": pa.array(user_ids),
-        "condition": pa.array(np.tile(names, users), pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim),
-        "model_version": pa.array(np.full(n, "lum-bench", dtype=object), pa.string()),
-        "history_len": pa.array(rng.integers(1, 200, n, dtype=np.int32)),
-    })
-
-
-def write_partition(wh: Warehouse, table: pa.Table, row_group_rows: int, file_rows: int) -> int:
-    """Stage ``file_rows``-row files of ``row_group_rows``-row groups, then ONE commit (as infer does)."""
-    stager = wh.stage_partition("user_knowledge", ds=DS, run_id="bench")
-    for start in range(0, table.num_rows, file_rows):
-        stager.write(table.slice(start, file_rows), row_group_size=row_group_rows)
-    stager.finish()
-    wh.commit_staged("user_knowledge", ds=DS, run_id="bench")
-    return len(stager.files)
+        if self.batch_users > self.users:
+            raise ValueError(f"batch_users must be <= users ({self.users}), got {self.batch_users}")
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -88,48 +75,94 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
             "max_ms": round(float(ms.max()), 2)}
 
 
-def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
-    """Build the partition in a temp warehouse, time the lookups; returns the report.
+def _files(wh: Warehouse) -> tuple[int, int]:
+    """(files of day D, files in the snapshot)."""
+    actions = pa.table(wh.delta_table("user_knowledge").get_add_actions(flatten=True))
+    return sum(d == DS for d in actions.column("partition.ds").to_pylist()), actions.num_rows
 
-    ``warehouse`` is not touched (the bench needs a partition of a known size, so it builds its own).
-    Report: ``table`` (one row per lookup kind: calls, p50/p95/max ms), ``summary``, ``config``,
-    ``build_seconds``, ``files``.
+
+def time_lookups(root: str, cfg: Config, existing: np.ndarray, phase: str) -> list[dict[str, Any]]:
+    """One report row per lookup kind; every result is checked for its row count."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    kinds: dict[str, tuple[int, Callable[[], list[int]]]] = {
+        "single": (cfg.lookups, lambda: [int(rng.choice(existing))]),
+        "single_newest": (cfg.lookups, lambda: [int(rng.choice(existing))]),
+        "batch_100": (max(1, cfg.lookups // 10), lambda: [int(u) for u in rng.choice(existing, 100, replace=False)]),
+        "unknown": (cfg.lookups, lambda: [int(rng.integers(0, cfg.users)) * 2]),  # even ids are never written
+        "many": (cfg.batches, lambda: rng.choice(existing, cfg.batch_users, replace=False)),
+    }
+    query_user_knowledge(root, user_ids=[1], ds=DS)  # warm the OS page cache and imports
+    rows_out = []
+    for kind, (calls, pick) in kinds.items():
+        seconds: list[float] = []
+        for _ in range(calls):
+            ids = pick()
+            start = time.perf_counter()
+            if kind == "many":
+                out = query_many(root, pa.table({"user_id": pa.array(ids, pa.int64())}), ds=DS)
+            else:
+                out = query_user_knowledge(root, user_ids=ids, ds=None if kind == "single_newest" else DS)
+            seconds.append(time.perf_counter() - start)
+            expected = 0 if kind == "unknown" else len(ids) * cfg.conditions
+            if out.num_rows != expected:
+                raise RuntimeError(f"{kind} lookup returned {out.num_rows} rows, expected {expected}")
+        users = cfg.batch_users if kind == "many" else 100 if kind == "batch_100" else 1
+        rows_out.append({"phase": phase, "lookup": kind, "users_per_call": users, "calls": len(seconds),
+                         **_percentiles(seconds), "users_per_s": round(users * len(seconds) / sum(seconds))})
+    return rows_out
+
+
+def _maintain(wh: Warehouse, cfg: Config, earlier: list[str]) -> dict[str, Any]:
+    """The maintain stage for D, then the earlier days re-linked to its files and a checkpoint."""
+    started = time.perf_counter()
+    summary = maintain.run(maintain.Config(tables=("user_knowledge",), cluster=("user_knowledge",),
+                                           row_group_rows=cfg.row_group_rows), ds=DS, warehouse=wh)
+    seconds = time.perf_counter() - started
+    row = summary["tables"][0]
+    if earlier and row["rewrite"] != "none":
+        link_days(wh, DS, earlier)
+        wh.checkpoint("user_knowledge")
+    return {**row, "seconds": round(seconds, 2)}
+
+
+def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
+    """Build the table in a temp warehouse, time the lookups (before and after maintenance); returns the report.
+
+    ``warehouse`` is not touched (the bench needs a table of a known size, so it builds its own). Report:
+    ``table`` (one row per phase and lookup kind: calls, p50/p95/max ms, users/s), ``summary``, ``config``,
+    ``build_seconds``, ``files`` (of day D and in the snapshot, per phase), ``maintain`` (the stage's row).
     """
     cfg.check()
     root = tempfile.mkdtemp(prefix="lum-bench-query-")
     try:
         wh = Warehouse(root)
         t0 = time.perf_counter()
-        table = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed)
-        files = write_partition(wh, table, cfg.row_group_rows, cfg.file_rows)
+        table = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed, DS)
+        existing = np.unique(table.column("user_id").to_numpy())
+        write_partition(wh, table, DS, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows, shards=cfg.shards)
+        del table
+        earlier = [days_before(DS, i) for i in range(cfg.days - 1, 0, -1)]
+        if earlier:
+            link_days(wh, DS, earlier)
         build_s = time.perf_counter() - t0
-        log.info("built %d rows in %.1f s", table.num_rows, build_s)
-        rng = np.random.default_rng(cfg.seed + 1)
-        existing = table.column("user_id").to_numpy()
-        kinds = {
-            "single": lambda: [int(rng.choice(existing))],
-            "single_newest": lambda: [int(rng.choice(existing))],
-            "batch_100": lambda: [int(u) for u in rng.choice(existing, 100, replace=False)],
-            "unknown": lambda: [int(rng.integers(0, cfg.users)) * 2],  # even ids are never written
-        }
-        query_user_knowledge(root, user_ids=[1], ds=DS)  # warm the OS page cache and imports
-        rows_out: list[dict[str, Any]] = []
-        for kind, pick in kinds.items():
-            seconds: list[float] = []
-            for _ in range(max(1, cfg.lookups // 10) if kind == "batch_100" else cfg.lookups):
-                ids = pick()
-                start = time.perf_counter()
-                out = query_user_knowledge(root, user_ids=ids, ds=None if kind == "single_newest" else DS)
-                seconds.append(time.perf_counter() - start)
-                expected = 0 if kind == "unknown" else len(ids) * cfg.conditions
-                if out.num_rows != expected:
-                    raise RuntimeError(f"{kind} lookup of {ids[:3]} returned {out.num_rows} rows, expected {expected}")
-            rows_out.append({"lookup": kind, "users_in_partition": cfg.users, "calls": len(seconds),
-                             **_percentiles(seconds)})
-        single = rows_out[0]
-        summary = {"users": cfg.users, "single_p50_ms": single["p50_ms"], "single_p95_ms": single["p95_ms"],
-                   "target_p50_ms": TARGET_P50_MS, "meets_target": single["p50_ms"] < TARGET_P50_MS}
-        return {"table": rows_out, "summary": summary, "config": dataclasses.asdict(cfg),
-                "build_seconds": round(build_s, 2), "files": files}
+        files = {"before": _files(wh)}
+        log.info("built %d days of %d users in %.1f s", cfg.days, cfg.users, build_s)
+        rows = time_lookups(root, cfg, existing, "before")
+        stage = None
+        if cfg.maintain:
+            stage = _maintain(wh, cfg, earlier)
+            files["after"] = _files(wh)
+            rows += time_lookups(root, cfg, existing, "after")
+        by = {(r["phase"], r["lookup"]): r for r in rows}
+        summary = {"users": cfg.users, "conditions": cfg.conditions, "dim": cfg.dim, "days": cfg.days,
+                   "target_p50_ms": TARGET_P50_MS, "target_batch_users_s": TARGET_BATCH_USERS_S}
+        for phase in files:
+            single, many = by[(phase, "single")], by[(phase, "many")]
+            summary.update({f"single_p50_ms_{phase}": single["p50_ms"], f"single_p95_ms_{phase}": single["p95_ms"],
+                            f"many_users_per_s_{phase}": many["users_per_s"],
+                            f"meets_targets_{phase}": single["p50_ms"] < TARGET_P50_MS
+                            and many["users_per_s"] >= TARGET_BATCH_USERS_S})
+        return {"table": rows, "summary": summary, "config": dataclasses.asdict(cfg),
+                "build_seconds": round(build_s, 2), "files": files, "maintain": stage}
     finally:
         shutil.rmtree(root, ignore_errors=True)

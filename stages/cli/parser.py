@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one daily stage for one day",
                        description=textwrap.fill(
                            "Run one stage of the daily pipeline for day --ds. Reads partitions <= ds, "
-                           "writes partition ds; rerunning replaces it. `join` also takes --start/--end instead "
+                           "writes partition ds; rerunning replaces it (`maintain` rewrites day ds's files and "
+                           "expires old partitions, never changing a row). `join` also takes --start/--end instead "
                            "of --ds: every day of the range, one Spark job and one commit per knowledge partition, "
                            "the same rows as one run per day (days without samples are skipped).", 78),
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

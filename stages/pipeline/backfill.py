@@ -2,12 +2,14 @@
 
 It calls the task bodies the DAG runs (``stages.pipeline.daily``), so a backfill and scheduled runs produce the
 same tables. A stage is complete for day D when its output for D exists (``user_sequences`` D; a model version
-through D; both knowledge partitions D; ``dlrm_training`` D, or no ``dlrm_samples`` D). A day whose selected
+through D; both knowledge partitions D; ``dlrm_training`` D, or no ``dlrm_samples`` D; maintenance: every table
+that records a maintained day records D or later, ``stages.maintain.stage.is_complete``). A day whose selected
 stages are all complete is skipped; otherwise it restarts at its first incomplete stage and reruns every
 selected stage after it (later outputs depend on earlier ones). ``force=True`` reruns everything. Consecutive
-days that need only ``join`` run as one ``stages.join.range.run_range`` (same rows, fewer Spark jobs and
-commits). Days run strictly in order in one process (D needs D-1's model and knowledge); a failure stops at that
-day with everything before it committed, so rerunning the same command resumes. The first day's join needs
+days that need only ``join`` (and ``maintain``) run as one ``stages.join.range.run_range`` (same rows, fewer
+Spark jobs and commits), then each day's maintenance. Days run strictly in order in one process (D needs D-1's
+model and knowledge); a failure stops at that day with everything before it committed, so rerunning the same
+command resumes. The first day's join needs
 the knowledge of the day before the range (a bootstrap, or an earlier run): when it is missing and the join
 config does not allow stale knowledge, the backfill fails before running anything. Every stage runs under its
 (stage, day) lease (``daily.stage_lease``): two backfills over the same days, or a backfill beside a scheduled
@@ -27,6 +29,7 @@ from stages.core.phases import phase
 from stages.join import range as join_range
 from stages.join.plan import knowledge_days, pick_knowledge_ds, stale_knowledge
 from stages.join.stage import check_config
+from stages.maintain import stage as maintain
 from stages.model import store as model_store
 from stages.pipeline import daily
 from stages.warehouse.facade import Warehouse
@@ -54,7 +57,11 @@ COMPLETE: dict[str, Callable[[str, str], bool]] = {
     "pretrain": _model_trained_through,
     "infer": lambda wh, ds: _has_partition(wh, "user_knowledge", ds) and _has_partition(wh, "item_knowledge", ds),
     "join": _join_complete,
+    "maintain": maintain.is_complete,
 }
+
+
+JOIN_ONLY = (["join"], ["join", "maintain"])  # what a day of a join stretch runs
 
 
 def stages_to_run(warehouse: str, ds: str, stages: Sequence[str], *, force: bool) -> list[str]:
@@ -85,13 +92,14 @@ def _run_join_range(start: str, end: str, warehouse: str, config_path: str | Non
 
 def _join_stretch(warehouse: str, days: Sequence[str], first: int, chosen: Sequence[str], *,
                   force: bool) -> list[str]:
-    """Days from ``days[first]`` on whose stages to run are exactly ``["join"]`` (consecutive, maximal).
-
-    Looking ahead is safe: a join writes only dlrm_training, which no other stage's completeness reads.
+    """Days from ``days[first]`` on whose stages to run are those of the first, ``["join"]`` or ``["join",
+    "maintain"]`` (consecutive, maximal). Looking ahead is safe: a join writes only dlrm_training, which no
+    other stage's completeness reads.
     """
     stretch: list[str] = []
+    todo = stages_to_run(warehouse, days[first], chosen, force=force)
     for ds in days[first:]:
-        if stages_to_run(warehouse, ds, chosen, force=force) != ["join"]:
+        if todo not in JOIN_ONLY or stages_to_run(warehouse, ds, chosen, force=force) != todo:
             break
         stretch.append(ds)
     return stretch
@@ -148,14 +156,18 @@ def run_backfill(*, start: str, end: str, stages: Sequence[str] | None = None, f
             skipped.append(ds)
             n += 1
             continue
-        stretch = _join_stretch(warehouse, days, n, chosen, force=force) if todo == ["join"] else []
+        stretch = _join_stretch(warehouse, days, n, chosen, force=force) if todo in JOIN_ONLY else []
         if len(stretch) >= 2:
             log.info("backfill %s..%s (%d-%d/%d): join range of %d days", stretch[0], stretch[-1], n + 1,
                      n + len(stretch), len(days), len(stretch))
             summary = _run_join_range(stretch[0], stretch[-1], warehouse, config_path, overrides)
             share = round(summary["seconds"] / len(stretch), 3)
             ran.extend(stretch)
-            runs.extend({"ds": d, "seconds": {"join": share}} for d in stretch)
+            for d in stretch:  # then each day's maintenance, in order
+                seconds = {"join": share}
+                if "maintain" in todo:
+                    seconds["maintain"] = daily.RUNNERS["maintain"](d, warehouse, config_path, overrides)["seconds"]
+                runs.append({"ds": d, "seconds": seconds})
             ranges.append({"start": stretch[0], "end": stretch[-1], "days": len(stretch),
                            "seconds": summary["seconds"]})
             n += len(stretch)

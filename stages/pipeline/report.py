@@ -4,7 +4,7 @@
 - ``loss``: {"points": [(step, loss)...] of the scratch training, "daily": [(ds, loss)...]}
 - ``retrieval``: {"hr@10": float, "ndcg@10": float, "target_cond_hr@10": float}
 - ``auc``: {"auc_without_lum": float, "auc_with_lum": float, "lift": float}
-- ``timings``: [{"ds": str, "sequences": s, "pretrain": s, "infer": s, "join": s}, ...]
+- ``timings``: [{"ds": str, "sequences": s, "pretrain": s, "infer": s, "join": s, "maintain": s}, ...]
 - ``summary``: dict shown as a key/value table; ``query``: list of row dicts (the sample lookup).
 The page is self-contained apart from the PNGs (same folder).
 """
@@ -15,7 +15,8 @@ import html
 import os
 from typing import Any
 
-STAGE_COLORS = {"sequences": "#4c72b0", "pretrain": "#dd8452", "infer": "#55a868", "join": "#c44e52"}
+STAGE_COLORS = {"sequences": "#4c72b0", "pretrain": "#dd8452", "infer": "#55a868", "join": "#c44e52",
+                "maintain": "#8172b3"}
 
 
 def _plt():

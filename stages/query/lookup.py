@@ -1,9 +1,10 @@
 """Look up user knowledge: ``query_user_knowledge`` (Python, returns Arrow) and ``lum query``.
 
-One or many users, one, several or all conditions, one day or the newest, the table as of any version or
-timestamp (Delta time travel: ``as_of``; the log and vacuum retentions bound how far back, see
-stages.warehouse.history). Reads go through ``stages.warehouse.scan``: only the files and row groups whose
-``user_id`` range can hold a requested user are opened. Filters are Arrow expressions built from typed
+One or many users (``query_many``: an Arrow batch in, an Arrow table out), one, several or all conditions,
+one day or the newest, the table as of any version or timestamp (Delta time travel: ``as_of``; the log and
+vacuum retentions bound how far back, see stages.warehouse.history). Reads go through
+``stages.warehouse.scan``: only files of the day asked for, and of those only the files and row groups whose
+``user_id`` range can hold a requested user, are opened. Filters are Arrow expressions built from typed
 arguments (``user_id`` as int64, conditions as strings); no SQL or predicate text is ever assembled from user
 input.
 """
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -64,19 +66,32 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
     the latest, a timestamp before the first commit, a version vacuum has emptied, or bad arguments. Rows
     sorted by key.
     """
+    _check_table(table, conditions)
+    out, ds, delta = _read(Warehouse.of(warehouse), table, _check_user_ids(user_ids), conditions, ds, version, as_of)
+    keys = [("user_id", "ascending")] + ([("condition", "ascending")] if table == "user_knowledge" else
+                                         [("item_id", "ascending"), ("ts", "ascending")])
+    out = out.sort_by(keys)  # the resolved day and version travel as schema metadata (for the summary)
+    return out.replace_schema_metadata({**(out.schema.metadata or {}), b"lum.ds": ds.encode(),
+                                        b"lum.version": str(delta.version()).encode()})
+
+
+def _check_table(table: str, conditions: Sequence[str] | None) -> None:
     if table not in QUERYABLE:
         raise ValueError(f"table must be one of {', '.join(QUERYABLE)}, got {table!r}")
-    ids = _check_user_ids(user_ids)
-    conds = _check_conditions(conditions)
-    if conds is not None and table != "user_knowledge":
+    if conditions is not None and table != "user_knowledge":
         raise ValueError(f"conditions apply to user_knowledge only, not {table}")
+
+
+def _read(wh: Warehouse, table: str, ids: Any, conditions: Sequence[str] | None, ds: str | None,
+          version: int | None, as_of: int | str | dt.datetime | None) -> tuple[pa.Table, str, Any]:
+    """(rows of ``ids`` in the schema's types, the day read, the Delta snapshot)."""
+    conds = _check_conditions(conditions)
     if ds is not None:
         check_ds(ds, name="ds")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise ValueError(f"version must be an integer, got {version!r}")
     if version is not None and as_of is not None and as_of != version:
         raise ValueError(f"give as_of or version, not both (as_of {as_of!r}, version {version!r})")
-    wh = Warehouse.of(warehouse)
     if as_of is not None:
         version = wh.version_as_of(table, as_of)
     delta = wh.delta_table(table, version)  # ValueError when missing
@@ -91,12 +106,41 @@ def query_table(warehouse: Warehouse | str | None, table: str, *, user_ids: Sequ
     if as_of is not None:  # an old snapshot: name the retention rather than a missing file
         check_readable(wh, table, delta.version(), days=[ds])
     extra = None if conds is None else pc.field("condition").isin(pa.array(conds, pa.string()))
-    out = restore_types(table, read_users(delta, ds, ids, extra, actions=actions))
-    keys = [("user_id", "ascending")] + ([("condition", "ascending")] if table == "user_knowledge" else
-                                         [("item_id", "ascending"), ("ts", "ascending")])
-    out = out.sort_by(keys)  # the resolved day and version travel as schema metadata (for the summary)
-    return out.replace_schema_metadata({**(out.schema.metadata or {}), b"lum.ds": ds.encode(),
-                                        b"lum.version": str(delta.version()).encode()})
+    return restore_types(table, read_users(delta, ds, ids, extra, actions=actions)), ds, delta
+
+
+def _user_id_array(user_ids: Any) -> np.ndarray:
+    """The ``user_id`` column of an Arrow table, or an Arrow/NumPy array or a list, as int64 (no nulls)."""
+    if isinstance(user_ids, pa.Table):
+        if "user_id" not in user_ids.column_names:
+            raise ValueError(f"user_ids table needs a user_id column, got {', '.join(user_ids.column_names)}")
+        user_ids = user_ids.column("user_id")
+    if isinstance(user_ids, (pa.Array, pa.ChunkedArray)):
+        if not pa.types.is_integer(user_ids.type) or user_ids.null_count:
+            raise ValueError(f"user_ids must be integers without nulls, got {user_ids.type} "
+                             f"with {user_ids.null_count} null(s)")
+        return np.asarray(user_ids.cast(pa.int64()).to_numpy(zero_copy_only=False))
+    ids = np.asarray(user_ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"user_ids must be a 1-D array of integers, got {ids.dtype} of shape {ids.shape}")
+    return ids.astype(np.int64, copy=False)
+
+
+def query_many(warehouse: Warehouse | str | None, user_ids: Any, *, ds: str | None = None,
+               conditions: Sequence[str] | None = None, table: str = TABLE, version: int | None = None,
+               as_of: int | str | dt.datetime | None = None) -> pa.Table:
+    """Batch lookup: the rows of ``table`` on day ``ds`` for many users (an Arrow table with a ``user_id``
+    column, an Arrow or NumPy array, a list) as one Arrow table, sorted by ``user_id`` (rows of one user in
+    file order). Duplicates count once; unknown users have no rows. Arguments and errors as ``query_table``;
+    each file of the partition whose ``user_id`` range holds a requested user is read once, its row groups
+    with a hit in one call."""
+    _check_table(table, conditions)
+    out, _, _ = _read(Warehouse.of(warehouse), table, np.unique(_user_id_array(user_ids)), conditions, ds, version,
+                      as_of)
+    users = out.column("user_id").to_numpy()
+    if len(users) > 1 and (np.diff(users) < 0).any():  # files of another layout: group by user, stable
+        out = out.take(pa.array(np.argsort(users, kind="stable")))
+    return out
 
 
 def query_user_knowledge(warehouse: Warehouse | str | None, *, user_ids: Sequence[int], ds: str | None = None,

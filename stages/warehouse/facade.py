@@ -25,7 +25,7 @@ from stages.core.dates import check_ds
 from stages.core.redact import redact
 from stages.core.settings import resolve_warehouse, vacuum_retention_hours
 from stages.core.settings import storage_options as env_storage_options
-from stages.warehouse import history, spark_bridge, staging
+from stages.warehouse import history, maintenance, spark_bridge, staging
 from stages.warehouse.commit import check_present
 from stages.warehouse.reads import Filter, filter_expression, partition_filters, pyarrow_dataset, restore_types
 
@@ -265,6 +265,7 @@ class Warehouse:
         return spark_bridge.write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata,
                                                   commit_metadata=commit_metadata)
 
+    # ---- maintenance (stages.warehouse.maintenance): vacuum, optimize, expire, checkpoint ---------------
     def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int | None = None) -> list[str]:
         """Delete files no snapshot newer than ``retention_hours`` needs, and stray files of failed runs.
 
@@ -272,15 +273,26 @@ class Warehouse:
         The retention protects staged files of a run still in flight: pass 0 only when no writer of this table
         runs. Time travel to versions whose files were removed stops working, so the retention bounds how far
         back ``--as-of`` and ``--reproduce`` reach: None = ``LUM_VACUUM_RETENTION_HOURS`` (default 168, 7 days).
-        Returns the deleted paths.
-        """
+        Returns the deleted paths (no commit when there are none)."""
         if retention_hours is None:
             retention_hours = vacuum_retention_hours()
         if not isinstance(retention_hours, int) or retention_hours < 0:
             raise ValueError(f"retention_hours must be an int >= 0, got {retention_hours!r}")
-        table = self.delta_table(name)
-        return sorted(table.vacuum(retention_hours=retention_hours, dry_run=dry_run,
-                                   enforce_retention_duration=False, full=True))
+        return maintenance.vacuum(self, name, retention_hours=retention_hours, dry_run=dry_run)
+
+    def optimize(self, name: str, *, ds: str, cluster_by: str | None = None, target_size: int = 128 << 20,
+                 row_group_rows: int = 8192) -> dict:
+        """Compact partition ``ds`` (or sort it by ``cluster_by``) in at most one commit; rows unchanged."""
+        return maintenance.optimize(self, name, ds=ds, cluster_by=cluster_by, target_size=target_size,
+                                    row_group_rows=row_group_rows)
+
+    def expire(self, name: str, days: Sequence[str]) -> list[str]:
+        """Delete partitions ``days`` in one commit (none when empty); returns them."""
+        return maintenance.expire(self, name, list(days))
+
+    def checkpoint(self, name: str) -> int:
+        """A Delta checkpoint of the latest version; log entries past the log retention removed."""
+        return maintenance.checkpoint(self, name)
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """Commits, newest first: version, timestamp, operation, parameters and custom metadata."""

@@ -135,7 +135,8 @@ def partition_record(store: TableStore, name: str, ds: str, key: str) -> tuple[i
     a ``days`` list) names ``ds``; None when no commit in the log does.
 
     ValueError when partition ``ds`` holds other files now than right after that commit (a later writer
-    replaced it without a record), so a returned record always describes the partition's current content.
+    replaced it without a record), so a returned record always describes the partition's current content;
+    files rewritten by maintenance only (``rearranged_only``) keep the record.
     """
     table = store.delta_table(name)
     for entry in table.history():
@@ -148,7 +149,27 @@ def partition_record(store: TableStore, name: str, ds: str, key: str) -> tuple[i
             break
     else:
         return None
-    if _paths(table, [ds]) != _paths(store.delta_table(name, version), [ds]):
+    if _paths(table, [ds]) != _paths(store.delta_table(name, version), [ds]) and not rearranged_only(
+            store, name, ds, version):
         raise ValueError(f"table {name}: partition ds={ds} was replaced after version {version} (the last commit "
                          f"recording {key} for it) by a commit that records none")
     return version, record
+
+
+def rearranged_only(store: TableStore, name: str, ds: str, version: int) -> bool:
+    """Whether every commit after ``version`` that added or removed files of partition ``ds`` did so with
+    ``dataChange: false`` (compaction and clustering: same rows, other files). False when a commit's log entry
+    is gone (past the log retention) or unreadable: the rows can then not be shown unchanged."""
+    fs, root = filesystem_for(store.table_uri(name))
+    for v in range(version + 1, store.delta_table(name).version() + 1):
+        try:
+            with fs.open_input_stream(f"{root}/_delta_log/{v:020d}.json") as handle:
+                lines = handle.read().decode().splitlines()
+        except (OSError, FileNotFoundError):
+            return False
+        for line in filter(None, (text.strip() for text in lines)):
+            action = json.loads(line)
+            change = action.get("add") or action.get("remove")
+            if change and (change.get("partitionValues") or {}).get("ds") == ds and change.get("dataChange", True):
+                return False
+    return True

@@ -37,14 +37,18 @@ def test_dag_test_two_days(airflow_db, lum_dag, ml100k_warehouse, copy_warehouse
         states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
         if ds == DAYS[0]:  # no knowledge of the day before: join fails at once (a contract error, no retry)
             assert run.state == "failed" and states.pop("join") == ("failed", 1)
+            assert states.pop("maintain")[0] == "upstream_failed"
         else:
             assert run.state == "success", ds
-        assert states == {t: ("success", 1) for t in ("sequences", "pretrain", "infer", "join") if t in states}
+        assert states == {t: ("success", 1) for t in ("sequences", "pretrain", "infer", "join", "maintain")
+                          if t in states}
 
     wh = Warehouse(wh_path)
     for name in ("user_sequences", "user_knowledge", "item_knowledge"):
         assert wh.partitions(name) == list(DAYS), name
     assert wh.partitions("dlrm_training") == [DAYS[1]]
+    for name in ("user_sequences", "user_knowledge", "item_knowledge", "dlrm_training"):  # maintain ran for day 2
+        assert wh.table_metadata(name)["lum.maintained_through"] == DAYS[1], name
     assert model_store.latest_version(wh_path, through=DAYS[1]) == f"lum-{DAYS[1]}"
     assert model_store.latest_version(wh_path, through=DAYS[0]) == f"lum-{DAYS[0]}"
 

@@ -38,23 +38,28 @@ def test_dag_settings(lum_dag):
         assert task.retry_delay == dt.timedelta(minutes=2)
         assert task.doc_md or task.doc, task.task_id  # the task docstring
     hours = {t.task_id: t.execution_timeout / dt.timedelta(hours=1) for t in lum_dag.tasks}
-    assert hours == {"sequences": 1, "pretrain": 6, "infer": 4, "join": 2}  # a hung task frees lum_gpu
+    assert hours == {"sequences": 1, "pretrain": 6, "infer": 4, "join": 2, "maintain": 2}  # a hung task frees lum_gpu
 
 
 def test_task_graph_pools_and_assets(lum_dag):
     tasks = {t.task_id: t for t in lum_dag.tasks}
-    assert set(tasks) == {"sequences", "pretrain", "infer", "join"}
+    assert set(tasks) == {"sequences", "pretrain", "infer", "join", "maintain"}
     assert tasks["sequences"].upstream_task_ids == set()
     assert tasks["pretrain"].upstream_task_ids == {"sequences"}
     assert tasks["infer"].upstream_task_ids == {"pretrain"}
     assert tasks["join"].upstream_task_ids == set()  # reads D-1's knowledge, never waits for today's
+    assert tasks["maintain"].upstream_task_ids == {"infer", "join"}  # rewrites files of both outputs of day D
+    assert tasks["maintain"].downstream_task_ids == set()
+    order = [t.task_id for t in lum_dag.topological_sort()]
+    assert order.index("maintain") == len(order) - 1 and set(order) == set(tasks)
     assert {t.pool for t in (tasks["pretrain"], tasks["infer"])} == {"lum_gpu"}
-    assert {t.pool for t in (tasks["sequences"], tasks["join"])} == {"default_pool"}
+    assert {t.pool for t in (tasks["sequences"], tasks["join"], tasks["maintain"])} == {"default_pool"}
     outlets = {tid: {a.uri for a in t.outlets} for tid, t in tasks.items()}
     assert outlets["infer"] == {"lum://warehouse/user_knowledge", "lum://warehouse/item_knowledge"}
     assert outlets["sequences"] == {"lum://warehouse/user_sequences"}
     assert outlets["join"] == {"lum://warehouse/dlrm_training"}
     assert outlets["pretrain"] == {"lum://warehouse/models/lum"}
+    assert outlets["maintain"] == set()  # no row changes: no asset event for other teams' DAGs
 
 
 def test_run_for_day_d_covers_day_d_and_fires_after_it(lum_dag):

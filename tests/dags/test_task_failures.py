@@ -45,7 +45,7 @@ def test_contract_errors_fail_without_retry_transient_ones_propagate(lum_dag, mo
         assert ds == "1998-03-02"
         raise error
 
-    for stage in ("sequences", "join"):
+    for stage in ("sequences", "join", "maintain"):
         monkeypatch.setattr(daily, f"run_{stage}", failing)
         with pytest.raises(raised) as info:
             lum_dag.get_task(stage).python_callable(data_interval_start=DAY)
@@ -64,4 +64,4 @@ def test_dag_run_on_an_empty_warehouse_fails_each_task_once(airflow_db, lum_dag,
     states = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
     assert run.state == "failed"
     assert states["sequences"] == ("failed", 1) and states["join"] == ("failed", 1)  # not up_for_retry
-    assert states["pretrain"][0] == states["infer"][0] == "upstream_failed"
+    assert states["pretrain"][0] == states["infer"][0] == states["maintain"][0] == "upstream_failed"

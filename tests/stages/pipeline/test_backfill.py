@@ -37,8 +37,8 @@ def fake_stages(monkeypatch):
 def test_runs_days_in_order_then_skips(fake_stages, warehouse):
     done, calls = fake_stages
     out = backfill.run_backfill(start="2000-01-30", end="2000-02-01", warehouse=warehouse)
-    assert out["ran"] == ["2000-01-30", "2000-01-31", "2000-02-01"] and out["stage_runs"] == 12
-    assert calls[:4] == [(s, "2000-01-30") for s in daily.STAGES]
+    assert out["ran"] == ["2000-01-30", "2000-01-31", "2000-02-01"] and out["stage_runs"] == 15
+    assert calls[:5] == [(s, "2000-01-30") for s in daily.STAGES]
     assert [ds for _, ds in calls] == sorted(ds for _, ds in calls)
     calls.clear()
     again = backfill.run_backfill(start="2000-01-30", end="2000-02-01", warehouse=warehouse)
@@ -51,8 +51,41 @@ def test_resumes_at_first_incomplete_stage(fake_stages, warehouse):
     done, calls = fake_stages
     done.update({("sequences", "2000-01-01"), ("pretrain", "2000-01-01"), ("join", "2000-01-01")})
     out = backfill.run_backfill(start="2000-01-01", end="2000-01-01", warehouse=warehouse)
-    assert calls == [("infer", "2000-01-01"), ("join", "2000-01-01")]
-    assert out["runs"][0]["seconds"].keys() == {"infer", "join"}
+    assert calls == [("infer", "2000-01-01"), ("join", "2000-01-01"), ("maintain", "2000-01-01")]
+    assert out["runs"][0]["seconds"].keys() == {"infer", "join", "maintain"}
+
+
+def test_join_stretch_then_each_days_maintenance(fake_stages, warehouse, monkeypatch):
+    """Days that need only join and maintain: one range join, then maintain day by day, in order."""
+    done, calls = fake_stages
+    days = ["2000-01-01", "2000-01-02", "2000-01-03"]
+    done.update((s, d) for s in ("sequences", "pretrain", "infer") for d in days)
+    monkeypatch.setattr(backfill, "_run_join_range", lambda start, end, *a: calls.append(("range", start, end))
+                        or done.update(("join", d) for d in days) or {"seconds": 3.0})
+    out = backfill.run_backfill(start=days[0], end=days[-1], warehouse=warehouse)
+    assert calls == [("range", days[0], days[-1])] + [("maintain", d) for d in days]
+    assert out["runs"] == [{"ds": d, "seconds": {"join": 1.0, "maintain": 0.0}} for d in days]
+    assert out["stage_runs"] == 6 and len(out["join_ranges"]) == 1
+
+
+def test_maintain_is_complete_when_every_maintained_table_records_the_day(warehouse):
+    """``maintain`` has no output of its own: each table it finished records the day (lum.maintained_through)."""
+    import numpy as np
+
+    from stages.maintain.plan import MARKER
+    from stages.warehouse.facade import Warehouse
+    from tests.stages.maintain.test_maintain import knowledge, training
+
+    wh = Warehouse(warehouse)
+    complete = backfill.COMPLETE["maintain"]
+    wh.write_partition("user_knowledge", knowledge(np.arange(1, 3), "2000-01-02"), ds="2000-01-02")
+    wh.write_partition("dlrm_training", training(np.arange(1, 3), "2000-01-02"), ds="2000-01-02")
+    assert not complete(warehouse, "2000-01-02")  # no table records a day
+    wh.set_table_metadata("user_knowledge", {MARKER: "2000-01-02"})
+    assert complete(warehouse, "2000-01-02") and complete(warehouse, "2000-01-01")
+    assert not complete(warehouse, "2000-01-03")
+    wh.set_table_metadata("dlrm_training", {MARKER: "2000-01-01"})  # a run stopped before this table's record
+    assert not complete(warehouse, "2000-01-02")
 
 
 def test_stage_subset_runs_in_pipeline_order(fake_stages, warehouse):
@@ -109,7 +142,7 @@ def test_real_backfill_twice_is_identical_and_resumable(ml100k_warehouse, copy_w
     args += ["--set", "join.allow_stale_knowledge=true"]  # a first-ever day: null LUM columns
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["ran"] == list(DAYS) and first["stage_runs"] == 8
+    assert first["ran"] == list(DAYS) and first["stage_runs"] == 10
     tables = _tables(wh)
     assert {r["ds"] for r in tables["user_knowledge"]} == set(DAYS)
     assert {r["ds"] for r in tables["dlrm_training"]} == set(DAYS)
@@ -122,5 +155,5 @@ def test_real_backfill_twice_is_identical_and_resumable(ml100k_warehouse, copy_w
 
     assert main(args + ["--force"]) == 0  # rerun both days: same rows, new table versions
     forced = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert forced["ran"] == list(DAYS) and forced["stage_runs"] == 8
+    assert forced["ran"] == list(DAYS) and forced["stage_runs"] == 10
     assert _tables(wh) == tables

@@ -24,7 +24,9 @@ def test_every_entry_is_a_frozen_config_and_a_run(stage):
 
 
 def test_the_cli_and_the_daily_runs_read_the_one_list():
-    assert RUN_STAGES == daily.STAGES == ("sequences", "pretrain", "infer", "join")
+    assert RUN_STAGES == daily.STAGES == ("sequences", "pretrain", "infer", "join", "maintain")
+    assert registry.get("maintain").kind == registry.DAILY and set(daily.RUNNERS) == set(daily.STAGES)
+    assert build_parser().parse_args(["run", "maintain", "--ds", "2000-01-01"]).stage == "maintain"
     assert set(INGEST_SOURCES) == {"movielens-1m", "movielens-100k", "synthetic", "events"}
     assert set(BENCHES) >= {"kernels", "infer", "pack", "join", "query"}
     for name in BENCHES:  # every bench has a --quick preset
@@ -42,6 +44,10 @@ def test_overrides_mean_the_same_in_every_command(tmp_path):
     per_stage = registry.route_overrides(daily.STAGES, {"max_len": 40, "infer.mode": "naive"})
     assert per_stage["sequences"] == {"max_len": 40} and per_stage["pretrain"] == {"max_len": 40}
     assert per_stage["infer"]["mode"] == "naive" and "mode" not in per_stage["join"]
+    per_stage = registry.route_overrides(daily.STAGES, {"keep_days.user_knowledge": 30, "row_group_rows": 4096})
+    assert per_stage["maintain"] == {"keep_days.user_knowledge": 30, "row_group_rows": 4096}
+    assert per_stage["infer"] == {"row_group_rows": 4096} and per_stage["join"] == {}
+    assert registry.build_config("maintain", overrides={"keep_days.user_knowledge": 30}).keep_days.user_knowledge == 30
     # a config file's table, then command options, then --set (later wins)
     path = tmp_path / "lum.json"
     path.write_text(json.dumps({"pretrain": {"epochs": 3, "seed": 5}, "infer": {"mode": "naive"}}))

@@ -12,7 +12,7 @@ import pytest
 
 from stages.cli.app import main
 from stages.pipeline.registry import run_with
-from stages.query.lookup import query_user_knowledge
+from stages.query.lookup import query_many, query_user_knowledge
 from stages.warehouse.facade import Warehouse
 
 DIM = 4
@@ -97,6 +97,51 @@ def test_reads_only_the_requested_partition(kwh):
         query_user_knowledge(kwh, user_ids=[1], ds="2000-01-02")
 
 
+def test_a_day_needs_no_file_of_another_day(kwh, capsys):
+    """Delete every data file of day 1 (the log still names them): day 2 reads by every way in still work."""
+    day1 = [p for p in Path(kwh, "user_knowledge").rglob("*.parquet") if "ds=2000-01-01" in str(p)]
+    assert day1
+    for p in day1:
+        p.unlink()
+    assert query_user_knowledge(kwh, user_ids=[1, 4], ds="2000-01-02").num_rows == 6
+    assert query_user_knowledge(kwh, user_ids=[1]).num_rows == 3  # the newest day, from the log alone
+    assert query_many(kwh, pa.array([4, 1, 2], pa.int64()), ds="2000-01-02").num_rows == 9
+    assert Warehouse(kwh).read("user_knowledge", ds="2000-01-02").num_rows == 12
+    assert main(["query", "--warehouse", kwh, "--ds", "2000-01-02", "--user-id", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3
+    with pytest.raises(OSError):  # day 1 itself is gone
+        query_user_knowledge(kwh, user_ids=[1], ds="2000-01-01")
+
+
+def test_query_many_arrow_in_arrow_out(kwh):
+    single = {u: query_user_knowledge(kwh, user_ids=[u], ds="2000-01-02") for u in (1, 2, 3, 4)}
+    out = query_many(kwh, pa.table({"user_id": pa.array([3, 1, 3, 99, 4], pa.int64())}), ds="2000-01-02")
+    assert out.column("user_id").to_pylist() == [1] * 3 + [3] * 3 + [4] * 3  # by user; duplicates once
+    assert out.sort_by([("user_id", "ascending"), ("condition", "ascending")]).equals(
+        pa.concat_tables([single[1], single[3], single[4]]).replace_schema_metadata(None))
+    assert out.schema.field("embedding").type == pa.list_(pa.field("element", pa.float32()), DIM)
+    assert query_many(kwh, np.array([2, 4], np.int32)).num_rows == 6  # numpy in, the newest day
+    assert query_many(kwh, pa.chunked_array([[2], [4]]), ds="2000-01-02",
+                      conditions=["category=Drama"]).column("user_id").to_pylist() == [2, 4]
+    assert query_many(kwh, [12345], ds="2000-01-01").num_rows == 0
+    assert query_many(kwh, [2], version=0).column("model_version").to_pylist() == ["lum-1999-12-31"] * 3
+
+
+@pytest.mark.parametrize("user_ids, kwargs, match", [
+    (pa.table({"uid": [1]}), {}, "needs a user_id column"),
+    (pa.array([1.5]), {}, "user_ids must be integers"),
+    (pa.array([1, None], pa.int64()), {}, "without nulls"),
+    (np.array([[1, 2]]), {}, "1-D array of integers"),
+    (["1 OR 1=1"], {}, "1-D array of integers"),
+    ([1], {"ds": "2000-03-01"}, "no partition ds=2000-03-01"),
+    ([1], {"table": "events"}, "table must be one of"),
+    ([1], {"table": "dlrm_training", "conditions": ["category=A"]}, "conditions apply to user_knowledge only"),
+])
+def test_query_many_bad_arguments(kwh, user_ids, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        query_many(kwh, user_ids, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"user_ids": [1], "ds": "2000-1-1"}, "ds must be YYYY-MM-DD"),
     ({"user_ids": [1], "ds": "2000-02-30"}, "not a calendar day"),
@@ -146,11 +191,22 @@ def test_env_warehouse_is_used(kwh, capsys, monkeypatch):
 
 
 def test_bench_query_small(warehouse):
-    report = run_with("bench.query", {"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048},
-                       quick=True, warehouse=warehouse)
-    assert [r["lookup"] for r in report["table"]] == ["single", "single_newest", "batch_100", "unknown"]
-    assert report["files"] == 2 and report["summary"]["users"] == 3000
-    assert all(r["p50_ms"] > 0 for r in report["table"])
+    """--quick sizes shrunk further: 3 days, day D in 2 hash shards (overlapping files), timed before and after
+    the maintain stage clustered it."""
+    report = run_with("bench.query", {"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048,
+                                      "shards": 2, "batch_users": 500, "batches": 2}, quick=True, warehouse=warehouse)
+    kinds = ["single", "single_newest", "batch_100", "unknown", "many"]
+    assert [(r["phase"], r["lookup"]) for r in report["table"]] == [(p, k) for p in ("before", "after") for k in kinds]
+    assert all(r["p50_ms"] > 0 and r["users_per_s"] > 0 for r in report["table"])
+    assert report["config"]["days"] == 3 and report["config"]["conditions"] == 4  # the QUICK preset
+    day, snapshot = report["files"]["before"]
+    assert day == 6 and snapshot == 18  # 2 shards x 3 files of 2048 rows, and 3 days of them in the log
+    assert report["maintain"]["rewrite"] == "cluster" and report["maintain"]["rows"] == 12_000
+    assert report["files"]["after"] == (1, 3)  # every day re-linked to D's one clustered file
+    summary = report["summary"]
+    assert summary["users"] == 3000 and summary["days"] == 3
+    assert {"single_p50_ms_before", "single_p50_ms_after", "many_users_per_s_before", "many_users_per_s_after",
+            "target_p50_ms", "target_batch_users_s"} <= set(summary)
     assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
     with pytest.raises(ValueError, match="unknown bench.query option"):
         run_with("bench.query", {"userz": 1}, quick=True, warehouse=warehouse)
@@ -158,6 +214,8 @@ def test_bench_query_small(warehouse):
         run_with("bench.query", {"users": 99}, quick=True, warehouse=warehouse)
     with pytest.raises(ValueError, match="row_group_rows must be >= 1"):
         run_with("bench.query", {"row_group_rows": 0}, quick=True, warehouse=warehouse)
+    with pytest.raises(ValueError, match="batch_users must be <= users"):
+        run_with("bench.query", {"users": 1000, "batch_users": 2000}, quick=True, warehouse=warehouse)
 
 
 def test_opens_only_files_whose_user_range_matches(warehouse):
