@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stages.model.lum import ModelConfig, build_model
+from stages.model.timefeat import build_popularity
 from stages.model.vocab import Vocab
 from stages.training import loop as train_loop
 from stages.training.distributed import dist_info, init_distributed
@@ -32,14 +33,19 @@ def main(out: str, rows_per_step: int = 4) -> None:
     rng = np.random.default_rng(0)
     vocab = Vocab.build(range(1, 41), [f"g{i % 4}" for i in range(40)])
     items = [rng.integers(1, 41, size=n) for n in rng.integers(1, 12, size=48)]
-    seqs = Sequences.from_lists(items, [vocab.item_conditions()[x] for x in items])
+    day = 86_400
+    ts = [10 * day + np.sort(rng.integers(0, 20 * day, size=len(x))) for x in items]  # days 10..29
+    seqs = Sequences.from_lists(items, [vocab.item_conditions()[x] for x in items], ts)
+    flat_day, flat_item = np.concatenate(ts) // day, np.concatenate(items)
+    popularity = build_popularity(flat_day, flat_item, np.ones_like(flat_item), n_item_rows=41, first_day=10,
+                                  last_day=30, window=5)  # the default model is time-aware
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_len=12,
                                     d_item=8, d_feature=4), vocab)
     counts = torch.from_numpy(np.bincount(seqs.items, minlength=41).astype(np.float64))
     cfg = train_loop.TrainConfig(epochs=2, row_tokens=24, rows_per_step=rows_per_step, warmup_steps=2, sampled_negatives=6,
                                  logq=True, log_every_s=1000)
-    stats = train_loop.train(model, seqs, cfg, item_counts=counts, ckpt_path=None)
+    stats = train_loop.train(model, seqs, cfg, item_counts=counts, ckpt_path=None, popularity=popularity)
     if rank == 0:
         torch.save(model.state_dict(), Path(out) / "weights.pt")
         (Path(out) / "stats.json").write_text(json.dumps({"loss": stats["loss"], "world": world,

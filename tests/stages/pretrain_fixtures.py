@@ -45,11 +45,35 @@ def write_sequences(wh: Warehouse, ds: str, users: dict[int, tuple[list[int], li
     wh.write_partition("user_sequences", pa.table(rows), ds=ds)
 
 
+def write_background_events(wh: Warehouse, base: dt.datetime, days: int = 5) -> None:
+    """events of other users in the ``days`` days before ``base``, item i seen 1 + (7 i mod 13) times a day: the
+    recent popularity a time-aware model reads (varied buckets, so its popularity weights get real gradients)."""
+    rows = {"user_id": [], "item_id": [], "ts": [], "scenario": [], "rating": [], "event_idx": [], "ds": []}
+    for d in range(1, days + 1):
+        day = base - dt.timedelta(days=d)
+        for item in range(1, N_ITEMS + 1):
+            for k in range(1 + (7 * item) % 13):
+                rows["user_id"].append(10_000 + k)
+                rows["item_id"].append(item)
+                rows["ts"].append(day + dt.timedelta(minutes=item, seconds=k))
+                rows["scenario"].append("rating")
+                rows["rating"].append(4.0)
+                rows["event_idx"].append(len(rows["event_idx"]))
+                rows["ds"].append(day.date().isoformat())
+    wh.write_full("events", pa.table({**rows, "user_id": pa.array(rows["user_id"], pa.int64()),
+                                      "item_id": pa.array(rows["item_id"], pa.int64()),
+                                      "ts": pa.array(rows["ts"], pa.timestamp("us", tz="UTC")),
+                                      "rating": pa.array(rows["rating"], pa.float32()),
+                                      "event_idx": pa.array(rows["event_idx"], pa.int64())}))
+
+
 def make_warehouse(path: str, *, users: int = 24, days: int = 2, per_day: int = 6) -> list[str]:
-    """Items + user_sequences for ``days`` consecutive days; on day d only even users (d>0) get new events."""
+    """Items + user_sequences for ``days`` consecutive days; on day d only even users (d>0) get new events;
+    background events before the first day (`write_background_events`)."""
     wh = Warehouse(path)
     write_items(wh)
     base = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    write_background_events(wh, base)
     out, lengths = [], {u: 1 + (u % 5) for u in range(users)}   # user 0 has a single behaviour
     for d in range(days):
         ds = (base + dt.timedelta(days=d)).date().isoformat()

@@ -9,6 +9,7 @@ import torch
 
 from stages.core.config import from_mapping
 from stages.model import store as model_store
+from stages.model.timefeat import POP_BUCKETS
 from stages.pretrain import stage as pretrain
 from tests.stages.pretrain_fixtures import TINY, make_warehouse
 
@@ -56,9 +57,9 @@ def test_config_nests_model_and_train_options():
     assert cfg.train_config(warm=False).epochs == 3.0
     assert cfg.train_config(warm=True).epochs == TINY["continue_epochs"]
     default = from_mapping(pretrain.Config, {})
-    assert default.train.epochs == 30.0 and default.continue_epochs == 1.0
+    assert default.train.epochs == pretrain.SCRATCH_EPOCHS and default.continue_epochs == 1.0
     # the hash of the flat Config (pinned: a change restarts interrupted runs; new options change it on purpose)
-    assert pretrain.config_hash(default) == "12fa7c5a"
+    assert pretrain.config_hash(default) == "b3b0acf7"
     with pytest.raises(ValueError, match="unknown Config option"):
         _cfg(d_modle=8)
 
@@ -73,7 +74,7 @@ def test_loaded_model_answers_grouped_queries(warehouse):
     q = torch.tensor([v.condition_id("category=g1"), v.condition_id("category=g2")])
     o = loaded.model.encode_grouped(hist, conds, torch.tensor([0, 3], dtype=torch.int32), q,
                                     torch.tensor([0, 2], dtype=torch.int32))
-    assert o.shape == (2, loaded.meta["dim"])
+    assert o.shape == (2, TINY["d_model"]) and loaded.meta["dim"] == TINY["d_model"] + POP_BUCKETS  # [o, T w]
     assert loaded.meta["config"]["max_len"] == TINY["max_len"]
     with pytest.raises(ValueError, match="not found"):
         model_store.load(warehouse, "lum-2099-01-01")

@@ -23,7 +23,7 @@ def _setup(seed=0):
     seqs = Sequences.from_lists(items, [vocab.item_conditions()[x] for x in items])
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.2, max_len=12,
-                                    d_item=8, d_feature=4), vocab)
+                                    d_item=8, d_feature=4, time_features=False), vocab)
     counts = torch.from_numpy(np.bincount(seqs.items, minlength=31).astype(np.float64))
     return model, seqs, counts
 

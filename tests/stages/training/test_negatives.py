@@ -31,7 +31,7 @@ def test_all_items_loss_is_full_softmax():
     seqs = Sequences.from_lists(items, [vocab.item_conditions()[x] for x in items])
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0, max_len=8, d_item=8,
-                                    d_feature=4, cond_loss_weight=0.0), vocab)
+                                    d_feature=4, cond_loss_weight=0.0, time_features=False), vocab)
     cfg = train_loop.TrainConfig(max_steps=1, row_tokens=16, rows_per_step=8, lr=0.0, warmup_steps=1,
                                  negative_sampling="all", sampled_negatives=0, log_every_s=1000)
     rows = train_loop.epoch_rows(seqs, cfg, 0)

@@ -41,7 +41,7 @@ def _tiny(seed: int = 0):
     conds = [vocab.item_conditions()[x] for x in items]
     torch.manual_seed(seed)
     model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, max_len=10,
-                                    d_item=16, d_feature=4), vocab)
+                                    d_item=16, d_feature=4, time_features=False), vocab)
     return vocab, Sequences.from_lists(items, conds), model
 
 
