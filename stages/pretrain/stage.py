@@ -117,11 +117,17 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         if cfg.require_warm_start:
             raise ValueError(f"no model version through {prev_day(ds)} to warm-start from (require_warm_start=true)")
         log.info("no model version through %s: training from scratch", prev_day(ds))
+    loaded = model_store.load(wh.uri, parent) if parent is not None else None
+    if loaded is not None and loaded.model.cfg.time_features != cfg.model.time_features:
+        # the knowledge width follows time_features: a daily run keeps its parent's, so the tables keep theirs
+        log.warning("pretrain: parent %s has time_features=%s; keeping it (rerun with --retrain to change it)",
+                    parent, loaded.model.cfg.time_features)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 time_features=loaded.model.cfg.time_features))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab)
     parent_state = None
-    if parent is not None:
-        loaded = model_store.load(wh.uri, parent)
+    if loaded is not None:
         model.load_state_dict(remap_state(loaded.model.state_dict(), loaded.vocab, model.state_dict(), vocab))
         parent_state = model_store.load_checkpoint(loaded.path / "checkpoint.pt")
         log.info("warm start from %s", parent)

@@ -164,3 +164,16 @@ def test_train_windows_cover_long_histories_on_scratch_runs_only(warehouse):
     assert warm["parent"] == "lum-" + d2 and warm["sequences"] == 12
     with pytest.raises(ValueError, match="train_windows"):
         pretrain.run(_cfg(train_windows=-1), ds=d3, warehouse=warehouse)
+
+
+def test_a_daily_run_keeps_its_parents_time_features(warehouse):
+    """Upgrading the default does not change the width of a running pipeline's knowledge: a warm start keeps the
+    parent's time_features; --retrain takes the new one."""
+    d1, d2 = make_warehouse(warehouse, days=2)
+    pretrain.run(_cfg(time_features=False), ds=d1, warehouse=warehouse)
+    pretrain.run(_cfg(), ds=d2, warehouse=warehouse)
+    child = model_store.load(warehouse, "lum-" + d2)
+    assert child.meta["parent"] == "lum-" + d1
+    assert child.model.cfg.time_features is False and child.meta["dim"] == TINY["d_model"]
+    pretrain.run(_cfg(retrain=True), ds=d2, warehouse=warehouse)
+    assert model_store.load(warehouse, "lum-" + d2).meta["dim"] == TINY["d_model"] + POP_BUCKETS
