@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from stages.core.conditions import condition_to_features, parse_spec
 from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
@@ -52,11 +54,14 @@ class Config:
     row_group_rows: int = 8192  # parquet row group size: a point lookup reads about one group
     device: str = "auto"  # "auto" = cuda when available, else cpu
     run_id: str | None = None  # shared by all shards of one run; None = derived (publish.default_run_id)
+    threads: int = 0  # > 0: torch.set_num_threads while encoding (1 is fastest on a busy CPU box), restored after
 
 
 def _validate_cfg(cfg: Config) -> None:
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be grouped or naive, got {cfg.mode!r}")
+    if cfg.threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = torch's default), got {cfg.threads}")
     for name in ("token_budget", "chunk_users", "row_group_rows"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -145,6 +150,18 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
                     shard: ShardSpec | None) -> dict[str, Any]:
     """Stage this process's user_knowledge and item_knowledge files and manifests (no commit)."""
     device = resolve_device(cfg.device)
+    before = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _infer_partition(cfg, ds=ds, wh=wh, version=version, dataset=dataset, run_id=run_id, shard=shard,
+                                device=device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, dataset: Any, run_id: str,
+                     shard: ShardSpec | None, device: Any) -> dict[str, Any]:
     loaded = model_store.load(wh.uri, version, device=device)
     model, vocab = loaded.model, loaded.vocab
     dim = check_model(loaded, version, ds)

@@ -300,3 +300,19 @@ def test_liked_model_answers_every_category_under_both_feedback_values(warehouse
     summary = run(Config(conditions="top:2", with_features="liked=*"), ds=DS, warehouse=warehouse)
     conds = read_sorted(warehouse).column("condition").to_pylist()
     assert summary["rows"] == len(conds) and {c.split(",")[1] for c in conds} == {"liked=yes", "liked=no"}
+
+
+def test_threads_option_is_applied_and_restored(wh_ready, monkeypatch):
+    seen = []
+    real = infer_encode.encode_batch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer_encode, "encode_batch", spy)
+    before = torch.get_num_threads()
+    run(Config(threads=1), ds=DS, warehouse=wh_ready)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        run(Config(threads=-1), ds=DS, warehouse=wh_ready)
