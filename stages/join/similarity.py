@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+def vector_matrix(arr: pa.Array, width: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """list column -> ((n, width) array, nan for null elements, 0 for null rows; (n,) valid rows)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -28,7 +28,7 @@ def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-def _entries(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def user_matrices(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present).
 
     Entries with an index outside 0..n_ext-1 are an error (the join maps conditions to indexes).
@@ -73,10 +73,19 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
     list), ``item_vec`` list<float> of D raw e_i (null: no item knowledge). sim = cosine, 0.0 when a norm is 0.
     Memory: B x n_ext x D float32.
     """
-    users, norms, present = _entries(user_list, n_ext, dim)
-    items, i_ok = _matrix(item_vec, dim, np.float32)
-    n = len(items)
+    users, norms, present = user_matrices(user_list, n_ext, dim)
     u_ok = np.asarray(user_list.is_valid().to_numpy(zero_copy_only=False), bool)
+    items, i_ok = vector_matrix(item_vec, dim)
+    return lum_columns_of(users, norms, present, u_ok, target_index, items, i_ok, n_cond=n_cond, n_ext=n_ext,
+                          knowledge_ds=knowledge_ds, model_version=model_version, wanted=wanted)
+
+
+def lum_columns_of(users: np.ndarray, norms: np.ndarray, present: np.ndarray, u_ok: np.ndarray,
+                   target_index: pa.Array, items: np.ndarray, i_ok: np.ndarray, *, n_cond: int, n_ext: int,
+                   knowledge_ds: str, model_version: str, wanted: frozenset[str]) -> dict[str, pa.Array]:
+    """``lum_columns`` from matrices, one row per sample: the users' (``user_matrices``' three arrays; ``u_ok``
+    (B,) the user has knowledge) and the items' (``vector_matrix``: (B, D) float32 e_i, ``i_ok`` (B,))."""
+    n = len(items)
     row_ok = u_ok & i_ok
     inorm = np.sqrt(np.einsum("nd,nd->n", items, items, dtype=np.float64))
     unit = items / np.where(inorm > 0, inorm, 1.0)[:, None]
