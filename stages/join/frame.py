@@ -1,17 +1,18 @@
-"""The Spark plan of the join: samples + LUM columns as one lazy dlrm_training DataFrame.
+"""The Spark plan of the join: samples + LUM columns as lazy rows and the Python function that finishes them.
 
     samples
       LEFT JOIN items (broadcast)           on item_id  -> index of the target condition
       (LEFT JOIN item_knowledge             on item_id  -> e_i, only when not broadcast to Python)
       UNION user_vectors                    one row per user: list<struct<i: condition index, e: o_q>>
       repartition by user id, sort by (user id, user row first)
-      mapInArrow: stages.join.merge per partition (the user join, then stages.join.similarity per batch)
+      per partition in Python: stages.join.merge (the user join, then stages.join.similarity per batch)
 
-The user join happens in Python (stages.join.merge) so that each user's vectors cross into Python once, not
-once per sample; broadcast item vectors go to Python with the task and are looked up there. Condition indexes run over the configured conditions (the ``lum_match`` order) then any item
-target condition not configured, so ``lum_user`` / ``lum_target_match`` work for every item. ``user_vectors``
-groups each user's vectors once (stages.join.inputs feeds it the samples' users only and observes its check
-columns); no per-row Spark lambdas, no per-condition explode.
+The user join happens in Python so that each user's vectors cross into Python once, not once per sample;
+broadcast item vectors go to Python with the task and are looked up there. Condition indexes run over the
+configured conditions (the ``lum_match`` order) then any item target condition not configured, so
+``lum_user`` / ``lum_target_match`` work for every item. ``user_vectors`` groups each user's vectors once
+(stages.join.inputs feeds it the samples' users only and observes its check columns); no per-row Spark
+lambdas, no per-condition explode.
 """
 
 from __future__ import annotations
@@ -55,17 +56,6 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
                  F.count(F.lit(1)).alias("_rows"), F.size(F.collect_set("_cidx")).alias("_keys"),
                  F.collect_set("model_version").alias("_versions"), F.min(width).alias("_lo"),
                  F.max(width).alias("_hi")))
-
-
-def build_training_frame(samples: Any, items: Any, users: Any | None, ik: Any | None, **kw: Any) -> Any:
-    """``training_plan``'s rows as one lazy dlrm_training DataFrame (``mapInArrow`` of its batch function)."""
-    from pyspark.sql import types as T  # deferred: stage.py is imported for its Config without Spark
-
-    rows, batches = training_plan(samples, items, users, ik, **kw)
-    if batches is None:
-        return rows
-    out_schema = dlrm_training.spark_schema(kw["dim"])
-    return rows.mapInArrow(batches, T.StructType([T.StructField(f.name, f.dataType, True) for f in out_schema]))
 
 
 def training_plan(samples: Any, items: Any, users: Any | None, ik: Any | None, *, spec: JoinSpec,
