@@ -76,3 +76,14 @@ def test_no_pandas_on_the_driver(spark, warehouse, monkeypatch):
         monkeypatch.setattr(frame, "toPandas", lambda self: pytest.fail("toPandas on the driver"))
     summary = run_join(wh)
     assert summary["rows"] == 11 and summary["rows_without_knowledge"] == 2
+
+
+def test_item_vectors_joined_in_spark_give_the_same_rows(spark, warehouse):
+    """broadcast_items=false: the sample items' knowledge stays in Spark (cached, checked there, joined to each
+    sample row) instead of going to the Python tasks; the rows are the same."""
+    wh = make_warehouse(warehouse)
+    run_join(wh)
+    expected = sorted_rows(wh.read("dlrm_training", ds="2001-01-05"))
+    summary = run_join(wh, broadcast_items=False)
+    assert summary["rows"] == 11 and summary["rows_without_knowledge"] == 2
+    assert sorted_rows(wh.read("dlrm_training", ds="2001-01-05")) == expected
