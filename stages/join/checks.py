@@ -1,19 +1,21 @@
 """The join's input and output checks; each failure is a ``ValueError`` naming the table, day and column.
 
 Inputs: the samples table's Delta schema (``check_samples_schema``) and the knowledge rows the join uses
-(``check_knowledge``: one model version, one embedding width, unique keys, the same in both).
-Output: rows per day == sample rows of that day, keys non-null and unique (``check_days``), asserted
-before any commit so ``dlrm_training`` is untouched by a failed check.
+(``table_stats``, ``agree``: one model version, one embedding width, unique keys, the same in both).
+Output: rows per day == sample rows of that day (``OutputCheck``, on the written files' footers) and keys
+non-null and unique (the warehouse bridge), asserted before any commit so ``dlrm_training`` is untouched by
+a failed check.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
-from schemas import dlrm_training
 from stages.join.spec import JoinSpec
 from stages.warehouse.facade import Warehouse
 
@@ -45,41 +47,53 @@ def check_samples_schema(wh: Warehouse, spec: JoinSpec, version: int | None = No
             raise ValueError(f"{spec.samples_table}: column {f.name} has type {have[f.name]}, expected {f.type}")
 
 
-def check_knowledge(users: Any, ik: Any, k_ds: str) -> tuple[str | None, int]:
-    """(model_version, dim) of the knowledge rows the join uses from partition ``k_ds``; ONE Spark job.
-
-    ``users`` is ``stages.join.frame.user_vectors`` of the samples' users (its check columns), ``ik`` the
-    item_knowledge rows of the samples' items, so the counts cover what is joined. Those rows must hold exactly
-    one model_version, one embedding width and unique keys ((user_id, condition) / item_id); both tables must
-    agree on version and width. A table with no such rows is not checked; (None, 1) when neither has any.
-    """
+def user_metrics() -> list[Any]:
+    """Aggregates over ``stages.join.frame.user_vectors``' check columns: observed while the join's write
+    computes the users (``DataFrame.observe``), so they cost no job of their own."""
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
-    user_stats = users.agg(F.lit("user_knowledge").alias("table"),
-                           F.array_distinct(F.flatten(F.collect_list("_versions"))).alias("versions"),
-                           F.min("_lo").alias("lo"), F.max("_hi").alias("hi"),
-                           F.sum("_rows").alias("rows"), F.sum("_keys").alias("keys"))
-    item_stats = ik.agg(F.lit("item_knowledge").alias("table"), F.collect_set("model_version").alias("versions"),
-                        F.min(F.size("embedding")).alias("lo"), F.max(F.size("embedding")).alias("hi"),
-                        F.count(F.lit(1)).alias("rows"), F.countDistinct("item_id").alias("keys"))
-    stats = {}
-    rows = user_stats.union(item_stats).collect()  # one Spark job for both tables
-    for row in rows:
-        name = row["table"]
-        if not row["rows"]:
-            continue
-        versions = sorted(row["versions"] or [])
-        if len(versions) != 1:
-            raise ValueError(f"{name}[{k_ds}] must hold exactly one model_version, got {versions}")
-        if row["lo"] != row["hi"]:
-            raise ValueError(f"{name}[{k_ds}] has embeddings of widths {row['lo']}..{row['hi']}")
-        if row["rows"] != row["keys"]:
-            raise ValueError(f"{name}[{k_ds}] has {row['rows'] - row['keys']} duplicated key(s)")
-        stats[name] = (versions[0], row["lo"])
-    if not stats:
+    return [F.array_distinct(F.flatten(F.collect_list("_versions"))).alias("versions"), F.min("_lo").alias("lo"),
+            F.max("_hi").alias("hi"), F.sum("_rows").alias("rows"), F.sum("_keys").alias("keys")]
+
+
+def item_stats(ik: Any) -> dict[str, Any]:
+    """The same aggregates over ``ik``, the item_knowledge rows of the samples' items (one small Spark job)."""
+    from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
+
+    return ik.agg(F.collect_set("model_version").alias("versions"), F.min(F.size("embedding")).alias("lo"),
+                  F.max(F.size("embedding")).alias("hi"), F.count(F.lit(1)).alias("rows"),
+                  F.countDistinct("item_id").alias("keys")).collect()[0].asDict()
+
+
+def arrow_item_stats(rows: pa.Table) -> dict[str, Any]:
+    """``item_stats`` of the items' rows read to the driver (item_id, embedding, model_version), by pyarrow."""
+    lengths = pc.list_value_length(rows.column("embedding"))
+    return {"versions": pc.unique(rows.column("model_version").drop_null()).to_pylist(), "rows": rows.num_rows,
+            "lo": pc.min(lengths).as_py(), "hi": pc.max(lengths).as_py(),
+            "keys": pc.count_distinct(rows.column("item_id")).as_py()}
+
+
+def table_stats(name: str, stats: dict[str, Any], k_ds: str) -> tuple[str, int] | None:
+    """(model_version, dim) of the rows ``stats`` (``user_metrics`` / ``item_stats``) describe; None without
+    rows. ValueError unless they hold exactly one model_version, one embedding width and unique keys."""
+    if not stats["rows"]:
+        return None
+    versions = sorted(stats["versions"] or [])
+    if len(versions) != 1:
+        raise ValueError(f"{name}[{k_ds}] must hold exactly one model_version, got {versions}")
+    if stats["lo"] != stats["hi"]:
+        raise ValueError(f"{name}[{k_ds}] has embeddings of widths {stats['lo']}..{stats['hi']}")
+    if stats["rows"] != stats["keys"]:
+        raise ValueError(f"{name}[{k_ds}] has {stats['rows'] - stats['keys']} duplicated key(s)")
+    return versions[0], int(stats["lo"])
+
+
+def agree(k_ds: str, users: tuple[str, int] | None, items: tuple[str, int] | None) -> tuple[str | None, int]:
+    """(model_version, dim) both tables' ``table_stats`` share (either may be None); ValueError on a mismatch."""
+    if users is None and items is None:
         return None, 1
-    uv, udim = stats.get("user_knowledge") or stats["item_knowledge"]
-    iv, idim = stats.get("item_knowledge") or stats["user_knowledge"]
+    uv, udim = users or items
+    iv, idim = items or users
     if uv != iv:
         raise ValueError(f"model_version mismatch in knowledge partition {k_ds}: "
                          f"user_knowledge {uv!r} vs item_knowledge {iv!r}")
@@ -98,33 +112,47 @@ def peek_knowledge(uk: Any, ik: Any) -> tuple[str | None, int]:
     return (rows[0]["model_version"], int(rows[0]["dim"])) if rows else (None, 1)
 
 
-def check_days(out: Any, spec: JoinSpec, expected: dict[str, int]) -> dict[str, int]:
-    """ONE Spark job: per ds of ``out``, rows == ``expected[ds]``, keys non-null and unique.
+class OutputCheck:
+    """The output check of one join write, run by the warehouse bridge on the files Spark wrote, before the
+    commit (``Warehouse.write_arrow_days(..., check=...)``): no extra pass over the output.
 
-    Returns rows without knowledge per day. Raises ValueError naming the day and the column (null
-    keys, duplicated keys, fan-out, or rows of a day not in ``expected``).
+    Per day of ``expected``: rows (the footers' row counts) == sample rows, else a fan-out ``ValueError``; a file
+    of another day is an error. Keys non-null and unique: the bridge's ``check_written_keys``, which runs first.
+    ``without`` (filled by the call): rows without knowledge per day, from the footers' null counts of
+    ``lum_knowledge_ds``; a file without that count is counted by a Spark read of that one column. ``before``:
+    checks that need the write's job done first (the user knowledge observed by it), called first.
     """
-    from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
-    key = list(dlrm_training.KEY)
-    aggs = [F.count(F.lit(1)).alias("rows"), F.countDistinct(*key).alias("keys"),
-            F.sum(F.col("lum_knowledge_ds").isNull().cast("long")).alias("without")]
-    aggs += [F.sum(F.col(k).isNull().cast("long")).alias(f"null_{k}") for k in key]
-    found = {row["ds"]: row for row in out.groupBy("ds").agg(*aggs).collect()}
-    extra = sorted(set(found) - set(expected), key=str)
-    if extra:
-        raise ValueError(f"join output has rows of ds={extra[0]}, outside the days being written")
-    without = {}
-    for ds, n_samples in sorted(expected.items()):
-        row = found.get(ds)
-        rows = row["rows"] if row is not None else 0
-        for k in key:
-            if row is not None and row[f"null_{k}"]:
-                raise ValueError(f"{spec.samples_table}[{ds}]: column {k} has {row[f'null_{k}']} null value(s)")
-        if row is not None and row["keys"] != rows:
-            raise ValueError(f"{spec.samples_table}[{ds}]: key ({', '.join(key)}) has "
-                             f"{rows - row['keys']} duplicated row(s)")
-        if rows != n_samples:
-            raise ValueError(f"join fan-out: {rows} output rows for {n_samples} samples of {ds}")
-        without[ds] = int(row["without"] or 0) if row is not None else 0
-    return without
+    def __init__(self, spark: Any, spec: JoinSpec, root: str, expected: dict[str, int],
+                 before: Callable[[], Any] | None = None):
+        self.spark, self.spec, self.root, self.expected = spark, spec, root, dict(expected)
+        self.before = before
+        self.without: dict[str, int] = {}
+
+    def _nulls(self, relpaths: list[str]) -> int:
+        from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
+
+        data = self.spark.read.schema("lum_knowledge_ds string").parquet(*[f"{self.root}/{p}" for p in relpaths])
+        return int(data.where(F.col("lum_knowledge_ds").isNull()).count())
+
+    def __call__(self, files: Any) -> None:
+        if self.before is not None:
+            self.before()
+        rows = dict.fromkeys(self.expected, 0)
+        without = dict.fromkeys(self.expected, 0)
+        uncounted: dict[str, list[str]] = {}
+        for item, stats in files:
+            if item.ds not in rows:
+                raise ValueError(f"join output has rows of ds={item.ds}, outside the days being written")
+            rows[item.ds] += int(stats.stats["numRecords"])
+            nulls = stats.stats.get("nullCount", {}).get("lum_knowledge_ds")
+            if nulls is None:
+                uncounted.setdefault(item.ds, []).append(item.relpath)
+            else:
+                without[item.ds] += int(nulls)
+        for ds, n_samples in sorted(self.expected.items()):
+            if rows[ds] != n_samples:
+                raise ValueError(f"join fan-out: {rows[ds]} output rows for {n_samples} samples of {ds}")
+        for ds, relpaths in uncounted.items():
+            without[ds] += self._nulls(relpaths)
+        self.without = without

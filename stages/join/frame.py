@@ -1,17 +1,20 @@
-"""The Spark plan of the join: samples + LUM columns as one lazy dlrm_training DataFrame.
+"""The Spark plan of the join: samples + LUM columns as lazy rows and the Python function that finishes them.
 
     samples
       LEFT JOIN items (broadcast)           on item_id  -> index of the target condition
-      LEFT JOIN user_vectors (shuffle)      on user_id  -> list<struct<i: condition index, e: o_q>>
-      LEFT JOIN item_knowledge              on item_id  -> e_i (broadcast unless disabled)
-      mapInArrow: stages.join.similarity.lum_columns per Arrow batch
+      (LEFT JOIN item_knowledge             on item_id  -> e_i, only when not broadcast to Python)
+      UNION user_vectors                    one row per user: list<struct<i: condition index, e: o_q>>
+      repartition by user id, sort by (user id, user row first)
+      per partition in Python: stages.join.merge (the user join, then stages.join.similarity per batch)
 
-Condition indexes run over the configured conditions (the ``lum_match`` order) then any item target
-condition not configured, so ``lum_user`` / ``lum_target_match`` work for every item. A knowledge condition
-with ``liked`` takes the index of the condition without it: ``liked=yes`` that index k, ``liked=no`` k + n_ext
-(``lum_target_match_disliked``), other values none. ``user_vectors`` groups each user's vectors once
-(stages.join.inputs feeds it the samples' users only and caches it for the checks); no per-row Spark lambdas,
-no per-condition explode.
+The user join happens in Python so that each user's vectors cross into Python once, not once per sample;
+broadcast item vectors go to Python with the task and are looked up there. Condition indexes run over the
+configured conditions (the ``lum_match`` order) then any item target condition not configured, so
+``lum_user`` / ``lum_target_match`` work for every item. A knowledge condition with ``liked`` takes the index of
+the condition without it: ``liked=yes`` that index k, ``liked=no`` k + n_ext (``lum_target_match_disliked``),
+other values none. ``user_vectors`` groups each user's vectors once
+(stages.join.inputs feeds it the samples' users only and observes its check columns); no per-row Spark
+lambdas, no per-condition explode.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from schemas import dlrm_training
-from stages.join.similarity import lum_columns
+from stages.join.merge import merge_partition
 from stages.join.spec import FEEDBACK, JoinSpec
 
 LUM_COLUMNS = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version",
@@ -46,7 +49,7 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
     """One row per user of ``uk`` (lazy): ``_uid``, ``_ulist`` list<struct<i: condition index, e: o_q>> over the
     conditions of ``extended`` (a ``liked=no`` condition: its index + len(extended)), and the check columns
     ``_rows``, ``_keys`` (distinct indexes), ``_versions``, ``_lo`` / ``_hi`` (embedding widths) that
-    stages.join.checks.check_knowledge reads."""
+    stages.join.checks.user_metrics aggregates."""
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
 
     cond_df = _condition_frame(uk.sparkSession, extended)
@@ -64,48 +67,55 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
                  F.max(width).alias("_hi")))
 
 
-def build_training_frame(samples: Any, items: Any, users: Any | None, ik: Any | None, *, spec: JoinSpec,
-                         conditions: list[str], extended: list[str], knowledge_ds: str | None,
-                         model_version: str | None, dim: int, broadcast_items: bool = True) -> Any:
-    """The dlrm_training DataFrame of ``samples`` (one or many days, lazy); ``users``/``ik`` None: null LUM columns.
+def training_plan(samples: Any, items: Any, users: Any | None, ik: Any | None, *, spec: JoinSpec,
+                  conditions: list[str], extended: list[str], knowledge_ds: str | None,
+                  model_version: str | None, dim: int, broadcast_items: bool = True,
+                  item_table: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+    """(rows, batch function): the dlrm_training rows of ``samples`` (one or many days) are ``batch function``
+    applied to each partition of ``rows`` (lazy); ``users``/``ik`` None: ``rows`` are the output itself (null LUM
+    columns) and the function is None. ``ik`` is joined in Spark only without ``item_table``.
 
-    ``items`` is (item_id, <spec.target_feature>); ``users`` is ``user_vectors`` of the checked knowledge partition
+    ``items`` is (item_id, <spec.target_feature>); ``users`` is ``user_vectors`` of knowledge partition
     ``knowledge_ds`` over ``extended`` (``extended_conditions``), ``ik`` its item_knowledge, both of width ``dim``.
-    Output columns and types are ``dlrm_training.spark_schema(dim)``.
+    Output columns and types are ``dlrm_training.spark_schema(dim)``; rows come in user id order per partition
+    (``spark.sql.shuffle.partitions`` of them). ``item_table``: ``ik``'s vectors in Python (``stages.join.merge.
+    item_lookup``'s table, sent with the task), looked up there instead of joined in Spark.
     """
     from pyspark.sql import functions as F  # deferred: stage.py is imported for its Config without Spark
-    from pyspark.sql import types as T
 
     out_schema = dlrm_training.spark_schema(dim)
     sample_cols = [f.name for f in out_schema.fields if not f.name.startswith("lum_")]
-    if users is None or ik is None:
+    if users is None:
         lum = [F.lit(None).cast(out_schema[c].dataType).alias(c) for c in LUM_COLUMNS]
-        return samples.select(*sample_cols, *lum)
+        return samples.select(*[F.col(c).cast(out_schema[c].dataType) for c in sample_cols], *lum), None
 
     prefix = spec.target_condition_prefix()
     cond_df = _condition_frame(samples.sparkSession, extended)
     target = F.broadcast(items.join(cond_df, F.concat(F.lit(prefix), F.col(spec.target_feature)) == cond_df["_cond"],
                                     "left")
                          .select(F.col("item_id").alias("_iid"), F.col("_cidx").alias("_tidx")))
-    item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"))
-    if broadcast_items:
-        item_vecs = F.broadcast(item_vecs)
+    ulist_type = users.schema["_ulist"].dataType
     base = samples.select(*[F.col(c).cast(out_schema[c].dataType).alias(c) for c in sample_cols])
-    joined = (base
-              .join(target, base["item_id"] == target["_iid"], "left")
-              .join(users, base["user_id"] == users["_uid"], "left")
-              .join(item_vecs, base["item_id"] == item_vecs["_kid"], "left")
-              .select(*sample_cols, "_tidx", "_ulist", "_ie"))
-    result_schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in out_schema.fields])
-    n_cond, n_ext, wanted = len(conditions), len(extended), frozenset(spec.features)
-    k_ds, version = str(knowledge_ds), str(model_version)
-    names = [f.name for f in out_schema.fields]
+    sample_rows = base.join(target, base["item_id"] == target["_iid"], "left")
+    extra = []  # the item vectors travel with each sample row only without item_table
+    if item_table is None:
+        item_vecs = ik.select(F.col("item_id").alias("_kid"), F.col("embedding").alias("_ie"))
+        item_vecs = F.broadcast(item_vecs) if broadcast_items else item_vecs
+        sample_rows = sample_rows.join(item_vecs, base["item_id"] == item_vecs["_kid"], "left")
+        extra = ["_ie"]
+    sample_rows = sample_rows.select(*sample_cols, "_tidx", *extra, F.col("user_id").alias("_key"),
+                                     F.lit(1).alias("_tag"), F.lit(None).cast(ulist_type).alias("_ulist"))
+    user_rows = users.select(*[F.lit(None).cast(out_schema[c].dataType).alias(c) for c in sample_cols],
+                             F.lit(None).cast("int").alias("_tidx"),
+                             *[F.lit(None).cast(sample_rows.schema[c].dataType).alias(c) for c in extra],
+                             F.col("_uid").alias("_key"), F.lit(0).alias("_tag"), "_ulist")
+    parts = int(samples.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    merged = sample_rows.unionByName(user_rows).repartition(parts, "_key").sortWithinPartitions("_key", "_tag")
+    options = {"sample_cols": sample_cols, "names": [f.name for f in out_schema.fields], "n_cond": len(conditions),
+               "n_ext": len(extended), "dim": dim, "knowledge_ds": str(knowledge_ds),
+               "model_version": str(model_version), "wanted": frozenset(spec.features), "items": item_table}
 
-    def per_batch(batches: Any) -> Any:
-        for batch in batches:
-            lum = lum_columns(batch.column("_ulist"), batch.column("_tidx"), batch.column("_ie"), n_cond=n_cond,
-                              n_ext=n_ext, dim=dim, knowledge_ds=k_ds, model_version=version, wanted=wanted)
-            cols = [batch.column(c) for c in sample_cols] + [lum[name] for name in names[len(sample_cols):]]
-            yield pa.RecordBatch.from_arrays(cols, names=names)
+    def per_partition(batches: Any) -> Any:
+        return merge_partition(batches, **options)
 
-    return joined.mapInArrow(per_batch, result_schema)
+    return merged, per_partition

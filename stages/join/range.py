@@ -2,7 +2,7 @@
 
 Each day gets exactly ``run()``'s knowledge partition (``stages.join.plan``); consecutive days with the same
 choice form a group, whose samples are read once, joined by ``stage.join_days`` (the same frame and per-day
-checks as ``run()``) and written by one ``write_spark_partitions`` commit of exactly its days. Same rows as
+checks as ``run()``) and written by one ``Warehouse.write_arrow_days`` commit of exactly its days. Same rows as
 ``run()`` for every day; the fixed per-day cost (check jobs, knowledge checks, the commit) is paid per group.
 Days without a samples partition are skipped and listed in ``days_without_samples`` (their output is left as
 it is); a range with none at all is a ``ValueError``. The knowledge rule (every day needs D - lag's knowledge
@@ -24,7 +24,6 @@ from stages.join.plan import Group, knowledge_days, knowledge_lag, plan_groups, 
 from stages.join.provenance import pin_inputs
 from stages.join.stage import Config, Prepared, check_config, commit_metadata, join_days, output_metadata, prepare
 from stages.warehouse.facade import Warehouse
-from stages.warehouse.spark_bridge import write_spark_partitions
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,17 @@ def _run_group(cfg: Config, prep: Prepared, group: Group) -> dict[str, Any]:
     elif group.fallback == "common_partition":
         log.warning("%s..%s: user_knowledge and item_knowledge newest partitions differ; using %s, the "
                     "newest both have", first, last, group.knowledge_ds)
-    out, without, version, _ = join_days(cfg, prep, samples, expected, group.knowledge_ds)
+    joined = join_days(cfg, prep, samples, expected, group.knowledge_ds)
+    version = joined.model_version
     try:
-        written = write_spark_partitions(wh, spec.output_table, out, days=group.days,
-                                         metadata=output_metadata(spec, prep.conditions),
-                                         commit_metadata=commit_metadata(prep, list(group.days), group.knowledge_ds,
-                                                                         group.fallback, version))
+        written = wh.write_arrow_days(spec.output_table, joined.rows, joined.batches, days=group.days,
+                                      metadata=output_metadata(spec, prep.conditions),
+                                      commit_metadata=commit_metadata(prep, list(group.days), group.knowledge_ds,
+                                                                      group.fallback, version),
+                                      check=joined.check, keyed=joined.batches is not None)
     finally:
-        out.unpersist()
+        joined.release()
+    without = joined.check.without
     rows = sum(expected.values())
     return {"start": first, "end": last, "days": len(group.days), "knowledge_ds": group.knowledge_ds,
             "max_knowledge_lag_days": knowledge_lag(last, group.knowledge_ds),

@@ -4,8 +4,8 @@ and compare it with the partition as written; nothing is written.
 The record (stages.join.provenance) names the input versions; each must still load and hold every file of
 the partitions the rebuild reads (stages.warehouse.history.check_readable: otherwise a one-line error naming
 the table, the version and the vacuum retention). The rebuild runs the join's own code (``prepare``,
-``join_days``: the same frame and checks) on those pinned snapshots with the recorded config. Day D alone is
-rebuilt even when a range commit wrote it with other days: each output row depends on its own sample only.
+``join_days``: the same frame and knowledge checks) on those pinned snapshots with the recorded config. Day D
+alone is rebuilt even when a range commit wrote it with other days: each output row depends on its own sample.
 Equality is exact: rows sorted by key, every column, floats compared bit for bit. Verifying rather than
 rewriting: a rewrite of the same content would add a commit and new files for nothing, and a rebuild that
 differs must not silently replace what consumers already read.
@@ -119,11 +119,14 @@ def reproduce(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, 
     samples_version = versions[spec.samples_table]
     samples = wh.read_spark(prep.spark, spec.samples_table, ds=ds, version=samples_version)
     n_samples = sample_rows_by_day(wh, spec, [ds], samples, samples_version)[ds]
-    out, _, model_version, _ = join_days(run_cfg, prep, samples, {ds: n_samples}, k_ds)
+    joined = join_days(run_cfg, prep, samples, {ds: n_samples}, k_ds)
+    model_version = joined.model_version
     try:
-        rebuilt = out.toArrow()
+        rebuilt = joined.frame().toArrow()
+        if joined.knowledge is not None:
+            joined.knowledge.check_users()  # observed by the job that just built the rows
     finally:
-        out.unpersist()
+        joined.release()
     difference = first_difference(rebuilt, wh.read(table, ds=ds), tuple(schemas.get(table).SPEC.key))
     current = provenance.config_record(current_spec, current_lag, require_knowledge=cfg.require_knowledge,
                                        broadcast_items=cfg.broadcast_items, similarity=cfg.similarity)

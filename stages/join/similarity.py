@@ -3,9 +3,9 @@
 sim(o_q, e_i) = dot(o_q, e_i) / (|o_q| |e_i|), 0.0 when either vector is all zeros; computed as one
 ``einsum`` per batch ((B, n_ext, D) x (B, D)) with each norm computed once per (user, condition) and
 per item. Nulls: a null ``lum_match`` element where the user has no vector for that condition, null
-LUM columns where the user or the item has no knowledge, and every column the spec does not want. Entries
-n_ext..2 n_ext-1 are ``liked=no`` vectors (stages.join.frame): only the target's enters a column
-(``lum_target_match_disliked``), so memory stays B x n_ext x D.
+LUM columns where the user or the item has no knowledge, and every column the spec does not want.
+User entries n_ext..2 n_ext-1 are ``liked=no`` vectors (stages.join.frame): only the target's enters a column
+(``lum_target_match_disliked``). Memory: B x 2 n_ext x D float32 per batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+def vector_matrix(arr: pa.Array, width: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """list column -> ((n, width) array, nan for null elements, 0 for null rows; (n,) valid rows)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -30,23 +30,18 @@ def _matrix(arr: pa.Array, width: int, dtype: type) -> tuple[np.ndarray, np.ndar
     return out, valid
 
 
-Disliked = tuple[np.ndarray, np.ndarray, np.ndarray]  # liked=no entries: (rows (k,), index - n_ext (k,), (k, D))
-
-
-def _entries(user_list: pa.Array, n_ext: int,
-             dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Disliked]:
-    """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, n_ext, D) f32, |u| (n, n_ext) f64, present,
-    the liked=no entries: index n_ext + k = condition k).
+def user_matrices(user_list: pa.Array, n_ext: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """list<struct<i: int 0-based, e: list<float> D>> per row -> (U (n, 2 n_ext, D) f32, |u| (n, 2 n_ext) f64,
+    present): index k < n_ext is condition k, n_ext + k its ``liked=no`` vector.
 
     Entries with an index outside 0..2 n_ext-1 are an error (the join maps conditions to indexes).
     """
     if isinstance(user_list, pa.ChunkedArray):
         user_list = user_list.combine_chunks()
     n = len(user_list)
-    users = np.zeros((n, n_ext, dim), np.float32)
-    norms = np.zeros((n, n_ext), np.float64)
-    present = np.zeros((n, n_ext), bool)
-    disliked = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+    users = np.zeros((n, 2 * n_ext, dim), np.float32)
+    norms = np.zeros((n, 2 * n_ext), np.float64)
+    present = np.zeros((n, 2 * n_ext), bool)
     flat = pc.list_flatten(user_list)
     if len(flat):
         rows = np.asarray(pc.list_parent_indices(user_list).to_numpy(zero_copy_only=False), np.int64)
@@ -57,26 +52,10 @@ def _entries(user_list: pa.Array, n_ext: int,
         if idx.size and (idx.min() < 0 or idx.max() >= 2 * n_ext):
             raise ValueError(f"user condition index out of 0..{2 * n_ext - 1}: {idx.min()}..{idx.max()}")
         vecs = vecs.reshape(-1, dim)
-        no = idx >= n_ext
-        disliked = (rows[no], idx[no] - n_ext, vecs[no])
-        rows, idx, vecs = rows[~no], idx[~no], vecs[~no]
         users[rows, idx] = vecs
         norms[rows, idx] = np.sqrt(np.einsum("kd,kd->k", vecs, vecs, dtype=np.float64))
         present[rows, idx] = True
-    return users, norms, present, disliked
-
-
-def _disliked_match(disliked: Disliked, tidx: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """((n,) sim of each row's liked=no vector under its target condition (0.0 for a zero vector), (n,) present)."""
-    rows, idx, vecs = disliked
-    hit = idx == tidx[rows]
-    rows, vecs = rows[hit], vecs[hit]
-    sims, ok = np.zeros(len(tidx), np.float64), np.zeros(len(tidx), bool)
-    norms = np.sqrt(np.einsum("kd,kd->k", vecs, vecs, dtype=np.float64))
-    dots = np.einsum("kd,kd->k", vecs, unit[rows])
-    sims[rows] = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
-    ok[rows] = True
-    return sims, ok
+    return users, norms, present
 
 
 def _list_column(matrix: np.ndarray, null_rows: np.ndarray, null_values: np.ndarray | None = None) -> pa.ListArray:
@@ -96,15 +75,25 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
     unconfigured target conditions, then the same n_ext under liked=no; null: no user knowledge),
     ``target_index`` (null: no target condition in the list), ``item_vec`` list<float> of D raw e_i (null: no
     item knowledge). sim = cosine, 0.0 when a norm is 0.
-    Memory: B x n_ext x D float32.
     """
-    users, norms, present, disliked = _entries(user_list, n_ext, dim)
-    items, i_ok = _matrix(item_vec, dim, np.float32)
-    n = len(items)
+    users, norms, present = user_matrices(user_list, n_ext, dim)
     u_ok = np.asarray(user_list.is_valid().to_numpy(zero_copy_only=False), bool)
+    items, i_ok = vector_matrix(item_vec, dim)
+    return lum_columns_of(users, norms, present, u_ok, target_index, items, i_ok, n_cond=n_cond, n_ext=n_ext,
+                          knowledge_ds=knowledge_ds, model_version=model_version, wanted=wanted)
+
+
+def lum_columns_of(users: np.ndarray, norms: np.ndarray, present: np.ndarray, u_ok: np.ndarray,
+                   target_index: pa.Array, items: np.ndarray, i_ok: np.ndarray, *, n_cond: int, n_ext: int,
+                   knowledge_ds: str, model_version: str, wanted: frozenset[str]) -> dict[str, pa.Array]:
+    """``lum_columns`` from matrices, one row per sample: the users' (``user_matrices``' three arrays; ``u_ok``
+    (B,) the user has knowledge) and the items' (``vector_matrix``: (B, D) float32 e_i, ``i_ok`` (B,))."""
+    n = len(items)
     row_ok = u_ok & i_ok
     inorm = np.sqrt(np.einsum("nd,nd->n", items, items, dtype=np.float64))
     unit = items / np.where(inorm > 0, inorm, 1.0)[:, None]
+    liked_no = (users[:, n_ext:], norms[:, n_ext:], present[:, n_ext:])
+    users, norms, present = users[:, :n_ext], norms[:, :n_ext], present[:, :n_ext]
     dots = np.einsum("nkd,nd->nk", users, unit)
     with np.errstate(divide="ignore", invalid="ignore"):
         sims = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
@@ -113,8 +102,11 @@ def lum_columns(user_list: pa.Array, target_index: pa.Array, item_vec: pa.Array,
     safe = np.where(has_t, tidx, 0)
     rows = np.arange(n)
     t_ok = has_t & row_ok & present[rows, safe]
-    d_sims, d_ok = _disliked_match(disliked, tidx, unit)
-    d_ok &= has_t & row_ok
+    d_norm = liked_no[1][rows, safe]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_sims = np.where(d_norm > 0, np.einsum("nd,nd->n", liked_no[0][rows, safe], unit) / np.where(
+            d_norm > 0, d_norm, 1.0), 0.0)
+    d_ok = has_t & row_ok & liked_no[2][rows, safe]
     none = np.ones(n, bool)
     out = {
         "lum_match": _list_column(sims[:, :n_cond], ~row_ok if "lum_match" in wanted else none,

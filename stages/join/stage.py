@@ -29,9 +29,16 @@ from schemas import dlrm_training
 from stages.core.dates import check_ds, days_before
 from stages.core.spark import get_spark
 from stages.join import provenance
-from stages.join.checks import check_days, check_samples_schema
-from stages.join.frame import build_training_frame, extended_conditions
-from stages.join.inputs import items_frame, read_items, read_knowledge, resolve_conditions, sample_rows_by_day
+from stages.join.checks import OutputCheck, check_samples_schema
+from stages.join.frame import extended_conditions, training_plan
+from stages.join.inputs import (
+    Knowledge,
+    items_frame,
+    read_items,
+    read_knowledge,
+    resolve_conditions,
+    sample_rows_by_day,
+)
 from stages.join.plan import knowledge_lag, resolve_knowledge
 from stages.join.spec import JoinSpec, load_spec
 from stages.warehouse.facade import Warehouse
@@ -50,7 +57,7 @@ class Config:
     lag_days: int | None = None  # overrides the spec's lag; None = the spec's (default 1)
     allow_stale_knowledge: bool = False  # True: without D - lag's knowledge use the newest older one (or none)
     require_knowledge: bool = False  # with allow_stale_knowledge: no knowledge at all is still an error
-    broadcast_items: bool = True  # item_knowledge to every task (items x D floats); False: shuffle join
+    broadcast_items: bool = True  # item_knowledge to every Python task (items x D floats); False: shuffle join
     similarity: str = "numpy"  # the lum_match implementation: numpy per Arrow batch (stages.join.similarity)
 
 
@@ -111,34 +118,59 @@ def commit_metadata(prep: Prepared, days: list[str], k_ds: str | None, fallback:
                                       model_version=model_version, config=prep.config)
 
 
-def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int],
-              k_ds: str | None) -> tuple[Any, dict[str, int], str | None, int]:
-    """Build and check the training rows of ``samples`` (one or many days) with knowledge ``k_ds``.
+@dataclass
+class Joined:
+    """The training rows of some sample days, ready to write: ``batches`` applied to each partition of ``rows``
+    (both lazy: ``Warehouse.write_arrow_days`` computes them once, in its Python tasks) and ``check`` (pass it to
+    the write: the knowledge the write joined and the rows per day are checked before the commit; then
+    ``check.without``). ``rows`` are partitioned by user id, so each task holds every row of its keys (the
+    write's ``keyed``). ``frame()`` is the same rows as a Spark DataFrame. ``release`` after the write."""
 
-    Returns (persisted DataFrame: the caller writes it then unpersists it, rows without knowledge per
-    day, model version, dim). The checks fill the disk cache, the write reads it (computed once).
+    rows: Any
+    batches: Any
+    check: OutputCheck
+    model_version: str | None
+    dim: int
+    knowledge: Knowledge | None = None
+
+    def frame(self) -> Any:
+        from pyspark.sql import types as T  # deferred: the CLI/DAG import this module for Config without Spark
+
+        if self.batches is None:
+            return self.rows
+        out = dlrm_training.spark_schema(self.dim)
+        return self.rows.mapInArrow(self.batches, T.StructType([T.StructField(f.name, f.dataType, True) for f in out]))
+
+    def release(self) -> None:
+        if self.knowledge is not None:
+            self.knowledge.release()
+
+
+def join_days(cfg: Config, prep: Prepared, samples: Any, expected: dict[str, int], k_ds: str | None) -> Joined:
+    """The training rows of ``samples`` (one or many days, ``expected`` rows each) with knowledge ``k_ds``.
+
+    Nothing here computes the output: one small job checks the sample items' knowledge; the write's own job
+    joins, observes the users it joined and writes (Python tasks); ``Joined.check`` then checks both.
     """
-    from pyspark import StorageLevel  # deferred: the CLI/DAG import this module for Config without Spark
-
-    users = ik = None
-    version, dim = None, 1
+    knowledge = None
     if k_ds is not None:
-        users, ik, version, dim = read_knowledge(prep.spark, prep.wh, k_ds, samples, prep.extended, prep.versions)
+        knowledge = read_knowledge(prep.spark, prep.wh, k_ds, samples, prep.extended, prep.versions,
+                                   items_to_driver=cfg.broadcast_items)
+    version, dim = (knowledge.model_version, knowledge.dim) if knowledge is not None else (None, 1)
     try:
-        out = build_training_frame(samples, prep.items, users, ik, spec=prep.spec, conditions=prep.conditions,
-                                   extended=prep.extended, knowledge_ds=k_ds, model_version=version, dim=dim,
-                                   broadcast_items=cfg.broadcast_items)
-        out = out.persist(StorageLevel.DISK_ONLY)
-        try:
-            without = check_days(out, prep.spec, expected)
-        except BaseException:
-            out.unpersist()
-            raise
-    finally:  # the output cache is filled: the knowledge caches are done with
-        for df in (users, ik):
-            if df is not None:
-                df.unpersist()
-    return out, without, version, dim
+        users = knowledge.users if knowledge is not None else None
+        items_df = knowledge.items if knowledge is not None else None
+        table = knowledge.item_table() if knowledge is not None and knowledge.item_rows is not None else None
+        rows, batches = training_plan(samples, prep.items, users, items_df, spec=prep.spec, conditions=prep.conditions,
+                                      extended=prep.extended, knowledge_ds=k_ds, model_version=version, dim=dim,
+                                      broadcast_items=cfg.broadcast_items, item_table=table)
+    except BaseException:
+        if knowledge is not None:
+            knowledge.release()
+        raise
+    check = OutputCheck(prep.spark, prep.spec, prep.wh.table_uri(prep.spec.output_table), expected,
+                        before=knowledge.check_users if knowledge is not None else None)
+    return Joined(rows=rows, batches=batches, check=check, model_version=version, dim=dim, knowledge=knowledge)
 
 
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
@@ -162,15 +194,18 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     if k_ds is None:
         log.warning("no knowledge partition <= %s: writing %s[%s] with null LUM columns", cutoff,
                     spec.output_table, ds)
-    out, without, version, dim = join_days(cfg, prep, samples, {ds: n_samples}, k_ds)
+    joined = join_days(cfg, prep, samples, {ds: n_samples}, k_ds)
+    version, dim = joined.model_version, joined.dim
     try:
         # No app_id: a rerun must replace the partition (its inputs may have changed); the overwrite of
         # partition ds makes a rerun with the same inputs give the same rows.
-        written = wh.write_spark_partition(spec.output_table, out, ds=ds,
-                                           metadata=output_metadata(spec, prep.conditions),
-                                           commit_metadata=commit_metadata(prep, [ds], k_ds, fallback, version))
+        written = wh.write_arrow_days(spec.output_table, joined.rows, joined.batches, days=[ds],
+                                      metadata=output_metadata(spec, prep.conditions),
+                                      commit_metadata=commit_metadata(prep, [ds], k_ds, fallback, version),
+                                      check=joined.check, keyed=joined.batches is not None)
     finally:
-        out.unpersist()
+        joined.release()
+    without = joined.check.without
     seconds = time.perf_counter() - started
     summary = {
         "table": spec.output_table, "ds": ds, "rows": n_samples,

@@ -4,7 +4,7 @@ Every table lives at ``<warehouse>/<name>``. ``write_partition`` / ``write_table
 against ``schemas.<name>`` and replace exactly what they name in one commit, so writing the same rows twice
 leaves the same rows. Big, streamed or sharded outputs go through ``stage_partition`` / ``commit_staged``
 (``stages.warehouse.staging``), Spark data through ``read_spark`` / ``write_spark_partition``
-(``stages.warehouse.spark_bridge``). ``read`` prunes partitions and files on the Delta log before opening any
+(``stages.warehouse.spark_bridge``) or, computed in Python tasks, ``write_arrow_days``. ``read`` prunes partitions and files on the Delta log before opening any
 and returns the schema's types. A write's ``metadata`` goes to the table configuration (``table_metadata``)
 and to that commit's ``custom_metadata``. The commit protocol and its limits: docs/architecture.md.
 """
@@ -25,7 +25,7 @@ from stages.core.dates import check_ds
 from stages.core.redact import redact
 from stages.core.settings import resolve_warehouse, vacuum_retention_hours
 from stages.core.settings import storage_options as env_storage_options
-from stages.warehouse import history, maintenance, spark_bridge, staging
+from stages.warehouse import arrow_write, history, maintenance, spark_bridge, staging
 from stages.warehouse.commit import check_present
 from stages.warehouse.reads import Filter, filter_expression, partition_filters, pyarrow_dataset, restore_types
 
@@ -259,11 +259,21 @@ class Warehouse:
 
     def write_spark_partition(self, name: str, df, *, ds: str, app_id: str | None = None,
                               metadata: dict[str, str] | None = None,
-                              commit_metadata: dict[str, str] | None = None) -> int:
+                              commit_metadata: dict[str, str] | None = None,
+                              check: spark_bridge.WrittenCheck | None = None) -> int:
         """Spark writes ``df`` as partition ``ds``; delta-rs makes ONE commit; returns the version.
-        ``commit_metadata`` goes to that commit only (not the table configuration)."""
+        ``commit_metadata`` goes to that commit only (not the table configuration); ``check`` sees the written
+        files' stats before the commit (its ValueError commits nothing)."""
         return spark_bridge.write_spark_partition(self, name, df, ds=ds, app_id=app_id, metadata=metadata,
-                                                  commit_metadata=commit_metadata)
+                                                  commit_metadata=commit_metadata, check=check)
+
+    def write_arrow_days(self, name: str, df, fn, *, days: Sequence[str], metadata: dict[str, str] | None = None,
+                         commit_metadata: dict[str, str] | None = None,
+                         check: spark_bridge.WrittenCheck | None = None, keyed: bool = False) -> int:
+        """``fn`` over each partition of ``df`` (Spark) written by Python tasks as partitions ``days``, ONE commit
+        (``stages.warehouse.arrow_write``); returns the version."""
+        return arrow_write.write_arrow_days(self, name, df, fn, days=days, metadata=metadata,
+                                            commit_metadata=commit_metadata, check=check, keyed=keyed)
 
     # ---- maintenance (stages.warehouse.maintenance): vacuum, optimize, expire, checkpoint ---------------
     def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int | None = None) -> list[str]:

@@ -8,7 +8,8 @@
   ONE overwrite commit of exactly those days (``stages.warehouse.commit``). A failure before the commit
   deletes the folder; with ``app_id`` a retried write that already committed is a no-op.
 The DataFrame is cast to the schema's types, and before the commit ``check_written_keys`` refuses a null or
-duplicated key (``schemas.<table>.KEY`` within each day) in what Spark wrote.
+duplicated key (``schemas.<table>.KEY`` within each day) in what Spark wrote. The written files' footers are read
+once: the caller's ``check`` (rows per day, null counts: ``WrittenCheck``) and the commit's stats use them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import reduce
 
 import pyarrow as pa
@@ -28,12 +29,12 @@ from stages.core.phases import phase
 from stages.warehouse.commit import (
     DataFile,
     already_committed,
-    check_files,
     check_present,
-    commit_overwrite,
-    commit_partition_files,
+    commit_days_files,
+    files_stats,
     filesystem_for,
 )
+from stages.warehouse.stats import FileStats
 from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def _normalize_key(key: str) -> str:
     """Hadoop spells local URIs ``file:///x`` or ``file:/x`` depending on the call: use ``file:/x``."""
     return re.sub(r"^file:/+", "file:/", key)
 
+
+WrittenCheck = Callable[[Sequence[tuple[DataFile, FileStats]]], None]  # raises ValueError: nothing is committed
 
 _SAFE_REL = re.compile(r"^[A-Za-z0-9._=/-]+$")  # relative paths Hadoop leaves unescaped
 
@@ -148,27 +151,28 @@ def _list_written(fs: pafs.FileSystem, folder: str, folder_rel: str) -> list[Dat
 
 def write_spark_partition(wh: TableStore, name: str, df, *, ds: str, app_id: str | None = None,
                           metadata: dict[str, str] | None = None,
-                          commit_metadata: dict[str, str] | None = None) -> int:
+                          commit_metadata: dict[str, str] | None = None, check: WrittenCheck | None = None) -> int:
     """Write ``df`` (Spark) as partition ``ds`` of table ``name`` with ONE delta-rs commit.
 
     ``app_id``: names this write; if the table already records it, nothing is written and the current
     version is returned (a retried task does not apply twice). Returns the table version. ``metadata`` goes
     to the table configuration and the commit, ``commit_metadata`` to the commit's custom metadata only.
+    ``check`` sees every written file with its footer stats before the commit; its error commits nothing.
     """
     spec = _partitioned_spec(name)
     check_ds(ds)
     return _write_days(wh, name, conform(df, name, ds), spec=spec, days=[ds], label=ds, app_id=app_id,
-                       metadata=metadata, commit_metadata=commit_metadata)
+                       metadata=metadata, commit_metadata=commit_metadata, check=check)
 
 
 def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str], app_id: str | None = None,
                            metadata: dict[str, str] | None = None,
-                           commit_metadata: dict[str, str] | None = None) -> int:
+                           commit_metadata: dict[str, str] | None = None, check: WrittenCheck | None = None) -> int:
     """Write a many-day ``df`` (Spark, with a ``ds`` column) as partitions ``days`` in ONE commit.
 
     All days of the call become visible together or none does (a day in ``days`` without rows ends up
     empty); one commit rather than one per day, so a failure never leaves half of the days new. A file
-    whose ds is not in ``days`` is refused. ``app_id``, ``metadata`` and ``commit_metadata`` as in
+    whose ds is not in ``days`` is refused. ``app_id``, ``metadata``, ``commit_metadata`` and ``check`` as in
     write_spark_partition (the app transaction is ``lum/<name>/<first>..<last>/<app_id>``). Returns the version.
     """
     spec = _partitioned_spec(name)
@@ -179,7 +183,7 @@ def write_spark_partitions(wh: TableStore, name: str, df, *, days: Sequence[str]
         raise ValueError(f"table {name}: write_spark_partitions needs a ds column in the DataFrame")
     return _write_days(wh, name, conform(df, name, days[0]), spec=spec, days=days,
                        label=f"{days[0]}..{days[-1]}", app_id=app_id, metadata=metadata,
-                       commit_metadata=commit_metadata)
+                       commit_metadata=commit_metadata, check=check)
 
 
 def _partitioned_spec(name: str):
@@ -191,7 +195,7 @@ def _partitioned_spec(name: str):
 
 def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], label: str,
                 app_id: str | None, metadata: dict[str, str] | None,
-                commit_metadata: dict[str, str] | None = None) -> int:
+                commit_metadata: dict[str, str] | None = None, check: WrittenCheck | None = None) -> int:
     """Spark writes ``conformed`` into a fresh ``spark-<uuid>/`` folder, then ONE commit replacing ``days``.
 
     Records the app transaction ``lum/<name>/<label>/<app_id or a fresh id>``; with ``app_id`` a write already
@@ -210,15 +214,21 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     folder = f"{table_path}/{folder_rel}"
     target = folder if "://" not in table_uri else f"{table_uri}/{folder_rel}"
     try:
+        writer = conformed.write.mode("errorifexists").partitionBy("ds")
+        for column in _vector_columns(conformed.schema):  # a dictionary of float values saves nothing, costs time
+            writer = writer.option(f"parquet.enable.dictionary#{column}.list.element", "false")
         with phase("spark_write", f"{name} ds={label}"):
-            conformed.write.mode("errorifexists").partitionBy("ds").parquet(target)
+            writer.parquet(target)
         written = _list_written(fs, folder, folder_rel)
+        stats = {f.relpath: st for f, (_, st) in zip(written, files_stats(fs, table_path, written))}  # footers, once
         if written:
             check_written_keys(spark, target, name)
+        if check is not None:
+            check([(f, stats[f.relpath]) for f in written])
         version, applied = commit_days_files(table_uri, name, days=days, files=written,
                                              schema=spec.build_schema(1), app_id=txn,
                                              storage_options=wh.storage_options or None,
-                                             metadata={**(metadata or {}), **(commit_metadata or {})})
+                                             metadata={**(metadata or {}), **(commit_metadata or {})}, stats=stats)
     except BaseException:
         _remove_quietly(fs, folder)
         raise
@@ -228,6 +238,15 @@ def _write_days(wh: TableStore, name: str, conformed, *, spec, days: list[str], 
     else:
         _remove_quietly(fs, folder)  # a concurrent retry won: our files are not referenced
     return version
+
+
+def _vector_columns(struct) -> list[str]:
+    """Top-level array<float|double> columns (embeddings, similarity lists): written without dictionary pages."""
+    # deferred: pyspark loads the JVM bridge; lum query and DAG parsing never need it
+    from pyspark.sql import types as T
+
+    return [f.name for f in struct.fields if isinstance(f.dataType, T.ArrayType)
+            and isinstance(f.dataType.elementType, T.FloatType | T.DoubleType)]
 
 
 def check_written_keys(spark, path: str, name: str) -> None:
@@ -258,29 +277,6 @@ def check_written_keys(spark, path: str, name: str) -> None:
     nulls = [k for k in key if row[k] is None]
     what = (f"has a null {', '.join(nulls)}" if nulls else f"appears {row['count']} times")
     raise ValueError(f"table {name} ds={row['ds']}: key ({', '.join(key)}) {what}: {shown}; nothing committed")
-
-
-def commit_days_files(table_uri: str, name: str, *, days: Sequence[str], files: Sequence[DataFile],
-                      schema: pa.Schema, app_id: str, storage_options: dict | None = None,
-                      metadata: dict[str, str] | None = None) -> tuple[int, bool]:
-    """ONE overwrite commit replacing partitions ``days`` with ``files``; returns (version, applied).
-
-    Every file must lie in one of ``days`` (``check_files`` per day); one day delegates to
-    ``commit_partition_files``. ``applied`` is False when ``app_id`` was already committed.
-    """
-    days = sorted(set(days))
-    if len(days) == 1:
-        return commit_partition_files(table_uri, name, ds=days[0], files=files, schema=schema, app_id=app_id,
-                                      storage_options=storage_options, metadata=metadata)
-    outside = [f for f in files if f.ds not in days]
-    if outside:
-        raise ValueError(f"table {name}: file {outside[0].relpath} belongs to partition {outside[0].ds}, "
-                         f"not one of the {len(days)} days {days[0]}..{days[-1]} being replaced; refusing the commit")
-    for day in days:
-        check_files([f for f in files if f.ds == day], day, name)
-    return commit_overwrite(table_uri, name, files=files, schema=schema, app_id=app_id,
-                            storage_options=storage_options, metadata=metadata,
-                            partition_filter=("ds", "in", days), what=f"ds={days[0]}..{days[-1]} ({len(days)} days)")
 
 
 def _remove_quietly(fs: pafs.FileSystem, folder: str) -> None:

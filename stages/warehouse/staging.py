@@ -9,7 +9,9 @@
 partition ``ds``, or a key (``schemas.<table>.KEY``) that is null or appears in more than one row across all
 chunks and shards (``stages.warehouse.keys``); one ``run_id`` applies once (app transaction
 ``lum/<table>/<ds>/<run_id>``). Each chunk is validated (keys unique and non-null within it) when written.
-``commit_staged_days`` makes ONE commit of a run staged over many days (a streamed ingest).
+``commit_staged_days`` makes ONE commit of a run staged over many days (a streamed ingest). Each file's
+size and Delta stats are recorded as it is written (``stages.warehouse.sidecars``): the commit opens no
+parquet footer unless a file's record is missing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from stages.warehouse.commit import (
     filesystem_for,
 )
 from stages.warehouse.keys import check_staged_keys, key_range
+from stages.warehouse.sidecars import read_sidecars, write_sidecar
+from stages.warehouse.stats import FileStats, recorded_stats
 from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,7 @@ class PartitionStager:
         self.rows = 0
         self.finished = False
         self._fs, self._table_path = filesystem_for(wh.table_uri(name))
+        self._stage_root = filesystem_for(staging_dir(wh, name, self.ds, self.run_id))[1]
         self._token = uuid.uuid4().hex[:12]  # distinguishes attempts of the same run and shard
 
     def write(self, table: pa.Table, *, row_group_size: int | None = None) -> int:
@@ -102,9 +107,17 @@ class PartitionStager:
                    f"{self._token}-{len(self.files):05d}.parquet")
         self._fs.create_dir(f"{self._table_path}/ds={self.ds}", recursive=True)
         # delta-rs data files hold no partition column: ds lives in the add action
+        footer: list[pq.FileMetaData] = []  # the footer as written: the commit needs not read it back
         with phase("staging", f"{self.name} ds={self.ds} file {len(self.files)}"):
-            pq.write_table(data.drop_columns(["ds"]), f"{self._table_path}/{relpath}", filesystem=self._fs,
-                           compression="zstd", row_group_size=row_group_size)
+            body = data.drop_columns(["ds"])
+            # float vectors compress nothing into dictionary pages: plain pages are smaller and decode faster
+            pq.write_table(body, f"{self._table_path}/{relpath}", filesystem=self._fs,
+                           compression="zstd", row_group_size=row_group_size, metadata_collector=footer,
+                           use_dictionary=[f.name for f in body.schema if not pa.types.is_list(f.type)
+                                           and not pa.types.is_fixed_size_list(f.type)])
+        size = self._fs.get_file_info(f"{self._table_path}/{relpath}").size
+        with phase("staging", f"{self.name} ds={self.ds} stats {len(self.files)}"):
+            write_sidecar(self._fs, self._stage_root, relpath, recorded_stats(footer[0], size), self._token)
         # the first key column's range lets the commit skip the key check of files no other file overlaps
         lo, hi = key_range(data, self.spec.key[0])
         self.files.append({"path": relpath, "rows": data.num_rows, "key_min": lo, "key_max": hi})
@@ -137,6 +150,12 @@ def read_manifests(wh: TableStore, name: str, ds: str, run_id: str) -> list[dict
             with fs.open_input_stream(info.path) as handle:
                 out.append(json.loads(handle.read().decode()))
     return out
+
+
+def recorded(wh: TableStore, name: str, ds: str, run_id: str, files: Sequence[DataFile]) -> dict[str, FileStats]:
+    """The stats the stagers recorded for ``files`` of partition ``ds`` (sidecars; a file without is absent)."""
+    fs, root = filesystem_for(staging_dir(wh, name, ds, run_id))
+    return read_sidecars(fs, root, [f.relpath for f in files])
 
 
 def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: int | None = None,
@@ -172,7 +191,8 @@ def commit_staged(wh: TableStore, name: str, *, ds: str, run_id: str, shards: in
                       where=f"ds={ds} run {run_id}")
     version, applied = commit_partition_files(
         wh.table_uri(name), name, ds=ds, files=files, schema=spec.build_schema(dims.pop() if dims else 1),
-        app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata)
+        app_id=app_id, storage_options=wh.storage_options or None, metadata=metadata,
+        stats=recorded(wh, name, ds, run_id, files))
     if applied:
         wh.set_table_metadata(name, metadata or {})
         version = wh.version(name)
@@ -189,6 +209,7 @@ def commit_staged_days(wh: TableStore, name: str, *, days: Sequence[str], run_id
     if not targets:
         raise ValueError(f"table {name} run {run_id}: commit_staged_days needs at least one day")
     files: list[DataFile] = []
+    stats: dict[str, FileStats] = {}
     fs, table_path = filesystem_for(wh.table_uri(name))
     key = schemas.get(name).SPEC.key
     for day in days:
@@ -202,11 +223,12 @@ def commit_staged_days(wh: TableStore, name: str, *, days: Sequence[str], run_id
         check_staged_keys(fs, table_path, name, key, [f for m in manifests for f in m["files"]],
                           where=f"ds={day} run {run_id}")
         files += day_files
+        stats.update(recorded(wh, name, day, run_id, day_files))
     version, applied = commit_overwrite(
         wh.table_uri(name), name, files=files, schema=schemas.get(name).SPEC.build_schema(1),
         app_id=app_id_for(name, f"{targets[0]}..{targets[-1]}", run_id), storage_options=wh.storage_options or None,
         metadata=metadata, partition_filter=("ds", "in", targets),
-        what=f"ds={targets[0]}..{targets[-1]} ({len(targets)} days)")
+        what=f"ds={targets[0]}..{targets[-1]} ({len(targets)} days)", stats=stats)
     if applied:
         wh.set_table_metadata(name, metadata or {})
         version = wh.version(name)

@@ -6,14 +6,16 @@ let readers skip files like delta-rs' own writes do. Every bound is exact or abs
 columns among the first ``STATS_MAX_COLUMNS`` leaves; integers, finite floats, booleans, strings up to
 ``STRING_STATS_MAX_CHARS``, dates and UTC timestamps; min/max is left out when a row group with values lacks
 it, ``nullCount`` kept when every group reports it. ``ds`` is never in the files. Parquet min/max ignore NaN,
-as delta-rs' own statistics do.
+as delta-rs' own statistics do. ``FileStats`` is what an add action needs of one file besides its path: its
+size and those stats, from the footer a writer got back (``recorded_stats``, no re-read) or read again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -75,3 +77,29 @@ def footer_stats(meta: pq.FileMetaData, *, exclude: Sequence[str] = PARTITION_CO
             continue
         lo[column.name], hi[column.name] = min(low), max(high)  # ISO strings sort like their times
     return {"numRecords": int(meta.num_rows), "minValues": lo, "maxValues": hi, "nullCount": nulls}
+
+
+@dataclass(frozen=True)
+class FileStats:
+    """One data file's size in bytes and its Delta ``stats`` (``footer_stats``' dict)."""
+
+    size: int
+    stats: dict
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileStats:
+        """``to_json``'s dict back; ValueError naming the field when a field is missing or of the wrong type."""
+        size, stats = data.get("size"), data.get("stats")
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"file stats: size must be an int >= 0, got {size!r}")
+        if not isinstance(stats, dict) or not isinstance(stats.get("numRecords"), int):
+            raise ValueError(f"file stats: stats must hold an int numRecords, got {stats!r}")
+        return cls(size=size, stats=stats)
+
+
+def recorded_stats(meta: pq.FileMetaData, size: int, *, exclude: Sequence[str] = PARTITION_COLUMNS) -> FileStats:
+    """``FileStats`` of a file just written: ``meta`` is the footer its writer returned (``metadata_collector``)."""
+    return FileStats(size=int(size), stats=footer_stats(meta, exclude=exclude))

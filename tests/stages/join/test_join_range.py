@@ -147,7 +147,8 @@ def test_bad_samples_day_is_an_error_and_leaves_the_group_unchanged(spark, base_
     else:
         shutil.rmtree(wh.table_uri("dlrm_samples"))
         write_deltalake(wh.table_uri("dlrm_samples"), bad.drop_columns(["label"]), partition_by=["ds"])
-    match = f"dlrm_samples\\[{bad_day}\\].*duplicated" if problem == "duplicate_key" else "column\\(s\\) label"
+    match = (f"dlrm_training ds={bad_day}: key \\(user_id, item_id, ts\\) appears 2 times" if problem == "duplicate_key"
+             else "column\\(s\\) label")  # the duplicate: refused by the write's key check, before the commit
     with pytest.raises(ValueError, match=match):
         run(cfg, start="2001-01-05", end=bad_day, warehouse=path)
     assert tree_snapshot(wh.table_uri("dlrm_training")) == snapshot  # no commit, no stray files
