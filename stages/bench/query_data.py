@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from stages.warehouse.commit import DataFile, add_action, filesystem_for
+from stages.warehouse.commit import DataFile, add_action, files_stats, filesystem_for
 from stages.warehouse.facade import Warehouse
 
 TABLE = "user_knowledge"
@@ -64,7 +64,8 @@ def link_days(wh: Warehouse, source: str, days: Sequence[str]) -> int:
     actions = pa.table(delta.get_add_actions(flatten=True))
     paths = actions.filter(pc.equal(actions.column("partition.ds"), source)).column("path").to_pylist()
     fs, root = filesystem_for(wh.table_uri(TABLE))
-    template = [add_action(fs, root, DataFile(relpath=p, ds=source)) for p in paths]  # footers read once
+    items = [DataFile(relpath=p, ds=source) for p in paths]
+    template = [add_action(item, info, stats) for item, (info, stats) in zip(items, files_stats(fs, root, items))]
     added = []
     for day in days:
         os.makedirs(f"{root}/ds={day}", exist_ok=True)

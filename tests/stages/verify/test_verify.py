@@ -63,7 +63,7 @@ def test_healthy_warehouse_passes_and_names_the_unfinished_day(tiny_wh, capsys):
     assert verify(tiny_wh, ds=D1)["counts"]["warn"] == 0
     deep = verify(tiny_wh, deep=True)
     assert deep["ok"] and {f["table"] for f in rows(deep, "ok") if f["check"] == "validate"} == {
-        "items", "user_sequences", "user_knowledge", "item_knowledge"}
+        "events", "items", "user_sequences", "user_knowledge", "item_knowledge"}
 
     code, out, err = cli(capsys, "--warehouse", tiny_wh)
     assert code == 0 and err == ""
