@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from stages.core.progress import Progress
 from stages.model.losses import info_nce_loss, next_condition_loss, popularity_log_q, sample_negatives
 from stages.model.store import load_checkpoint, save_checkpoint
+from stages.model.timefeat import epoch_day
 from stages.training.distributed import dist_info, gather_targets, global_mean
 from stages.training.packing import Sequences, best_fit_pack, make_batch, pack_fill
 
@@ -181,8 +182,7 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
         if timed:
             *out, pop_w = out if isinstance(out, tuple) else (out,)
             out = tuple(out) if len(out) > 1 else out[0]
-            days = batch.ts.to(device) // 86_400
-            bias = lambda cands, w=pop_w.float(), d=days: w.gather(1, popularity.at(d, cands))  # noqa: E731
+            bias = _popularity_bias(pop_w.float(), epoch_day(batch.ts.to(device)), popularity)
         if cond_w > 0:
             out, item_h = out
             cond_sum, n_cond = next_condition_loss(model.cond_logits(item_h.float()), batch.conds.to(device),
@@ -288,6 +288,12 @@ def _same_shapes(saved: dict, opt) -> bool:
         if s is not None and "exp_avg" in s and tuple(s["exp_avg"].shape) != tuple(p.shape):
             return False
     return True
+
+
+def _popularity_bias(weights: torch.Tensor, days: torch.Tensor, popularity):
+    """cands (C,) -> (P, C): each query's weight (``weights`` (P, POP_BUCKETS)) of each candidate's popularity
+    bucket on the query's epoch day (``days`` (P,))."""
+    return lambda cands: weights.gather(1, popularity.at(days, cands))
 
 
 def _local_loss(model, out, targets, candidates, log_q, accuracy=True, bias=None):
