@@ -49,7 +49,3 @@ def popularity_for(wh: Warehouse, vocab, *, first_ds: str, last_ds: str, window:
     return build_popularity(day, vocab.item_rows(item), count, n_item_rows=vocab.n_item_rows,
                             first_day=_epoch_day(first_ds), last_day=_epoch_day(last_ds), window=window)
 
-
-def epoch_day_of(ds: str) -> int:
-    """Epoch day of a YYYY-MM-DD day."""
-    return _epoch_day(ds)
