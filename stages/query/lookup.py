@@ -27,11 +27,12 @@ from stages.core.tables import format_table
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.history import check_readable
 from stages.warehouse.reads import restore_types
-from stages.warehouse.scan import add_actions, read_users
+from stages.warehouse.scan import add_actions, read_users, unique_ids
 
 TABLE = "user_knowledge"
 QUERYABLE = ("user_knowledge", "dlrm_training")  # tables keyed by user_id that `lum query` reads
 EMBEDDING_SHOWN = 4  # values of an embedding printed in table format (JSON prints all)
+DICTIONARY = {"user_knowledge": ("condition", "model_version")}  # few distinct strings: decoded as dictionaries
 
 
 def _check_user_ids(user_ids: Sequence[int]) -> list[int]:
@@ -106,7 +107,8 @@ def _read(wh: Warehouse, table: str, ids: Any, conditions: Sequence[str] | None,
     if as_of is not None:  # an old snapshot: name the retention rather than a missing file
         check_readable(wh, table, delta.version(), days=[ds])
     extra = None if conds is None else pc.field("condition").isin(pa.array(conds, pa.string()))
-    return restore_types(table, read_users(delta, ds, ids, extra, actions=actions)), ds, delta
+    rows = read_users(delta, ds, ids, extra, actions=actions, dictionary=DICTIONARY.get(table, ()))
+    return restore_types(table, rows), ds, delta
 
 
 def _user_id_array(user_ids: Any) -> np.ndarray:
@@ -135,10 +137,10 @@ def query_many(warehouse: Warehouse | str | None, user_ids: Any, *, ds: str | No
     each file of the partition whose ``user_id`` range holds a requested user is read once, its row groups
     with a hit in one call."""
     _check_table(table, conditions)
-    out, _, _ = _read(Warehouse.of(warehouse), table, np.unique(_user_id_array(user_ids)), conditions, ds, version,
+    out, _, _ = _read(Warehouse.of(warehouse), table, unique_ids(_user_id_array(user_ids)), conditions, ds, version,
                       as_of)
     users = out.column("user_id").to_numpy()
-    if len(users) > 1 and (np.diff(users) < 0).any():  # files of another layout: group by user, stable
+    if len(users) > 1 and (users[1:] < users[:-1]).any():  # files of another layout: group by user, stable
         out = out.take(pa.array(np.argsort(users, kind="stable")))
     return out
 

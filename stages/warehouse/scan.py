@@ -1,13 +1,18 @@
-"""Point reads of a few ``user_id`` values from one partition of a Delta snapshot, touching little data.
+"""Point reads of some ``user_id`` values (one, or a batch of millions) from one partition of a Delta snapshot.
 
 Local tables: the log's per-file ``user_id`` min/max picks the files of partition ``ds`` (from the add actions
-the caller already read, if it passes them: the log is listed once per lookup), the parquet footers pick the
-row groups, and the ``user_id`` column is read before the other columns (infer writes sorted files, so a user
-is about one row group); a batch of many users decodes the groups with a hit in calls of ``GROUPS_PER_READ``
-groups, one thread per core. The snapshot's add actions cover every day; delta-rs' filtered file listing
-(``file_uris`` with a ``ds`` predicate) costs more than exporting them all and filtering in Arrow. Other URIs use delta-rs' pyarrow dataset with the same filter: correct,
-but it opens more footers. Returns the matching rows with ``ds`` restored, in the files' column types
-(callers cast them with ``stages.warehouse.reads.restore_types``).
+the caller already read, if it passes them: the log is listed once per lookup), the parquet footers' row-group
+min/max pick the row groups (both one vectorised binary search over the sorted ids), and each read job (up to
+``GROUPS_PER_READ`` groups of one file, one thread per core: decoding releases the GIL) decodes the ``user_id``
+column first, tests membership with a bitmap over the ids' range (a binary search when the ids are sparse), and
+decodes the other columns only for the groups with a hit, the low-cardinality strings named by the caller as
+dictionaries (cast back after the row filter, so only the kept rows become strings). No Python work per user or
+per row. Files are read in the order of their minimum ``user_id``: a partition sorted by ``user_id`` (what the
+maintain stage writes) comes back sorted. The snapshot's add actions cover every day; delta-rs' filtered file
+listing (``file_uris`` with a ``ds`` predicate) costs more than exporting them all and filtering in Arrow. Other
+URIs use delta-rs' pyarrow dataset with the same filter: correct, but it opens more footers. Returns the matching
+rows with ``ds`` restored, in the files' column types (callers cast them with
+``stages.warehouse.reads.restore_types``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 KEY = "user_id"
-GROUPS_PER_READ = 16  # row groups decoded by one call (a batch's reads run on one thread per core)
+GROUPS_PER_READ = 16  # row groups decoded by one job (a batch's jobs run on one thread per core)
+BITMAP_SPAN_PER_ID = 64  # membership by bitmap when the ids' [min, max] spans at most this many values per id
+BITMAP_MAX_BYTES = 1 << 27  # ... and the bitmap (one byte per value of the span) stays this small
 
 
 def _local_root(delta: Any) -> str | None:
@@ -41,8 +48,46 @@ def add_actions(delta: Any) -> pa.Table:
     return pa.table(delta.get_add_actions(flatten=True))
 
 
+def unique_ids(user_ids: Any) -> np.ndarray:
+    """Sorted distinct int64 ids (a sort: cheaper than a hash for big batches; already sorted input is kept)."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        ids = np.sort(ids)
+        ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+    return ids
+
+
+class IdSet:
+    """Sorted distinct ids with vectorised tests: which keys are ids (``member``), which [lo, hi] hold one."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self.lo = int(ids[0]) if len(ids) else 0
+        span = int(ids[-1]) - self.lo + 1 if len(ids) else 0
+        self.bitmap = None
+        if 0 < span <= min(BITMAP_SPAN_PER_ID * len(ids), BITMAP_MAX_BYTES):
+            self.bitmap = np.zeros(span, bool)
+            self.bitmap[ids - self.lo] = True
+
+    def member(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask of ``keys`` (int64) that are ids."""
+        if not len(self.ids):
+            return np.zeros(len(keys), bool)
+        if self.bitmap is None:
+            at = np.minimum(np.searchsorted(self.ids, keys), len(self.ids) - 1)
+            return self.ids[at] == keys
+        rel = keys - self.lo  # wraps for far-away keys; as unsigned those are past the span
+        inside = rel.view(np.uint64) < len(self.bitmap)
+        return self.bitmap[np.where(inside, rel, 0)] & inside
+
+    def overlaps(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per range: some id falls inside [lo, hi] (bounds inclusive)."""
+        return np.searchsorted(self.ids, lo, "left") < np.searchsorted(self.ids, hi, "right")
+
+
 def _candidate_files(actions: pa.Table, ds: str, ids: np.ndarray) -> list[str]:
-    """Relative paths of partition-``ds`` files whose user_id [min, max] contains one of ``ids`` (sorted)."""
+    """Relative paths of partition-``ds`` files whose user_id [min, max] contains one of ``ids`` (sorted), by
+    their minimum ``user_id`` (files without statistics last)."""
     actions = actions.filter(pc.equal(actions.column("partition.ds"), ds))
     paths = actions.column("path").to_pylist()
     if f"min.{KEY}" not in actions.column_names or not paths:
@@ -51,68 +96,86 @@ def _candidate_files(actions: pa.Table, ds: str, ids: np.ndarray) -> list[str]:
     unknown = pc.or_(lo.is_null(), hi.is_null()).to_numpy(zero_copy_only=False)
     lo_v = pc.fill_null(lo, 0).to_numpy(zero_copy_only=False)
     hi_v = pc.fill_null(hi, 0).to_numpy(zero_copy_only=False)
-    # some id falls inside [lo, hi] (or the file has no statistics)
-    keep = unknown | (np.searchsorted(ids, lo_v, "left") < np.searchsorted(ids, hi_v, "right"))
-    return [path for path, k in zip(paths, keep) if k]
+    keep = unknown | IdSet(ids).overlaps(lo_v, hi_v)  # some id inside [lo, hi], or no statistics
+    order = np.lexsort((lo_v, unknown))
+    return [paths[i] for i in order if keep[i]]
 
 
-def _member(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Boolean mask of ``keys`` that are in ``ids`` (sorted, unique): one binary search per key."""
-    at = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
-    return ids[at] == keys
+def _key_leaf(meta: pq.FileMetaData) -> int | None:
+    """The parquet column index of ``KEY`` (None when the file has no such column or no row group)."""
+    if meta.num_row_groups == 0:
+        return None
+    group = meta.row_group(0)
+    return next((j for j in range(group.num_columns) if group.column(j).path_in_schema == KEY), None)
 
 
-def _plan_file(path: str, ids: np.ndarray) -> list[tuple[str, list[int], np.ndarray]]:
-    """Reads of one parquet file for ``ids``: (path, row groups, row mask) per ``GROUPS_PER_READ`` groups with a
-    hit. The footer's row-group ranges pick the groups; only their ``user_id`` column is read here."""
-    pf = pq.ParquetFile(path)
-    meta = pf.metadata
-    col = pf.schema_arrow.get_field_index(KEY)
-    groups = []
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(col).statistics
-        if stats is None or not stats.has_min_max or np.searchsorted(ids, stats.min, "left") < np.searchsorted(ids, stats.max, "right"):
-            groups.append(i)
-    if not groups:
-        return []
-    keys = pf.read_row_groups(groups, columns=[KEY]).column(KEY).to_numpy()
-    hit = _member(ids, keys)
-    sizes = np.array([meta.row_group(i).num_rows for i in groups])
-    of_group = np.repeat(np.arange(len(groups)), sizes)  # the position in ``groups`` of every key read
-    chosen = np.flatnonzero(np.bincount(of_group[hit], minlength=len(groups)))
-    reads = []
-    for start in range(0, len(chosen), GROUPS_PER_READ):
-        part = chosen[start:start + GROUPS_PER_READ]
-        reads.append((path, [groups[i] for i in part], hit[np.isin(of_group, part)]))
-    return reads
+Job = tuple[str, pq.FileMetaData, list[int], list[str]]  # path, footer, row groups, columns read as dictionaries
 
 
-def _read(job: tuple[str, list[int], np.ndarray]) -> pa.Table:
-    path, groups, mask = job
-    table = pq.ParquetFile(path).read_row_groups(groups, use_threads=False)
-    return table if mask.all() else table.filter(pa.array(mask))
+def _file_jobs(path: str, ids: IdSet, dictionary: Sequence[str]) -> list[Job]:
+    """Read jobs of one parquet file: its non-empty row groups whose ``user_id`` [min, max] (footer statistics;
+    none: kept) can hold an id, ``GROUPS_PER_READ`` to a job."""
+    meta = pq.ParquetFile(path).metadata
+    leaf = _key_leaf(meta)
+    n = meta.num_row_groups
+    lo, hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    known, rows = np.zeros(n, bool), np.zeros(n, np.int64)
+    for i in range(n):
+        group = meta.row_group(i)
+        rows[i] = group.num_rows
+        stats = group.column(leaf).statistics if leaf is not None else None
+        if stats is not None and stats.has_min_max:
+            known[i], lo[i], hi[i] = True, stats.min, stats.max
+    groups = np.flatnonzero((rows > 0) & (~known | ids.overlaps(lo, hi))).tolist()
+    names = meta.schema.to_arrow_schema().names if groups and dictionary else []
+    as_dict = [name for name in dictionary if name in names]
+    return [(path, meta, groups[s:s + GROUPS_PER_READ], as_dict) for s in range(0, len(groups), GROUPS_PER_READ)]
+
+
+def _read_job(job: Job, ids: IdSet) -> pa.Table | None:
+    """The rows of ``ids`` in a job's row groups (None: no hit): keys first, then the groups with a hit."""
+    path, meta, groups, as_dict = job
+    pf = pq.ParquetFile(path, metadata=meta, read_dictionary=as_dict or None)
+    hit = ids.member(pf.read_row_groups(groups, columns=[KEY], use_threads=False).column(KEY).to_numpy())
+    sizes = np.array([meta.row_group(g).num_rows for g in groups])
+    keep = np.logical_or.reduceat(hit, np.concatenate(([0], np.cumsum(sizes)[:-1])))
+    if not keep.any():
+        return None
+    table = pf.read_row_groups([g for g, k in zip(groups, keep) if k], use_threads=False)
+    mask = hit[np.repeat(keep, sizes)]
+    if not mask.all():
+        table = table.filter(pa.array(mask))
+    for name in as_dict:  # back to the file's string type, for the kept rows only
+        i = table.schema.get_field_index(name)
+        field = table.schema.field(i)
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.with_type(field.type.value_type), table.column(i).cast(field.type.value_type))
+    return table
 
 
 def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any = None, *,
-               actions: pa.Table | None = None) -> pa.Table:
+               actions: pa.Table | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
     """Rows of partition ``ds`` with ``user_id`` in ``user_ids`` (and ``extra_filter``), ``ds`` restored.
 
     ``actions``: ``add_actions(delta)`` when the caller already has them (else they are read here).
+    ``dictionary``: string columns of few distinct values, decoded as dictionaries (a speed hint only).
     """
-    ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    ids = unique_ids(user_ids)
     root = _local_root(delta)
     if root is None:
         dataset = delta.to_pyarrow_dataset(file_pruning_predicate=[("ds", "=", ds)])
         expr = pc.field(KEY).isin(pa.array(ids, pa.int64()))
         return dataset.to_table(filter=expr if extra_filter is None else expr & extra_filter)
     schema = pa.schema(delta.schema().to_arrow())  # the table's columns, ds included, in table order
+    id_set = IdSet(ids)
     files = _candidate_files(add_actions(delta) if actions is None else actions, ds, ids) if len(ids) else []
-    jobs = [job for rel in files for job in _plan_file(os.path.join(root, unquote(rel)), ids)]
+    jobs = [job for rel in files for job in _file_jobs(os.path.join(root, unquote(rel)), id_set, dictionary)]
     if len(jobs) > 1:  # decoding releases the GIL: one thread per core
         with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(_read, jobs))
+            parts = list(pool.map(lambda job: _read_job(job, id_set), jobs))
     else:
-        parts = [_read(job) for job in jobs]
+        parts = [_read_job(job, id_set) for job in jobs]
+    parts = [part for part in parts if part is not None]
     if parts:
         data = pa.concat_tables(parts, promote_options="permissive")
     else:
