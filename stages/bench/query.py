@@ -6,11 +6,14 @@ user ranges), plus ``days - 1`` earlier days as hard links of D's files, so the 
 Every call starts from scratch (open the Delta table, list the snapshot, pick files and row groups), timed:
 - ``single``: one random user of day D;  ``single_newest``: one user, newest day;  ``batch_100``: 100 users in
   one ``query_user_knowledge`` call;  ``unknown``: a missing user;
-- ``many``: ``query_many`` of ``batch_users`` random users (Arrow in, Arrow out), reported as users/s.
+- ``many``: ``query_many`` of ``batch_users`` random users (Arrow in, Arrow out), reported as users/s;
+  ``many_baseline`` (``baseline``): the same batches by the previous path (``stages.bench.query_baseline``),
+  alternating which goes first; the bench fails unless both return the same table.
 Then (``maintain``) the maintain stage runs for D (user_knowledge only: clustering by user, vacuum, checkpoint),
 the earlier days are re-linked to D's rewritten files as earlier daily runs would have left them, a checkpoint
 is written, and every kind is timed again. The summary compares ``single`` p50 and ``many`` users/s with
-``TARGET_P50_MS`` and ``TARGET_BATCH_USERS_S``. ``QUICK`` shrinks the default size.
+``TARGET_P50_MS`` and ``TARGET_BATCH_USERS_S`` (and ``many`` with ``many_baseline``: ``many_speedup``). ``QUICK``
+shrinks the default size.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from stages.bench.query_baseline import query_many_baseline
 from stages.bench.query_data import link_days, synthetic_knowledge, write_partition
 from stages.core.dates import days_before
 from stages.maintain import stage as maintain
@@ -55,7 +59,9 @@ class Config:
     lookups: int = 200  # timed calls per single-user kind (batch_100 makes a tenth of them)
     batch_users: int = 100_000  # users per query_many call
     batches: int = 3  # timed query_many calls
+    baseline: bool = True  # time the previous batch path on the same batches (many_baseline)
     maintain: bool = True  # run the maintain stage, then time every kind again
+    compression: str = "ZSTD"  # of the files the maintain stage rewrites (its option of that name)
     seed: int = 0  # the data and the users looked up
 
     def check(self) -> None:
@@ -89,7 +95,6 @@ def time_lookups(root: str, cfg: Config, existing: np.ndarray, phase: str) -> li
         "single_newest": (cfg.lookups, lambda: [int(rng.choice(existing))]),
         "batch_100": (max(1, cfg.lookups // 10), lambda: [int(u) for u in rng.choice(existing, 100, replace=False)]),
         "unknown": (cfg.lookups, lambda: [int(rng.integers(0, cfg.users)) * 2]),  # even ids are never written
-        "many": (cfg.batches, lambda: rng.choice(existing, cfg.batch_users, replace=False)),
     }
     query_user_knowledge(root, user_ids=[1], ds=DS)  # warm the OS page cache and imports
     rows_out = []
@@ -98,25 +103,45 @@ def time_lookups(root: str, cfg: Config, existing: np.ndarray, phase: str) -> li
         for _ in range(calls):
             ids = pick()
             start = time.perf_counter()
-            if kind == "many":
-                out = query_many(root, pa.table({"user_id": pa.array(ids, pa.int64())}), ds=DS)
-            else:
-                out = query_user_knowledge(root, user_ids=ids, ds=None if kind == "single_newest" else DS)
+            out = query_user_knowledge(root, user_ids=ids, ds=None if kind == "single_newest" else DS)
             seconds.append(time.perf_counter() - start)
             expected = 0 if kind == "unknown" else len(ids) * cfg.conditions
             if out.num_rows != expected:
                 raise RuntimeError(f"{kind} lookup returned {out.num_rows} rows, expected {expected}")
-        users = cfg.batch_users if kind == "many" else 100 if kind == "batch_100" else 1
+        users = 100 if kind == "batch_100" else 1
         rows_out.append({"phase": phase, "lookup": kind, "users_per_call": users, "calls": len(seconds),
                          **_percentiles(seconds), "users_per_s": round(users * len(seconds) / sum(seconds))})
-    return rows_out
+    return rows_out + _time_many(root, cfg, existing, rng, phase)
+
+
+def _time_many(root: str, cfg: Config, existing: np.ndarray, rng: np.random.Generator,
+               phase: str) -> list[dict[str, Any]]:
+    """``many`` (and ``many_baseline``) rows: ``batches`` random batches, both paths on each, alternating order."""
+    paths = {"many": query_many, "many_baseline": query_many_baseline}
+    seconds: dict[str, list[float]] = {kind: [] for kind in (paths if cfg.baseline else ["many"])}
+    for i in range(cfg.batches):
+        batch = pa.table({"user_id": pa.array(rng.choice(existing, cfg.batch_users, replace=False), pa.int64())})
+        outs = {}
+        for kind in (list(seconds) if i % 2 == 0 else list(seconds)[::-1]):
+            start = time.perf_counter()
+            outs[kind] = paths[kind](root, batch, ds=DS)
+            seconds[kind].append(time.perf_counter() - start)
+            if outs[kind].num_rows != cfg.batch_users * cfg.conditions:
+                raise RuntimeError(f"{kind} lookup returned {outs[kind].num_rows} rows, expected "
+                                   f"{cfg.batch_users * cfg.conditions}")
+        if cfg.baseline and not outs["many"].equals(outs["many_baseline"]):
+            raise RuntimeError("query_many and the baseline path returned different tables")
+        del outs
+    return [{"phase": phase, "lookup": kind, "users_per_call": cfg.batch_users, "calls": len(s), **_percentiles(s),
+             "users_per_s": round(cfg.batch_users * len(s) / sum(s))} for kind, s in seconds.items()]
 
 
 def _maintain(wh: Warehouse, cfg: Config, earlier: list[str]) -> dict[str, Any]:
     """The maintain stage for D, then the earlier days re-linked to its files and a checkpoint."""
     started = time.perf_counter()
     summary = maintain.run(maintain.Config(tables=("user_knowledge",), cluster=("user_knowledge",),
-                                           row_group_rows=cfg.row_group_rows), ds=DS, warehouse=wh)
+                                           row_group_rows=cfg.row_group_rows, compression=cfg.compression),
+                           ds=DS, warehouse=wh)
     seconds = time.perf_counter() - started
     row = summary["tables"][0]
     if earlier and row["rewrite"] != "none":
@@ -162,6 +187,10 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
                             f"many_users_per_s_{phase}": many["users_per_s"],
                             f"meets_targets_{phase}": single["p50_ms"] < TARGET_P50_MS
                             and many["users_per_s"] >= TARGET_BATCH_USERS_S})
+            if (phase, "many_baseline") in by:
+                old = by[(phase, "many_baseline")]["users_per_s"]
+                summary.update({f"many_users_per_s_baseline_{phase}": old,
+                                f"many_speedup_{phase}": round(many["users_per_s"] / old, 2)})
         return {"table": rows, "summary": summary, "config": dataclasses.asdict(cfg),
                 "build_seconds": round(build_s, 2), "files": files, "maintain": stage}
     finally:

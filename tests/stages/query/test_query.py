@@ -195,7 +195,7 @@ def test_bench_query_small(warehouse):
     the maintain stage clustered it."""
     report = run_with("bench.query", {"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048,
                                       "shards": 2, "batch_users": 500, "batches": 2}, quick=True, warehouse=warehouse)
-    kinds = ["single", "single_newest", "batch_100", "unknown", "many"]
+    kinds = ["single", "single_newest", "batch_100", "unknown", "many", "many_baseline"]
     assert [(r["phase"], r["lookup"]) for r in report["table"]] == [(p, k) for p in ("before", "after") for k in kinds]
     assert all(r["p50_ms"] > 0 and r["users_per_s"] > 0 for r in report["table"])
     assert report["config"]["days"] == 3 and report["config"]["conditions"] == 4  # the QUICK preset
@@ -206,7 +206,7 @@ def test_bench_query_small(warehouse):
     summary = report["summary"]
     assert summary["users"] == 3000 and summary["days"] == 3
     assert {"single_p50_ms_before", "single_p50_ms_after", "many_users_per_s_before", "many_users_per_s_after",
-            "target_p50_ms", "target_batch_users_s"} <= set(summary)
+            "target_p50_ms", "target_batch_users_s", "many_speedup_before", "many_speedup_after"} <= set(summary)
     assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
     with pytest.raises(ValueError, match="unknown bench.query option"):
         run_with("bench.query", {"userz": 1}, quick=True, warehouse=warehouse)
