@@ -2,7 +2,7 @@
 
 - ``KeepDays``: per table, the days kept before D (0 = keep everything, the default).
 - ``check_config``: known, ds-partitioned, distinct tables; clustered tables among them; ``keep_days`` >= 0;
-  sizes >= 1. Every problem is a one-line ``ValueError`` raised before anything is touched.
+  a known compression; sizes >= 1. Every problem is a one-line ``ValueError`` raised before anything is touched.
 - ``days_to_expire``: the partitions older than ``D - keep_days``, never the newest one before D (what a rerun
   of day D reads: D-1's sequences, the knowledge of the newest day before D) and never D or later.
 - ``MARKER``: the table-configuration key recording the newest day maintained (``maintained_through``).
@@ -18,6 +18,7 @@ import schemas
 from stages.core.dates import check_ds, days_before
 
 MARKER = "lum.maintained_through"  # table configuration: the newest day D whose maintenance finished
+COMPRESSIONS = ("ZSTD", "LZ4_RAW", "SNAPPY", "UNCOMPRESSED")  # parquet codecs of rewritten files (Spark reads all)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ PARTITIONED = tuple(f.name for f in dataclasses.fields(KeepDays))  # the tables 
 
 def check_config(cfg) -> None:
     """``ValueError`` (one line) for a table that is unknown, not ds-partitioned or listed twice, a clustered
-    table not in ``tables``, a negative ``keep_days`` or a size < 1."""
+    table not in ``tables``, a negative ``keep_days``, an unknown compression or a size < 1."""
     tables = list(cfg.tables)
     for name in tables + list(cfg.cluster):
         if name not in PARTITIONED:
@@ -52,6 +53,8 @@ def check_config(cfg) -> None:
         days = getattr(cfg.keep_days, name)
         if isinstance(days, bool) or not isinstance(days, int) or days < 0:
             raise ValueError(f"keep_days.{name} must be an integer >= 0 (0 = never expire), got {days!r}")
+    if cfg.compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.compression!r}")
     for name in ("target_file_mb", "row_group_rows"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -41,6 +41,7 @@ class Config:
     keep_days: KeepDays = field(default_factory=KeepDays)  # per table, days kept before D; 0 = never expire
     target_file_mb: int = 128  # size of the files a rewrite writes
     row_group_rows: int = 8192  # parquet row group of rewritten files (infer's default): a lookup decodes one
+    compression: str = "ZSTD"  # of rewritten files; LZ4_RAW: bigger files, faster batch lookups (README)
     vacuum: bool = True  # delete files older versions needed, after LUM_VACUUM_RETENTION_HOURS
     checkpoint: bool = True  # a Delta checkpoint per table, expired log entries removed
 
@@ -59,7 +60,8 @@ def maintain_table(wh: Warehouse, cfg: Config, name: str, ds: str, retention: in
                 "partitions_expired": [], "files_vacuumed": 0, "seconds": 0.0}
     expired = wh.expire(name, days_to_expire(wh.partitions(name), ds, getattr(cfg.keep_days, name)))
     rewrite = wh.optimize(name, ds=ds, cluster_by=CLUSTER_COLUMN if name in cfg.cluster else None,
-                          target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows)
+                          target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows,
+                          compression=cfg.compression)
     vacuumed = wh.vacuum(name, retention_hours=retention) if retention is not None else []
     return {"table": name, "missing": False, **rewrite, "partitions_expired": expired,
             "files_vacuumed": len(vacuumed), "seconds": round(time.perf_counter() - started, 3)}

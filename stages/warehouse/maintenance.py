@@ -4,7 +4,7 @@
 - ``optimize``: ONE commit rewriting partition ``ds`` (``dataChange=false``): delta-rs compaction of its small files,
   or with ``cluster_by`` a z-order by that column (one column = sorted), which also compacts; skipped when the
   layout is already what it would write, so a rerun commits nothing. Parquet row groups of ``row_group_rows``,
-  zstd, small dictionary pages (``DICTIONARY_PAGE_BYTES``).
+  ``compression`` (zstd by default), small dictionary pages (``DICTIONARY_PAGE_BYTES``).
 - ``expire``: ONE delete commit of whole partitions (metadata only, no file rewritten).
 - ``vacuum``: delta-rs ``vacuum(full=True)`` after a dry run; nothing to delete means no commit.
 - ``checkpoint``: a checkpoint of the latest version, then log entries older than the log retention removed.
@@ -71,7 +71,7 @@ def layout(store: TableStore, name: str, ds: str, *, column: str = "user_id") ->
 
 
 def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, target_size: int,
-             row_group_rows: int) -> dict[str, Any]:
+             row_group_rows: int, compression: str = "ZSTD") -> dict[str, Any]:
     """Rewrite partition ``ds`` in at most ONE commit; returns files before/after, rows and ``rewrite`` (
     ``"cluster"``, ``"compact"`` or ``"none"``). ``RuntimeError`` if the row count changed (never expected)."""
     if target_size < 1 or row_group_rows < 1:
@@ -81,7 +81,7 @@ def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, t
     if before.files == 0:
         return out
     table = store.delta_table(name)
-    props = WriterProperties(compression="ZSTD", max_row_group_size=row_group_rows,
+    props = WriterProperties(compression=compression, max_row_group_size=row_group_rows,
                              dictionary_page_size_limit=DICTIONARY_PAGE_BYTES)
     filters = [("ds", "=", ds)]
     if cluster_by is not None:

@@ -143,12 +143,13 @@ def test_maintain_changes_no_row_clusters_by_user_and_a_rerun_changes_nothing(mw
 def test_a_record_in_the_commit_metadata_survives_the_rewrite(mwh):
     wh = Warehouse(mwh)
     written, record = partition_record(wh, "dlrm_training", D, "lum.provenance.test")
-    registry.run_with("maintain", {"tables": ["dlrm_training"], "cluster": ["dlrm_training"], "row_group_rows": 100},
-                      warehouse=mwh, ds=D)
+    registry.run_with("maintain", {"tables": ["dlrm_training"], "cluster": ["dlrm_training"], "row_group_rows": 100,
+                                   "compression": "LZ4_RAW"}, warehouse=mwh, ds=D)
     assert wh.version("dlrm_training") > written  # the rewrite committed; the record still describes D
     path = wh.delta_table("dlrm_training").file_uris([("ds", "=", D)])[0]
     meta = pq.read_metadata(path)
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [100] * 4
+    assert meta.row_group(0).column(0).compression == "LZ4"  # pyarrow names the LZ4_RAW codec LZ4
     assert partition_record(wh, "dlrm_training", D, "lum.provenance.test") == (written, record)
     wh.write_partition("dlrm_training", training(np.arange(1, 5, dtype=np.int64), D), ds=D)  # new rows, no record
     with pytest.raises(ValueError, match="was replaced after version"):
@@ -206,6 +207,7 @@ def test_days_to_expire(days, ds, keep, expired):
     ({"keep_days.dlrm_training": -3}, r"keep_days.dlrm_training must be an integer >= 0"),
     ({"keep_days": {"nope": 3}}, "unknown Config.keep_days option 'nope'"),
     ({"target_file_mb": 0}, "target_file_mb must be >= 1"),
+    ({"compression": "zip"}, "compression must be one of ZSTD, LZ4_RAW"),
 ])
 def test_bad_config_is_one_line_and_changes_nothing(mwh, options, match):
     before = tables_snapshot(mwh)
