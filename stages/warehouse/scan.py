@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 KEY = "user_id"
-GROUPS_PER_READ = 16  # row groups decoded by one job (a batch's jobs run on one thread per core)
+GROUPS_PER_READ = 64  # row groups decoded by one job: few big buffers (cheaper to allocate and keep than many)
 BITMAP_SPAN_PER_ID = 64  # membership by bitmap when the ids' [min, max] spans at most this many values per id
 BITMAP_MAX_BYTES = 1 << 27  # ... and the bitmap (one byte per value of the span) stays this small
 
