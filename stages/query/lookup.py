@@ -133,9 +133,10 @@ def query_many(warehouse: Warehouse | str | None, user_ids: Any, *, ds: str | No
                as_of: int | str | dt.datetime | None = None) -> pa.Table:
     """Batch lookup: the rows of ``table`` on day ``ds`` for many users (an Arrow table with a ``user_id``
     column, an Arrow or NumPy array, a list) as one Arrow table, sorted by ``user_id`` (rows of one user in
-    file order). Duplicates count once; unknown users have no rows. Arguments and errors as ``query_table``;
-    each file of the partition whose ``user_id`` range holds a requested user is read once, its row groups
-    with a hit in one call."""
+    file order). Duplicates count once; unknown users have no rows. Arguments and errors as ``query_table``.
+    Only files and row groups whose ``user_id`` range holds a requested id are read, ``user_id`` first and the
+    other columns only for groups with a hit, on every core (``stages.warehouse.scan``); no Python work per
+    user or row."""
     _check_table(table, conditions)
     out, _, _ = _read(Warehouse.of(warehouse), table, unique_ids(_user_id_array(user_ids)), conditions, ds, version,
                       as_of)
