@@ -12,8 +12,9 @@ Every call starts from scratch (open the Delta table, list the snapshot, pick fi
 Then (``maintain``) the maintain stage runs for D (user_knowledge only: clustering by user, vacuum, checkpoint),
 the earlier days are re-linked to D's rewritten files as earlier daily runs would have left them, a checkpoint
 is written, and every kind is timed again. The summary compares ``single`` p50 and ``many`` users/s with
-``TARGET_P50_MS`` and ``TARGET_BATCH_USERS_S`` (and ``many`` with ``many_baseline``: ``many_speedup``). ``QUICK``
-shrinks the default size.
+``TARGET_P50_MS`` and ``TARGET_BATCH_USERS_S`` (and ``many`` with ``many_baseline``: ``many_speedup`` in wall time,
+``many_cpu_ratio`` in the process's CPU seconds, which other jobs on the box skew less). ``QUICK`` shrinks the
+default size.
 """
 
 from __future__ import annotations
