@@ -11,6 +11,7 @@ every process.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,11 @@ import pyarrow.compute as pc
 import torch
 
 from stages.core.hashing import shard_of, stable_hash64  # noqa: F401 (stable_hash64: re-exported)
-from stages.warehouse import staging
+from stages.warehouse import buckets, staging
+from stages.warehouse.reads import pyarrow_dataset
+from stages.warehouse.store import TableStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,27 @@ def flat_histories(chunk: pa.Table, vocab, max_history: int | None, *, timed: bo
 
 
 # ---- chunks of users in user_id order ----------------------------------------------------------------
+
+def sequence_chunks(wh: TableStore, ds: str, version: int, columns: list[str], chunk_users: int,
+                    shard: ShardSpec | None) -> tuple[int, Iterator[pa.Table]]:
+    """(users this process reads, its chunks of <= ``chunk_users`` users in user_id order) of partition ``ds`` of
+    user_sequences at ``version``. A bucketed partition (``stages.warehouse.buckets``): only this shard's bucket
+    files are opened (all of them unsharded) and their sorted streams merged, the count from the log. Otherwise
+    (logged) ``user_ordered_chunks`` over every file. Either way the same users in the same order."""
+    index, count = (0, 1) if shard is None else (shard.index, shard.count)
+    lay = buckets.layout(wh, ds, version=version)
+    reason = lay.unusable(count)
+    if reason is None:
+        mine = [b for b in lay.files if b % count == index]
+        batch_rows = max(1, -(-chunk_users // max(1, len(mine))))  # one output chunk per round of the merge
+        streams = buckets.bucket_streams(wh, lay, index=index, count=count, columns=columns, batch_rows=batch_rows)
+        return sum(lay.rows[b] for b in mine), buckets.merged_by_user([s for _, s in streams], chunk_users)
+    log.info("user_sequences ds=%s shard %d/%d: reading every file (%s)", ds, index, count, reason)
+    dataset = pyarrow_dataset(wh.delta_table("user_sequences", version), [("ds", "=", ds)])
+    total = int(dataset.count_rows())
+    return (total if shard is None else max(1, total // count)), user_ordered_chunks(dataset, columns, chunk_users,
+                                                                                      shard)
+
 
 MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks / 256) chunks
 

@@ -49,6 +49,7 @@ class BucketLayout:
     version: int
     buckets: int | None  # the recorded bucket count; None for a partition written before buckets
     files: dict[int, str]  # bucket -> its file (relative to the table root); empty buckets have none
+    rows: dict[int, int]  # bucket -> its rows (the log's numRecords)
     paths: list[str]  # every file of the partition
     reason: str | None  # why a bucketed read cannot serve this partition; None when it can
 
@@ -80,7 +81,7 @@ def layout(wh: TableStore, ds: str, *, version: int | None = None) -> BucketLayo
     buckets = recorded_buckets(wh, ds, version)
     lo = actions.column("min.bucket").to_pylist() if "min.bucket" in actions.column_names else [None] * len(paths)
     hi = actions.column("max.bucket").to_pylist() if "max.bucket" in actions.column_names else [None] * len(paths)
-    reason, files = None, {}
+    reason, files, rows = None, {}, {}
     if buckets is None:
         reason = f"partition {ds} has no recorded bucket count (written before buckets)"
     elif any(a is None or b is None for a, b in zip(lo, hi)):
@@ -91,7 +92,8 @@ def layout(wh: TableStore, ds: str, *, version: int | None = None) -> BucketLayo
         reason = f"partition {ds} files do not map one to one onto buckets 0..{buckets - 1}"
     else:
         files = dict(zip((int(b) for b in lo), paths))
-    return BucketLayout(ds=ds, version=version, buckets=buckets, files=files, paths=paths, reason=reason)
+        rows = dict(zip((int(b) for b in lo), (int(n) for n in actions.column("num_records").to_pylist())))
+    return BucketLayout(ds=ds, version=version, buckets=buckets, files=files, rows=rows, paths=paths, reason=reason)
 
 
 def _file_batches(wh: TableStore, rel: str, *, ds: str, bucket: int, buckets: int, columns: Sequence[str],
