@@ -17,6 +17,7 @@ import pandas as pd
 from stages.core.hashing import bucket_of
 
 KEY_SEARCH = 64  # candidate keys searched per bucket: every bucket finds one long before
+_KEYS: dict[int, list[int]] = {}  # bucket count -> partition keys (Spark's hash is fixed: found once per process)
 
 
 def check_buckets(buckets: object) -> int:
@@ -42,6 +43,8 @@ def with_bucket(df, buckets: int):
 
 def partition_keys(spark, buckets: int) -> list[int]:
     """For each bucket b, an int k with pmod(murmur3(k), buckets) == b (Spark's own ``hash``: the partitioner's)."""
+    if buckets in _KEYS:
+        return _KEYS[buckets]
     # deferred: as in with_bucket
     from pyspark.sql import functions as F
 
@@ -51,7 +54,8 @@ def partition_keys(spark, buckets: int) -> list[int]:
     missing = [b for b in range(buckets) if b not in keys]
     if missing:
         raise ValueError(f"buckets={buckets}: no partition key found for bucket {missing[0]}")
-    return [keys[b] for b in range(buckets)]
+    _KEYS[buckets] = [keys[b] for b in range(buckets)]
+    return _KEYS[buckets]
 
 
 def bucketed(df, buckets: int):

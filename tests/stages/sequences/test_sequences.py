@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from stages.core.dates import day_end
-from stages.core.hashing import bucket_of
+from stages.core.hashing import bucket_of, shard_of
 from stages.sequences import stage as sequences
 from stages.warehouse import buckets
 from stages.warehouse.facade import Warehouse
@@ -64,6 +65,11 @@ def _check_one_bucket_per_file(wh: Warehouse, ds: str, n: int) -> None:
         part = pq.read_table(f"{wh.table_uri('user_sequences')}/{rel}", columns=["user_id", "bucket"])
         assert set(part.column("bucket").to_pylist()) == {b}
         assert (np.diff(part.column("user_id").to_numpy()) > 0).all()
+    got = pa.Table.from_batches(list(buckets.iter_bucket_batches(wh, ds, index=1, count=2,
+                                                                 columns=["user_id", "conditions"], batch_rows=50)))
+    assert got.num_rows == sum(lay.rows[b] for b in lay.files if b % 2 == 1)
+    assert (shard_of(got.column("user_id").to_numpy(), 2) == 1).all()
+    assert pa.types.is_dictionary(got.schema.field("conditions").type.value_type)  # Spark's dictionary pages
 
 
 def test_bad_config_and_missing_events(warehouse):
