@@ -2,6 +2,15 @@
 
 The four list columns are aligned (one entry per behaviour); ``history_len == len(item_ids)``;
 ``total_events`` counts every behaviour of the user up to ds (before truncation).
+
+Buckets: ``bucket`` = splitmix64(user_id) % B (``stages.core.hashing.bucket_of``; B a power of two, the
+sequences option ``buckets``, recorded in the partition's build record ``lum.sequences.buckets``). Each data
+file holds ONE bucket, rows sorted by user_id, so the log's ``bucket`` min/max let a reader open only its
+buckets' files (``stages.warehouse.buckets``). Partitions written before buckets existed read ``bucket`` as null.
+Integer conditions: ``conditions`` stays the readable strings; the parquet files store them dictionary-encoded,
+and the bucket reader returns them as ``list<dictionary<int32, string>>`` (each distinct string once per batch,
+an int32 index per behaviour) instead of adding an id column whose dictionary would have to be kept stable
+across days.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ def _build(dim: int) -> pa.Schema:
         field_("ratings", pa.list_(pa.float32())),
         field_("history_len", pa.int32()),  # == len(item_ids)
         field_("total_events", pa.int64()),  # behaviours up to ds, before truncation to max_len
+        field_("bucket", pa.int32()),  # stable_hash64(user_id) % buckets; null in partitions older than buckets
     ])
 
 
@@ -39,7 +49,14 @@ def _aligned(table: pa.Table) -> str | None:
     return None
 
 
+def _bucket_range(table: pa.Table) -> str | None:
+    bad = pc.fill_null(pc.less(table.column("bucket"), 0), False)
+    if pc.any(bad).as_py():
+        return f"column bucket must be >= 0; rows: {show_rows(table, bad, ('ds', 'user_id', 'bucket'))}"
+    return None
+
+
 SPEC = TableSpec(name="user_sequences", partition_by=("ds",), key=("user_id",), build_schema=_build,
-                 checks=(_aligned,))
+                 checks=(_aligned, _bucket_range), optional=("bucket",))
 NAME, PARTITION_BY, KEY = SPEC.name, SPEC.partition_by, SPEC.key
 schema, validate, spark_schema = SPEC.schema, SPEC.validate, SPEC.spark_schema

@@ -5,12 +5,13 @@ condition) and N (2L + 1) naive. ``pack_by_budget`` cuts a user list, in order, 
 ``token_budget`` tokens (a larger user gets a batch of its own), so activation memory per forward is bounded
 whatever the history lengths. Jagged layout (values + offsets): ``hist_item_rows`` (sum L,) int64,
 ``hist_cond_ids`` (sum L, ...) int64, ``cu_hist`` (B+1,) int32; ``query_cond_ids`` (sum N, ...), ``cu_queries``
-(B+1,) int32. ``stable_hash64`` is splitmix64 in numpy uint64 arithmetic, so every process, machine and Python
-version puts a user in the same shard (Python's ``hash`` is salted per process for str).
+(B+1,) int32. ``stable_hash64`` / ``shard_of`` (``stages.core.hashing``) put a user in the same shard in
+every process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,29 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from stages.warehouse import staging
+from stages.core.hashing import shard_of, stable_hash64  # noqa: F401 (stable_hash64: re-exported)
+from stages.warehouse import buckets, staging
+from stages.warehouse.reads import pyarrow_dataset
+from stages.warehouse.store import TableStore
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def stable_hash64(ids: np.ndarray) -> np.ndarray:
-    """splitmix64 of int64 ids -> uint64 (n,), vectorised."""
-    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        x = x ^ (x >> np.uint64(31))
-    return x
-
-
-def shard_of(ids: np.ndarray, count: int) -> np.ndarray:
-    """Shard index in [0, count) of every id (int64 (n,))."""
-    if count < 1:
-        raise ValueError(f"shard count must be >= 1, got {count}")
-    return (stable_hash64(ids) % np.uint64(count)).astype(np.int64)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -206,6 +190,27 @@ def flat_histories(chunk: pa.Table, vocab, max_history: int | None, *, timed: bo
 
 
 # ---- chunks of users in user_id order ----------------------------------------------------------------
+
+def sequence_chunks(wh: TableStore, ds: str, version: int, columns: list[str], chunk_users: int,
+                    shard: ShardSpec | None) -> tuple[int, Iterator[pa.Table]]:
+    """(users this process reads, its chunks of <= ``chunk_users`` users in user_id order) of partition ``ds`` of
+    user_sequences at ``version``. A bucketed partition (``stages.warehouse.buckets``): only this shard's bucket
+    files are opened (all of them unsharded) and their sorted streams merged, the count from the log. Otherwise
+    (logged) ``user_ordered_chunks`` over every file. Either way the same users in the same order."""
+    index, count = (0, 1) if shard is None else (shard.index, shard.count)
+    lay = buckets.layout(wh, ds, version=version)
+    reason = lay.unusable(count)
+    if reason is None:
+        mine = [b for b in lay.files if b % count == index]
+        batch_rows = max(1, -(-chunk_users // max(1, len(mine))))  # one output chunk per round of the merge
+        streams = buckets.bucket_streams(wh, lay, index=index, count=count, columns=columns, batch_rows=batch_rows)
+        return sum(lay.rows[b] for b in mine), buckets.merged_by_user([s for _, s in streams], chunk_users)
+    log.info("user_sequences ds=%s shard %d/%d: reading every file (%s)", ds, index, count, reason)
+    dataset = pyarrow_dataset(wh.delta_table("user_sequences", version), [("ds", "=", ds)])
+    total = int(dataset.count_rows())
+    return (total if shard is None else max(1, total // count)), user_ordered_chunks(dataset, columns, chunk_users,
+                                                                                      shard)
+
 
 MAX_SPILL_BUCKETS = 256  # open spill files at once; a bucket holds ceil(chunks / 256) chunks
 

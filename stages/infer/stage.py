@@ -1,7 +1,8 @@
 """Stage 2 of LUM: query the pretrained model with condition tokens -> ``user_knowledge`` and ``item_knowledge``.
 
 ``run(cfg, ds=D)`` uses the newest model trained through D (or ``cfg.model_version``) and reads partition D of
-``user_sequences`` (one pinned snapshot) in user_id-ordered chunks of ``chunk_users``; each user's last
+``user_sequences`` (one pinned snapshot; a shard opens only its buckets' files, ``chunks.sequence_chunks``) in
+user_id-ordered chunks of ``chunk_users``; each user's last
 ``history_len`` (max_len - 1) behaviours and N query conditions (``stages.core.conditions``) are encoded in
 ``grouped`` or ``naive`` mode, at most ``token_budget`` tokens per forward. Each table's partition D is
 published by one commit (``stages.infer.publish``); ``user_knowledge`` files are user_id-sorted with disjoint
@@ -28,13 +29,12 @@ from stages.core.conditions import condition_to_features, parse_spec
 from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
-from stages.infer.chunks import ShardSpec, parse_shard, user_ordered_chunks
+from stages.infer.chunks import ShardSpec, parse_shard, sequence_chunks
 from stages.infer.encode import MODES, ChunkStats, model_temperature, process_chunk
 from stages.infer.publish import commit, default_run_id, item_rows_table, items_not_in_model, torchrun_commit
 from stages.model import store as model_store
 from stages.model.item_popularity import popularity_for
 from stages.warehouse.facade import Warehouse
-from stages.warehouse.reads import pyarrow_dataset
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,12 @@ def check_query_features(cset: Any, features: tuple[str, ...], version: str) -> 
     return cset
 
 
-def sequences_snapshot(wh: Warehouse, ds: str) -> tuple[Any, int]:
-    """(pyarrow dataset of partition ds of user_sequences, the Delta version read): one pinned snapshot."""
-    if ds not in wh.partitions("user_sequences"):
+def sequences_snapshot(wh: Warehouse, ds: str) -> int:
+    """The Delta version of user_sequences read (one pinned snapshot); ValueError when partition ds is missing."""
+    version = wh.version("user_sequences")
+    if version is None or ds not in wh.partitions("user_sequences", version):
         raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
-    table = wh.delta_table("user_sequences")
-    return pyarrow_dataset(table, [("ds", "=", ds)]), table.version()
+    return version
 
 
 # ---- the stage -------------------------------------------------------------------------------------
@@ -128,14 +128,15 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     started = time.perf_counter()
     shard = parse_shard(cfg.shard)
     version = resolve_version(wh, ds, cfg.model_version)
-    dataset, seq_version = sequences_snapshot(wh, ds)
+    seq_version = sequences_snapshot(wh, ds)
     run_id = default_run_id(ds, version, seq_version, shard, pinned=cfg.run_id,
                             query=(cfg.mode, cfg.conditions, cfg.condition_feature, cfg.with_features))
     if shard is not None and shard.commit:
         versions = commit(wh, ds, run_id, shard.count)
         return {"stage": "infer", "ds": ds, "shard": shard.label, "model_version": version, "run_id": run_id,
                 "versions": versions, "seconds": round(time.perf_counter() - started, 3)}
-    summary = infer_partition(cfg, ds=ds, wh=wh, version=version, dataset=dataset, run_id=run_id, shard=shard)
+    summary = infer_partition(cfg, ds=ds, wh=wh, version=version, seq_version=seq_version, run_id=run_id,
+                              shard=shard)
     if shard is None:
         summary["versions"] = commit(wh, ds, run_id, None)
     elif cfg.shard is None:  # rank of a torchrun job
@@ -146,7 +147,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict[str, Any]:
     return summary
 
 
-def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, dataset: Any, run_id: str,
+def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_version: int, run_id: str,
                     shard: ShardSpec | None) -> dict[str, Any]:
     """Stage this process's user_knowledge and item_knowledge files and manifests (no commit)."""
     device = resolve_device(cfg.device)
@@ -154,13 +155,13 @@ def infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datase
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _infer_partition(cfg, ds=ds, wh=wh, version=version, dataset=dataset, run_id=run_id, shard=shard,
-                                device=device)
+        return _infer_partition(cfg, ds=ds, wh=wh, version=version, seq_version=seq_version, run_id=run_id,
+                                shard=shard, device=device)
     finally:
         torch.set_num_threads(before)
 
 
-def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, dataset: Any, run_id: str,
+def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_version: int, run_id: str,
                      shard: ShardSpec | None, device: Any) -> dict[str, Any]:
     loaded = model_store.load(wh.uri, version, device=device)
     model, vocab = loaded.model, loaded.vocab
@@ -181,12 +182,12 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, datas
         query_ts = int(day_end(ds).timestamp())
         item_buckets = popularity_for(wh, vocab, first_ds=next_day(ds), last_ds=next_day(ds),
                                       window=model.cfg.popularity_days).buckets[0]
-    total = int(dataset.count_rows())
-    progress = Progress("infer", total if shard is None else max(1, total // shard.count), unit="users")
+    total, chunks = sequence_chunks(wh, ds, seq_version, SEQUENCE_COLUMNS, cfg.chunk_users, shard)
+    progress = Progress("infer", total, unit="users")
     stats = ChunkStats()
     user_stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim)
     seen, checked, last_max = 0, False, None
-    for chunk in user_ordered_chunks(dataset, SEQUENCE_COLUMNS, cfg.chunk_users, shard):
+    for chunk in chunks:
         seen += chunk.num_rows
         if not checked:
             check_condition_features(vocab, [c[0] for c in chunk.column("conditions").to_pylist()[:50] if c], version)

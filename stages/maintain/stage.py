@@ -4,7 +4,8 @@ For each table of ``tables`` (``stages.maintain.plan`` checks the Config first; 
 1. expire: delete its partitions older than ``D - keep_days.<table>`` in one commit (0, the default: none);
 2. rewrite partition D in at most one commit, rows unchanged: tables in ``cluster`` are sorted by ``user_id``
    (delta-rs z-order on one column, files of ``target_file_mb``, so a lookup opens one file and about one row
-   group) when their files overlap or are small; other tables get delta-rs compaction of small files;
+   group) when their files overlap or are small; other tables get delta-rs compaction of small files, except a
+   bucketed ``user_sequences`` partition (one file per bucket: compaction would mix the buckets readers skip by);
 3. vacuum: ``Warehouse.vacuum`` with ``LUM_VACUUM_RETENTION_HOURS`` (files a newer version dropped earlier);
 4. then, for every table: the day in its configuration (``lum.maintained_through``: ``lum backfill``'s "done"
    check, ``is_complete``) and a Delta checkpoint with log entries past the log retention removed.
@@ -24,7 +25,9 @@ import schemas
 from stages.core.dates import check_ds
 from stages.core.settings import vacuum_retention_hours
 from stages.maintain.plan import MARKER, PARTITIONED, KeepDays, check_config, days_to_expire, maintained_through
+from stages.warehouse import buckets
 from stages.warehouse.facade import Warehouse
+from stages.warehouse.maintenance import layout
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,13 @@ def maintain_table(wh: Warehouse, cfg: Config, name: str, ds: str, retention: in
         return {"table": name, "missing": True, "files_before": 0, "files_after": 0, "rows": 0, "rewrite": "none",
                 "partitions_expired": [], "files_vacuumed": 0, "seconds": 0.0}
     expired = wh.expire(name, days_to_expire(wh.partitions(name), ds, getattr(cfg.keep_days, name)))
-    rewrite = wh.optimize(name, ds=ds, cluster_by=CLUSTER_COLUMN if name in cfg.cluster else None,
-                          target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows,
-                          compression=cfg.compression)
+    if name == buckets.TABLE and ds in wh.partitions(name) and buckets.layout(wh, ds).reason is None:
+        part = layout(wh, name, ds)  # one file per bucket, kept as it is
+        rewrite = {"files_before": part.files, "files_after": part.files, "rows": part.rows, "rewrite": "none"}
+    else:
+        rewrite = wh.optimize(name, ds=ds, cluster_by=CLUSTER_COLUMN if name in cfg.cluster else None,
+                              target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows,
+                              compression=cfg.compression)
     vacuumed = wh.vacuum(name, retention_hours=retention) if retention is not None else []
     return {"table": name, "missing": False, **rewrite, "partitions_expired": expired,
             "files_vacuumed": len(vacuumed), "seconds": round(time.perf_counter() - started, 3)}

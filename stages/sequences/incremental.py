@@ -7,8 +7,10 @@ today. ``plan`` checks that from the build record every build stores in its comm
 same ``max_len``, condition features and ``liked`` threshold; the same ``events`` files for days <= D-1 (a fingerprint of their
 paths: re-ingesting a day changes it); ``items`` unchanged for the items D-1 used (no category changed, and no
 item added while D-1 had ``<unk>`` conditions); and the record describes the files now in partition D-1 (row
-count). Any other case is a full rebuild, its reason logged. D-1 files that cannot be read are a ``ValueError``
-(a storage problem to look at, not to hide); ``full_rebuild=true`` rebuilds without reading them.
+count). Any other case is a full rebuild, its reason logged; a bucket count unlike D-1's is a ``ValueError`` (the
+layout of consecutive days must agree; ``full_rebuild=true`` may change it). D-1 rows without buckets (older
+partitions) extend fine: every row's ``bucket`` is computed from its user_id. D-1 files that cannot be read are a
+``ValueError`` (a storage problem to look at, not to hide); ``full_rebuild=true`` rebuilds without reading them.
 Users without events on D carry their D-1 row: every partition stays a full snapshot.
 """
 
@@ -37,12 +39,15 @@ UNRATED = "liked=<unk>"  # the condition part of a behaviour without a rating
 
 
 def build_record(*, ds: str, max_len: int, conditions: str, events_fingerprint: str, items_version: int | None,
-                 rows: int, unknown_users: int, mode: str, liked_threshold: float | None = None) -> dict[str, str]:
+                 rows: int, unknown_users: int, mode: str, liked_threshold: float | None = None,
+                 buckets: int | None = None) -> dict[str, str]:
     """What a build of partition ``ds`` used: stored with its commit so the next day can check it
-    (``liked_threshold`` only when ``liked`` is a condition feature)."""
+    (``liked_threshold`` only when ``liked`` is a condition feature; ``buckets``: the bucket count)."""
     record = {"ds": ds, "max_len": max_len, "conditions": conditions, "events": events_fingerprint,
               "items_version": "" if items_version is None else items_version, "rows": rows,
               "unknown_users": unknown_users, "mode": mode}
+    if buckets is not None:
+        record["buckets"] = buckets
     if liked_threshold is not None:
         record["liked_threshold"] = repr(float(liked_threshold))
     return {f"{RECORD}{k}": str(v) for k, v in record.items()}
@@ -56,17 +61,22 @@ def events_fingerprint(wh: Warehouse, version: int, through: str) -> str:
     return hashlib.sha256("\n".join(sorted(paths.to_pylist())).encode()).hexdigest()
 
 
-def find_record(wh: Warehouse, ds: str) -> dict[str, str] | None:
-    """The build record of the newest commit (of the last ``HISTORY_LIMIT``) that built partition ``ds``."""
+def find_record(wh: Warehouse, ds: str, version: int | None = None) -> dict[str, str] | None:
+    """The build record of the newest commit (of the last ``HISTORY_LIMIT``; at or before ``version`` when
+    given) that built partition ``ds``."""
     for commit in wh.history(TABLE, HISTORY_LIMIT):
+        if version is not None and commit.get("version", -1) > version:
+            continue
         if commit.get(f"{RECORD}ds") == ds:
             return {k: str(v) for k, v in commit.items() if k.startswith(RECORD)}
     return None
 
 
 def plan(wh: Warehouse, *, ds: str, max_len: int, conditions: str, events_version: int,
-         items_version: int | None, liked_threshold: float | None = None) -> tuple[str | None, str]:
-    """(D-1 when day ``ds`` can extend it, else None; the reason). ValueError: D-1's files cannot be read."""
+         items_version: int | None, liked_threshold: float | None = None,
+         buckets: int | None = None) -> tuple[str | None, str]:
+    """(D-1 when day ``ds`` can extend it, else None; the reason). ValueError: D-1's files cannot be read, or
+    D-1 was built with another bucket count than ``buckets``."""
     prev = prev_day(ds)
     if prev not in wh.partitions(TABLE):
         return None, f"no {TABLE} partition {prev}"
@@ -89,6 +99,10 @@ def plan(wh: Warehouse, *, ds: str, max_len: int, conditions: str, events_versio
     reason = _items_changed(wh, record, prev, conditions, items_version)
     if reason:
         return None, reason
+    then = record.get(f"{RECORD}buckets")
+    if buckets is not None and then is not None and then != str(buckets):
+        raise ValueError(f"{TABLE} partition {prev} has buckets={then}, this run uses buckets={buckets}; "
+                         f"rebuild {ds} with --set full_rebuild=true to change the bucket count")
     _check_readable(wh, prev, files.column("path").to_pylist(), ds)
     return prev, f"extends partition {prev}"
 

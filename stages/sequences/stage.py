@@ -9,7 +9,10 @@ Each behaviour gets one condition string from ``condition_features`` in that ord
 an item missing from ``items`` gets ``category=<unk>``); ``liked`` is ``yes`` when the rating >=
 ``liked_threshold``, ``no`` below, ``<unk>`` without a rating (implicit feedback: logged, ``liked_unknown`` in the
 summary). Features go to the table metadata (``lum.conditions``), the build record to the commit metadata. Users
-with one behaviour are kept. No events up to D, an unknown feature or a non-finite threshold: ``ValueError``.
+with one behaviour are kept. Rows are written in ``buckets`` hash buckets (``bucket`` = stable hash of user_id %
+buckets, one file per bucket, rows by user_id: ``stages.sequences.bucketing``; the count is in the build record),
+so a worker reads only its buckets (``stages.warehouse.buckets``). No events up to D, an unknown feature or a
+non-finite threshold: ``ValueError``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 from stages.core.dates import check_ds, day_end
 from stages.core.spark import get_spark
-from stages.sequences import incremental
+from stages.sequences import bucketing, incremental
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class Config:
     condition_features: tuple[str, ...] = ("category",)  # condition token features, in string order
     full_rebuild: bool = False  # true: rebuild from all events <= ds even when partition ds-1 could be extended
     liked_threshold: float = 4.0  # feature "liked": yes when rating >= this (MovieLens' positive), no below
+    buckets: int = 16  # hash buckets of user_id (a power of two), one file each; changing it needs full_rebuild
 
     def check(self) -> None:
         if self.max_len <= 0:
@@ -47,6 +51,7 @@ class Config:
                              f"got {','.join(self.condition_features) or '(empty)'}")
         if not isinstance(self.liked_threshold, (int, float)) or not math.isfinite(self.liked_threshold):
             raise ValueError(f"liked_threshold must be a finite number, got {self.liked_threshold!r}")
+        bucketing.check_buckets(self.buckets)
 
     def threshold(self) -> float | None:
         """The liked threshold when ``liked`` is a condition feature (part of the build record), else None."""
@@ -93,7 +98,8 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
 
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "mode", "reason",
-    "seconds"} (mode: "incremental" or "full"), and "liked_unknown" (behaviours without a rating) with "liked"."""
+    "buckets", "seconds"} (mode: "incremental" or "full"), and "liked_unknown" (behaviours without a rating)
+    with "liked"."""
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
@@ -107,7 +113,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     events_version, items_version = wh.version("events"), wh.version("items")  # one snapshot for the whole build
     prev, reason = (None, "full_rebuild=true") if cfg.full_rebuild else incremental.plan(
         wh, ds=ds, max_len=cfg.max_len, conditions=conditions, events_version=events_version,
-        items_version=items_version, liked_threshold=cfg.threshold())
+        items_version=items_version, liked_threshold=cfg.threshold(), buckets=cfg.buckets)
     mode = "full" if prev is None else "incremental"
     log.info("user_sequences ds=%s: %s build (%s)", ds, mode, reason)
     spark = get_spark()
@@ -120,7 +126,7 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     else:
         day = build_sequences(wh.read_spark(spark, "events", ds=ds, version=events_version), items, ds=ds, cfg=cfg)
         df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds, max_len=cfg.max_len)
-    df = df.cache()
+    df = bucketing.with_bucket(df, cfg.buckets).cache()
     try:
         rows, unknown, unrated = incremental.count_rows(df, conditions)
         if rows == 0:
@@ -128,14 +134,16 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
         record = incremental.build_record(
             ds=ds, max_len=cfg.max_len, conditions=conditions, rows=rows, unknown_users=unknown, mode=mode,
             events_fingerprint=incremental.events_fingerprint(wh, events_version, ds), items_version=items_version,
-            liked_threshold=cfg.threshold())
-        version = wh.write_spark_partition("user_sequences", df, ds=ds, metadata={METADATA_KEY: conditions, **record})
+            liked_threshold=cfg.threshold(), buckets=cfg.buckets)
+        version = wh.write_spark_partition("user_sequences", bucketing.bucketed(df, cfg.buckets), ds=ds,
+                                           metadata={METADATA_KEY: conditions, **record},
+                                           check=bucketing.one_bucket_per_file)
     finally:
         df.unpersist()
     seconds = round(time.perf_counter() - started, 2)
     log.info("user_sequences ds=%s: %d users (%s) in %.1fs", ds, rows, mode, seconds)
     summary = {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "mode": mode,
-               "reason": reason, "seconds": seconds}
+               "reason": reason, "buckets": cfg.buckets, "seconds": seconds}
     if cfg.threshold() is not None:
         summary["liked_unknown"] = unrated
         if unrated:

@@ -145,6 +145,10 @@ def test_user_sequences_lists_must_align():
     assert "column ts length differs" in msg
     msg = _error(user_sequences.validate, table.set_column(5, "history_len", pa.array([5])), ds=DAY)
     assert "history_len" in msg
+    assert user_sequences.validate(table, ds=DAY).column("bucket").null_count == 1  # older rows: no bucket
+    assert user_sequences.validate(table.append_column("bucket", pa.array([3])), ds=DAY)["bucket"][0].as_py() == 3
+    msg = _error(user_sequences.validate, table.append_column("bucket", pa.array([-1])), ds=DAY)
+    assert "column bucket must be >= 0" in msg
 
 
 def test_conditions_metadata_roundtrip():

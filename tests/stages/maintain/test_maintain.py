@@ -15,11 +15,12 @@ from stages.maintain import plan
 from stages.maintain import stage as maintain
 from stages.pipeline import daily, registry
 from stages.query.lookup import query_many, query_user_knowledge
-from stages.warehouse import lease
+from stages.warehouse import buckets, lease
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.history import partition_record
 from stages.warehouse.maintenance import layout
 from tests.conftest import tree_snapshot
+from tests.stages.bucket_fixtures import synthetic_sequences, write_bucketed
 
 D = "2000-01-05"
 DAYS = ("2000-01-01", "2000-01-02", "2000-01-03", "2000-01-04", D)
@@ -171,6 +172,15 @@ def test_tables_not_clustered_are_compacted_once(mwh):
     again = registry.run_with("maintain", options, warehouse=mwh, ds=D)["tables"][0]
     assert again["rewrite"] == "none" and wh.version("item_knowledge") == version
     assert wh.read("item_knowledge").sort_by("item_id").equals(before)
+
+
+def test_bucketed_sequences_keep_one_file_per_bucket(mwh):
+    wh = Warehouse(mwh)
+    write_bucketed(mwh, synthetic_sequences(80), ds=D, buckets=4)
+    files = buckets.layout(wh, D).files
+    out = registry.run_with("maintain", {"tables": ["user_sequences"], "cluster": []}, warehouse=mwh, ds=D)["tables"][0]
+    assert (out["rewrite"], out["files_before"], out["files_after"], out["rows"]) == ("none", 4, 4, 80)
+    assert buckets.layout(wh, D).files == files  # a compaction would have mixed the buckets
 
 
 def test_expiry_keeps_keep_days_and_the_newest_day_before_d(mwh):

@@ -10,8 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from stages.core.hashing import bucket_of
 from stages.sequences import stage as sequences
+from stages.warehouse import buckets
 from stages.warehouse.facade import Warehouse
+from tests.conftest import tree_snapshot
 
 UTC = dt.UTC
 D1, D2, D3, D4 = "2003-03-01", "2003-03-02", "2003-03-03", "2003-03-04"  # D3 has no events
@@ -66,7 +69,7 @@ def _rows(wh: Warehouse, ds: str) -> pa.Table:
 
 
 def _run(wh: Warehouse, ds: str, features=("category", "scenario"), **options) -> dict:
-    cfg = sequences.Config(max_len=3, condition_features=features, **options)
+    cfg = sequences.Config(max_len=3, condition_features=features, **{"buckets": 4, **options})
     return sequences.run(cfg, ds=ds, warehouse=wh)
 
 
@@ -87,10 +90,13 @@ def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog, featur
         built[ds] = _rows(wh, ds)
     assert "incremental build (extends partition 2003-03-01)" in caplog.text
     for ds in (D2, D4):  # D3 (no events) is D2's rows, below
+        incremental_layout = buckets.layout(wh, ds)
         full_summary = _run(wh, ds, features, full_rebuild=True)
         assert full_summary["mode"] == "full"
         full = _rows(wh, ds)
-        assert full.equals(built[ds]), ds  # every column, every row
+        assert full.equals(built[ds]), ds  # every column, every row (bucket included)
+        assert sorted(buckets.layout(wh, ds).files) == sorted(incremental_layout.files)  # one file per bucket
+        assert incremental_layout.reason is None and incremental_layout.buckets == 4
         assert full_summary.get("liked_unknown") == summaries[ds].get("liked_unknown")
     d2, d3, d4 = (built[d].to_pylist() for d in (D2, D3, D4))
     by_user = {r["user_id"]: r for r in d2}
@@ -146,3 +152,19 @@ def test_unreadable_previous_partition_is_an_error_unless_full_rebuild(small_war
         _run(wh, D2)
     assert "\n" not in str(info.value)
     assert _run(wh, D2, full_rebuild=True)["mode"] == "full"
+
+
+@pytest.mark.slow
+def test_bucket_count_change_is_an_error_unless_full_rebuild(small_warehouse):
+    wh = small_warehouse
+    _run(wh, D1)
+    before = tree_snapshot(wh.uri)
+    with pytest.raises(ValueError) as info:
+        _run(wh, D2, buckets=8)
+    assert str(info.value) == ("user_sequences partition 2003-03-01 has buckets=4, this run uses buckets=8; "
+                               "rebuild 2003-03-02 with --set full_rebuild=true to change the bucket count")
+    assert tree_snapshot(wh.uri) == before  # nothing written
+    assert _run(wh, D2, buckets=8, full_rebuild=True)["buckets"] == 8
+    rows = _rows(wh, D2)
+    assert rows.column("bucket").to_pylist() == bucket_of(rows.column("user_id").to_numpy(), 8).tolist()
+    assert _run(wh, D3, buckets=8)["mode"] == "incremental"
