@@ -5,8 +5,8 @@ condition) and N (2L + 1) naive. ``pack_by_budget`` cuts a user list, in order, 
 ``token_budget`` tokens (a larger user gets a batch of its own), so activation memory per forward is bounded
 whatever the history lengths. Jagged layout (values + offsets): ``hist_item_rows`` (sum L,) int64,
 ``hist_cond_ids`` (sum L, ...) int64, ``cu_hist`` (B+1,) int32; ``query_cond_ids`` (sum N, ...), ``cu_queries``
-(B+1,) int32. ``stable_hash64`` is splitmix64 in numpy uint64 arithmetic, so every process, machine and Python
-version puts a user in the same shard (Python's ``hash`` is salted per process for str).
+(B+1,) int32. ``stable_hash64`` / ``shard_of`` (the stable user hash) live in ``stages.core.hashing``; this module
+re-exports them under their old names.
 """
 
 from __future__ import annotations
@@ -21,29 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from stages.core.hashing import shard_of, stable_hash64  # noqa: F401 (stable_hash64: this module's name too)
 from stages.warehouse import staging
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def stable_hash64(ids: np.ndarray) -> np.ndarray:
-    """splitmix64 of int64 ids -> uint64 (n,), vectorised."""
-    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        x = x ^ (x >> np.uint64(31))
-    return x
-
-
-def shard_of(ids: np.ndarray, count: int) -> np.ndarray:
-    """Shard index in [0, count) of every id (int64 (n,))."""
-    if count < 1:
-        raise ValueError(f"shard count must be >= 1, got {count}")
-    return (stable_hash64(ids) % np.uint64(count)).astype(np.int64)
 
 
 @dataclass(frozen=True)
