@@ -82,8 +82,11 @@ def decode_rows(t: pa.Table | pa.RecordBatch, vocab: Vocab, *, conditions: bool 
     last_ts (U,) datetime64[us], NaT when empty). conditions False: ids all 0 (callers that only count)."""
     flat_items = pc.list_flatten(t.column("item_ids")).to_numpy()
     rows = vocab.item_rows(flat_items)
-    if conditions:
-        cids = vocab.condition_ids(list(pc.list_flatten(t.column("conditions")).to_numpy(zero_copy_only=False)))
+    if conditions:  # each distinct string looked up once (a null element maps to 0, unknown)
+        flat = pc.list_flatten(t.column("conditions"))
+        enc = pc.dictionary_encode(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
+        ids = np.append(vocab.condition_ids(enc.dictionary.to_pylist()), 0)
+        cids = ids[pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False)]
     else:
         cids = np.zeros(rows.size, dtype=np.int64)
     lens = pc.list_value_length(t.column("item_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
