@@ -28,6 +28,8 @@ from stages.pretrain.data import check_partition, decode_rows, read_items, seque
 from stages.training.distributed import dist_info
 from stages.training.retrieval_eval import split_leave_last_out
 from stages.training.steps import StreamSteps, Window, count_buffers
+from stages.warehouse import spark_bridge
+from stages.warehouse.commit import check_present
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.reads import pyarrow_dataset
 
@@ -48,11 +50,17 @@ def _rank_batches(wh: Warehouse, ds: str, *, index: int, count: int, columns: Se
     """Record batches (``columns``, at most ``batch_rows`` rows) of partition ``ds`` of user_sequences holding
     only the users with ``shard_of(user_id, count) == index``, files in path order, rows in file order."""
     read = list(dict.fromkeys(["user_id", *columns]))
-    for fragment in _fragments(wh, ds):
-        for batch in fragment.to_batches(columns=read, batch_size=batch_rows, use_threads=False):
-            keep = shard_of(batch.column("user_id").to_numpy(), count) == index
-            if keep.any():
-                yield (batch if keep.all() else batch.filter(pa.array(keep))).select(list(columns))
+    try:
+        for fragment in _fragments(wh, ds):
+            for batch in fragment.to_batches(columns=read, batch_size=batch_rows, use_threads=False):
+                keep = shard_of(batch.column("user_id").to_numpy(), count) == index
+                if keep.any():
+                    yield (batch if keep.all() else batch.filter(pa.array(keep))).select(list(columns))
+    except (OSError, pa.ArrowInvalid) as exc:  # a file the log names may be gone or damaged: say so (as reads do)
+        files = spark_bridge.snapshot_files(wh, "user_sequences", ds=ds)
+        check_present(wh.table_uri("user_sequences"), "user_sequences", [rel for rel, _ in files])
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"table user_sequences: read failed ({first}); `lum verify` checks its files") from None
 
 
 def files_key(wh: Warehouse, ds: str) -> str:
