@@ -3,8 +3,8 @@ and remapping a parent version's weights onto a grown vocabulary (daily continua
 
 Condition features are read from the sequences' condition strings (``category=Comedy,scenario=rating``
 -> ("category", "scenario")); the vocabulary takes every category of the ``items`` table (even ones no
-event has yet) and every scenario seen in the sequences. Reading cost: one partition of user_sequences
-and the items table.
+event has yet) and every scenario seen in the sequences. ``load_sequences`` holds one whole partition in memory
+(evaluation); training streams it (``stages.pretrain.stream``) through ``decode_rows`` and ``sequence_vocab``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from stages.model.vocab import Vocab, parse_condition
@@ -31,33 +32,63 @@ class SeqData:
     ts: list[np.ndarray] | None = None  # per user: int64 epoch seconds of each behaviour
 
 
-def load_sequences(wh: Warehouse, ds: str) -> SeqData:
-    """Read partition ``ds`` of user_sequences; raises ValueError when it is missing or empty."""
-    if not wh.exists("user_sequences") or ds not in wh.partitions("user_sequences"):
-        raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
+def load_sequences(wh: Warehouse, ds: str, vocab: Vocab | None = None) -> SeqData:
+    """Read partition ``ds`` of user_sequences into memory, users in user_id order (the leave-last-out evaluation;
+    training streams it: ``stages.pretrain.stream``). vocab: None = built from the partition (``sequence_vocab``).
+    Raises ValueError when the partition is missing or empty."""
+    check_partition(wh, ds)
     t = wh.read("user_sequences", ds=ds, columns=["user_id", "item_ids", "conditions", "ts"])
     if t.num_rows == 0:
         raise ValueError(f"user_sequences partition ds={ds} is empty")
     t = t.sort_by("user_id")
-    flat_conds = pc.list_flatten(t.column("conditions")).to_numpy(zero_copy_only=False)
-    first = next((c for c in flat_conds if c), None)
-    if first is None:
-        raise ValueError(f"user_sequences ds={ds} has no behaviours (all conditions lists empty)")
-    features = tuple(part.split("=", 1)[0] for part in first.split(","))
-    scenarios: set[str] = set()
-    if "scenario" in features:
-        for c in set(flat_conds.tolist()):
-            scenarios.add(parse_condition(c, features)["scenario"])
-    items_t = wh.read("items", columns=["item_id", "category"])
-    vocab = Vocab.build(items_t.column("item_id").to_numpy(),
-                        items_t.column("category").to_pylist(), features=features, scenarios=scenarios)
-    flat_items = pc.list_flatten(t.column("item_ids")).to_numpy()
-    rows = vocab.item_rows(flat_items)
-    cids = vocab.condition_ids(list(flat_conds))
-    n_oov, n_unk = int((rows == 0).sum()), int((cids == 0).sum())
+    if vocab is None:
+        vocab = sequence_vocab(wh, set(pc.unique(pc.list_flatten(t.column("conditions"))).to_pylist()), ds)
+    user_ids, items, conds, ts, last = decode_rows(t, vocab)
+    n_oov, n_unk = int(sum((x == 0).sum() for x in items)), int(sum((c == 0).sum() for c in conds))
     if n_oov or n_unk:
         log.info("sequences: %d behaviours with items unknown to the items table (OOV row), %d unknown conditions",
                  n_oov, n_unk)
+    return SeqData(user_ids=user_ids, items=items, conds=conds, last_ts=last, vocab=vocab, ts=ts)
+
+
+def check_partition(wh: Warehouse, ds: str) -> None:
+    """ValueError when user_sequences has no partition ``ds``."""
+    if not wh.exists("user_sequences") or ds not in wh.partitions("user_sequences"):
+        raise ValueError(f"user_sequences has no partition ds={ds}; run `lum run sequences --ds {ds}` first")
+
+
+def read_items(wh: Warehouse) -> tuple[np.ndarray, list]:
+    """(item ids, primary categories) of the items table: the vocabulary's items."""
+    items_t = wh.read("items", columns=["item_id", "category"])
+    return items_t.column("item_id").to_numpy(), items_t.column("category").to_pylist()
+
+
+def sequence_vocab(wh: Warehouse, conditions: set, ds: str, items: tuple[np.ndarray, list] | None = None) -> Vocab:
+    """The vocabulary of a partition whose distinct condition strings are ``conditions``: the features of its
+    (smallest) non-empty condition, every scenario seen, every item and category of ``items`` (read when None)."""
+    present = sorted(c for c in conditions if c)
+    if not present:
+        raise ValueError(f"user_sequences ds={ds} has no behaviours (all conditions lists empty)")
+    features = tuple(part.split("=", 1)[0] for part in present[0].split(","))
+    scenarios: set[str] = set()
+    if "scenario" in features:
+        scenarios = {parse_condition(c, features)["scenario"] for c in present}
+    item_ids, categories = read_items(wh) if items is None else items
+    return Vocab.build(item_ids, categories, features=features, scenarios=scenarios)
+
+
+def decode_rows(t: pa.Table | pa.RecordBatch, vocab: Vocab, *, conditions: bool = True):
+    """user_sequences rows -> (user_ids (U,), item rows, condition ids, ts seconds: per user, oldest first;
+    last_ts (U,) datetime64[us], NaT when empty). conditions False: ids all 0 (callers that only count)."""
+    flat_items = pc.list_flatten(t.column("item_ids")).to_numpy()
+    rows = vocab.item_rows(flat_items)
+    if conditions:  # each distinct string looked up once (a null element maps to 0, unknown)
+        flat = pc.list_flatten(t.column("conditions"))
+        enc = pc.dictionary_encode(flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat)
+        ids = np.append(vocab.condition_ids(enc.dictionary.to_pylist()), 0)
+        cids = ids[pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False)]
+    else:
+        cids = np.zeros(rows.size, dtype=np.int64)
     lens = pc.list_value_length(t.column("item_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)])
     items = [rows[offsets[i]:offsets[i + 1]] for i in range(len(lens))]
@@ -67,8 +98,7 @@ def load_sequences(wh: Warehouse, ds: str) -> SeqData:
                      for i in range(len(lens))], dtype="datetime64[us]")
     secs = ts_flat.astype(np.int64) // 1_000_000
     ts = [secs[offsets[i]:offsets[i + 1]] for i in range(len(lens))]
-    return SeqData(user_ids=t.column("user_id").to_numpy(), items=items, conds=conds, last_ts=last, vocab=vocab,
-                   ts=ts)
+    return t.column("user_id").to_numpy(), items, conds, ts, last
 
 
 def remap_state(old: dict, old_vocab: Vocab, new: dict, new_vocab: Vocab) -> dict:

@@ -7,14 +7,17 @@ changed on day D (last behaviour inside D), each one's newest max_len window. No
 (``train_windows``; 0 = all the partition holds). Items and categories new since the parent get new random rows;
 known rows are copied by id/value. Users with one behaviour are kept (they train the c1 -> i1 prior).
 ``eval=true``: training excludes each user's last two behaviours and the version's metrics get the leave-last-out
-numbers (``stages.training.retrieval_eval``). ``workers=N`` runs N local DDP ranks; under torchrun the same entry
-runs DDP; rank 0 evaluates and publishes. The summary's ``loss_curve`` holds [step, mean loss] points.
+numbers (``stages.training.retrieval_eval``); that evaluation loads the partition into memory on rank 0
+(benchmark-sized data). ``workers=N`` runs N local DDP ranks; under torchrun the same entry runs DDP; rank 0
+evaluates and publishes. The summary's ``loss_curve`` holds [step, mean loss] points.
+Memory: training streams the partition (``stages.pretrain.stream``): each rank reads only its share of the
+users (by stable user hash) and holds one record batch and a shuffle buffer of ``shuffle_users`` sequences.
+With one rank and every sequence in one buffer the batches are those of the whole partition in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -31,11 +34,11 @@ from stages.core.device import DEVICES, resolve_device
 from stages.model import store as model_store
 from stages.model.item_popularity import popularity_for
 from stages.model.lum import ModelConfig, build_model
-from stages.pretrain.data import SeqData, load_sequences, remap_state, training_windows
+from stages.pretrain.data import SeqData, check_partition, load_sequences, remap_state
+from stages.pretrain.stream import Plan, first_day, open_stream
 from stages.training import loop as train_loop
 from stages.training.distributed import dist_info, init_distributed, launched_world_size
 from stages.training.loop import TrainConfig, resolve_negative_sampling
-from stages.training.packing import Sequences
 from stages.training.retrieval_eval import evaluate, split_leave_last_out
 from stages.training.workers import run_workers
 from stages.warehouse.facade import Warehouse
@@ -59,11 +62,17 @@ class Config:
     continue_epochs: float = 1.0     # warm-started daily runs: passes over the changed users' sequences
     device: str = "auto"             # "auto" (cuda when available) | "cpu" | "cuda"
     threads: int = 0                 # > 0: torch.set_num_threads (the machine is shared)
-    workers: int = 1                 # CPU: > 1 splits each step over N local DDP processes: same model, less wall time
+    workers: int = 1                 # CPU: > 1 splits each step over N local DDP processes (each its own users)
+    shuffle_users: int = 65536       # sequences per shuffle buffer: a rank holds one buffer, not the partition
 
     def check(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.shuffle_users < 1:
+            raise ValueError(f"shuffle_users must be >= 1, got {self.shuffle_users}")
+        if self.workers > self.train.rows_per_step:
+            raise ValueError(f"workers {self.workers} must be <= rows_per_step {self.train.rows_per_step}: "
+                             "each rank trains rows of its own users in every step")
         if self.train_windows < 0:
             raise ValueError(f"train_windows must be >= 0 (0 = all), got {self.train_windows}")
         if 2 * self.model.max_len > self.train.row_tokens:
@@ -108,8 +117,7 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         torch.set_num_threads(cfg.threads)
     init_distributed(device)
     _, rank, _world = dist_info()
-    data = load_sequences(wh, ds)
-    vocab = data.vocab
+    check_partition(wh, ds)
     version = model_store.version_name(ds)
 
     parent = None if cfg.retrain else model_store.latest_version(wh.uri, through=prev_day(ds))
@@ -124,6 +132,14 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
                     parent, loaded.model.cfg.time_features)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
                                                                  time_features=loaded.model.cfg.time_features))
+    warm, timed = parent is not None, cfg.model.time_features
+    # scratch runs train every window; warm-started daily runs only the newest one (what changed is in it)
+    plan = Plan(max_len=cfg.model.max_len, windows=1 if warm else cfg.train_windows, timed=timed, eval=cfg.eval,
+                changed_since=_day_start(ds) if warm else None)
+    stream = open_stream(wh, ds, plan, shuffle_users=cfg.shuffle_users, row_tokens=cfg.train.row_tokens)
+    vocab = stream.vocab
+    if warm:
+        log.info("continuation: %d users changed on %s", stream.users, ds)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab)
     parent_state = None
@@ -133,21 +149,16 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         log.info("warm start from %s", parent)
     model.to(device)
 
-    timed = cfg.model.time_features
-    popularity = _popularity(wh, data, ds, cfg.model.popularity_days) if timed else None
-    users, split = _select_users(cfg, data, ds, warm=parent is not None)
-    # scratch runs train every window; warm-started daily runs only the newest one (what changed is in it)
-    windows = training_windows([s[0][0] for s in split], [s[0][1] for s in split], cfg.model.max_len,
-                               cfg.train_windows if parent is None else 1,
-                               ts=[s[0][2] for s in split] if timed else None)
-    seqs = Sequences.from_lists(*windows)
-    counts = torch.from_numpy(np.bincount(seqs.items, minlength=vocab.n_item_rows).astype(np.float64))
+    popularity = popularity_for(wh, vocab, first_ds=first_day(stream.first_ts, ds), last_ds=ds,
+                                window=cfg.model.popularity_days) if timed else None
+    counts = torch.from_numpy(stream.item_counts)
+    n_seqs = stream.sequences
     train_stats: dict = {"steps": 0}
-    if len(seqs):
+    if n_seqs:
         rdir = model_store.run_dir(wh.uri, version)
         if rank == 0:
-            _prepare_run_dir(rdir, config_hash(cfg, f"{ds}|{parent}|{len(seqs)}"))
-        train_stats = train_loop.train(model, seqs, cfg.train_config(warm=parent is not None), item_counts=counts,
+            _prepare_run_dir(rdir, config_hash(cfg, f"{ds}|{parent}|{n_seqs}|{stream.files}"))
+        train_stats = train_loop.train(model, stream.steps, cfg.train_config(warm=warm), item_counts=counts,
                                        ckpt_path=rdir / "checkpoint.pt", init_state=parent_state,
                                        popularity=popularity)
     else:
@@ -155,9 +166,10 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
     if rank != 0:
         return {"version": version, "rank": rank}
     metrics = {k: v for k, v in train_stats.items() if not k.endswith("_state") and k != "loss_curve"}
-    metrics["train_sequences"] = len(seqs)
+    metrics["train_sequences"] = n_seqs
     if cfg.eval:
-        metrics.update(_evaluate(cfg, model, data, split, popularity))
+        data = load_sequences(wh, ds, vocab)
+        metrics.update(_evaluate(cfg, model, data, _select_users(cfg, data, ds, warm=warm)[1], popularity))
     meta = {"version": version, "through_ds": ds, "parent": parent, "config": to_flat_dict(cfg),
             "model_config": dataclasses.asdict(cfg.model), "metrics": metrics,
             "dim": cfg.model.knowledge_dim, "features": list(vocab.features), "created_unix": int(time.time())}
@@ -168,9 +180,9 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
         "meta.json": json.dumps(meta, indent=1, default=str), "checkpoint.pt": ckpt})
     shutil.rmtree(model_store.run_dir(wh.uri, version), ignore_errors=True)
     summary = {"stage": "pretrain", "ds": ds, "version": version, "parent": parent,
-               "users": int(users.size), "sequences": len(seqs), "steps": train_stats.get("steps", 0),
+               "users": stream.users, "sequences": n_seqs, "steps": train_stats.get("steps", 0),
                "resumed_from": train_stats.get("resumed_from", 0),
-               "loss": round(float(train_stats.get("loss", float("nan"))), 4) if len(seqs) else None,
+               "loss": round(float(train_stats.get("loss", float("nan"))), 4) if n_seqs else None,
                "tokens_per_s": train_stats.get("tokens_per_s"), "seconds": round(time.perf_counter() - started, 2),
                "loss_curve": [[step, round(loss, 4)] for step, loss in train_stats.get("loss_curve", [])]}
     if cfg.eval:
@@ -195,9 +207,7 @@ def _select_users(cfg: Config, data: SeqData, ds: str, *, warm: bool) -> tuple[n
     leave-last-out split (``eval``) or their whole histories: [((items, conds), valid, test), ...]."""
     users = np.arange(len(data.items))
     if warm:
-        day_start = np.datetime64(day_end(ds).replace(tzinfo=None), "us") - np.timedelta64(1, "D")
-        users = np.nonzero(data.last_ts >= day_start)[0]
-        log.info("continuation: %d of %d users changed on %s", users.size, len(data.items), ds)
+        users = np.nonzero(data.last_ts >= _day_start(ds))[0]
     ts = [data.ts[u] for u in users] if cfg.model.time_features else None
     if cfg.eval:
         return users, split_leave_last_out([data.items[u] for u in users], [data.conds[u] for u in users], ts)
@@ -206,11 +216,9 @@ def _select_users(cfg: Config, data: SeqData, ds: str, *, warm: bool) -> tuple[n
     return users, [((data.items[u], data.conds[u]), None, None) for u in users]
 
 
-def _popularity(wh: Warehouse, data: SeqData, ds: str, window: int):
-    """Item popularity buckets for every day from the first behaviour of the partition through ds."""
-    flat = np.concatenate([t for t in data.ts if len(t)]) if data.ts else np.zeros(0, np.int64)
-    first = dt.datetime.fromtimestamp(int(flat.min()), dt.UTC).date().isoformat() if flat.size else ds
-    return popularity_for(wh, data.vocab, first_ds=first, last_ds=ds, window=window)
+def _day_start(ds: str) -> np.datetime64:
+    """The first microsecond of day ``ds`` (UTC, naive): a user whose last behaviour is at or after it changed."""
+    return np.datetime64(day_end(ds).replace(tzinfo=None), "us") - np.timedelta64(1, "D")
 
 
 def _evaluate(cfg: Config, model, data: SeqData, split: list, popularity) -> dict:

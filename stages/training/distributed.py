@@ -1,5 +1,6 @@
 """Process-group plumbing of the training loop: joining a torchrun (or stages.training.workers) group, and the
-two collectives a step needs (the union of the ranks' targets, the global mean loss).
+two collectives a step needs (the union of the ranks' targets, the global mean loss), and ``global_max`` (the
+step count the ranks agree on).
 
 ``group`` arguments are ``torch.distributed`` inside a process group and None in a single process
 (``dist_info``), so one code path serves both.
@@ -64,3 +65,12 @@ def global_mean(loss_sum: torch.Tensor, n_global: int, group) -> float:
     t = loss_sum.clone().float()
     dist.all_reduce(t)
     return float(t) / max(1, n_global)
+
+
+def global_max(value: int, group, device: torch.device) -> int:
+    """The largest ``value`` of any rank (``group`` None: this process's own)."""
+    if group is None:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -27,8 +27,9 @@ from stages.core.progress import Progress
 from stages.model.losses import info_nce_loss, next_condition_loss, popularity_log_q, sample_negatives
 from stages.model.store import load_checkpoint, save_checkpoint
 from stages.model.timefeat import epoch_day
-from stages.training.distributed import dist_info, gather_targets, global_mean
-from stages.training.packing import Sequences, best_fit_pack, make_batch, pack_fill
+from stages.training.distributed import dist_info, gather_targets, global_max, global_mean
+from stages.training.packing import Sequences
+from stages.training.steps import MemorySteps, StreamSteps
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ class TrainConfig:
     log_every_s: float = 10.0      # seconds between progress lines
 
 
-def epoch_rows(seqs: Sequences, cfg: TrainConfig, epoch: int) -> list[list[int]]:
-    """Packed rows (lists of sequence indices) of epoch ``epoch``, deterministic given cfg.seed."""
-    rng = np.random.default_rng(cfg.seed + epoch)
-    order = rng.permutation(len(seqs))
-    rows = best_fit_pack(2 * seqs.lengths[order], cfg.row_tokens)
-    rows = [[int(order[i]) for i in r] for r in rows]
-    return [rows[i] for i in rng.permutation(len(rows))]
-
-
 ALL_ITEMS_MAX = 20_000  # "auto" scores every item up to this catalog size: (positions x items) logits per step
 CURVE_POINTS = 50  # most points of a run's loss curve: short enough for a summary line, enough for a plot
 NEGATIVE_SAMPLINGS = ("auto", "all", "uniform", "popularity")
@@ -90,10 +82,13 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor, ckpt_path: Path | None,
+def train(model, seqs: Sequences | MemorySteps | StreamSteps, cfg: TrainConfig, *, item_counts: torch.Tensor, ckpt_path: Path | None,
           resume: bool = True, stop_after_step: int | None = None, init_state: dict | None = None,
           popularity=None) -> dict:
     """Train ``model`` in place on ``seqs``; returns {"steps", "loss", "loss_curve", "tokens", "seconds", ...}.
+
+    seqs: every sequence in memory, or a ``stages.training.steps`` source (``StreamSteps``: this rank's stream);
+    the ranks agree on the step count (the most any rank needs).
 
     item_counts: (n_item_rows,) training events per item (popularity sampling, logQ). ckpt_path: None = no
     checkpoints; resume: continue from it when it exists. init_state: optimizer state to warm-start from (ignored
@@ -102,13 +97,16 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     sequences with ``ts``: each candidate's logit gets the query's weight of the candidate's bucket that day.
     """
     timed = bool(getattr(model.cfg, "time_features", False))
-    if timed and (popularity is None or seqs.ts is None):
+    source = MemorySteps(seqs) if isinstance(seqs, Sequences) else seqs
+    if timed and (popularity is None or not source.has_ts):
         raise ValueError("a model with time_features needs sequences with timestamps and a popularity table")
     group, rank, world = dist_info()
     device = next(model.parameters()).device
-    if len(seqs) == 0:
+    if isinstance(seqs, Sequences) and len(seqs) == 0:
         raise ValueError("no training sequences (empty user_sequences partition or selection)")
-    steps_per_epoch = math.ceil(len(epoch_rows(seqs, cfg, 0)) / cfg.rows_per_step)
+    steps_per_epoch = global_max(source.steps_per_epoch(cfg, rank, world), group, device)
+    if steps_per_epoch == 0:
+        raise ValueError("no training sequences (empty user_sequences partition or selection)")
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     net = model
     if group is not None:
@@ -155,24 +153,19 @@ def train(model, seqs: Sequences, cfg: TrainConfig, *, item_counts: torch.Tensor
     if state is not None:  # resumed at the last step, nothing runs: report what the interrupted run reached
         loss_val, acc, cond_val = state.get("loss", loss_val), state.get("accuracy", acc), state.get("cond_loss", cond_val)
     fills = []
-    rows_cache: tuple[int, list[list[int]]] | None = None
+    batches, batches_epoch = None, -1
     net.train()
     for step in range(start, total):
         epoch, k = divmod(step, steps_per_epoch)
-        if rows_cache is None or rows_cache[0] != epoch:
-            rows_cache = (epoch, epoch_rows(seqs, cfg, epoch))
-            fills.append(pack_fill(2 * seqs.lengths, rows_cache[1], cfg.row_tokens))
-        step_rows = rows_cache[1][k * cfg.rows_per_step:(k + 1) * cfg.rows_per_step]
-        mine = step_rows[rank::world]
-        # fewer rows than ranks (a small last step): a rank without a row runs the step's first row with its
-        # loss multiplied by 0, so DDP's gradient all-reduce still sees every parameter from every rank;
-        # its targets stay out of the shared candidates and the counts, so the result equals 1 process
-        idle = not mine
-        if idle:
-            mine = step_rows[:1]
-        ids = [s for r in mine for s in r]
-        row_of = [j for j, r in enumerate(mine) for _ in r]
-        batch = make_batch(seqs, ids, row_of, cfg.row_tokens)
+        if batches_epoch != epoch:
+            batches, batches_epoch = source.epoch(cfg, epoch, rank, world, steps_per_epoch, skip=k), epoch
+            fills.append(source.fill(cfg, epoch))
+            for _ in range(k):
+                next(batches)  # a resumed epoch: the steps already trained
+        # idle: this rank has no row in the step; it runs a placeholder batch with its loss multiplied by 0, so
+        # DDP's gradient all-reduce still sees every parameter from every rank; its targets stay out of the
+        # shared candidates and the counts, so the result equals the ranks with rows alone
+        batch, idle = next(batches)
         items = batch.items.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = net(items, batch.conds.to(device), batch.cu_seqlens.to(device),

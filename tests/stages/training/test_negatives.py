@@ -12,6 +12,7 @@ from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 from stages.training import loop as train_loop
 from stages.training.packing import Sequences, make_batch
+from stages.training.steps import epoch_rows
 
 
 def test_resolve_negative_sampling():
@@ -34,7 +35,7 @@ def test_all_items_loss_is_full_softmax():
                                     d_feature=4, cond_loss_weight=0.0, time_features=False), vocab)
     cfg = train_loop.TrainConfig(max_steps=1, row_tokens=16, rows_per_step=8, lr=0.0, warmup_steps=1,
                                  negative_sampling="all", sampled_negatives=0, log_every_s=1000)
-    rows = train_loop.epoch_rows(seqs, cfg, 0)
+    rows = epoch_rows(seqs, cfg, 0)
     ids = [s for r in rows for s in r]
     batch = make_batch(seqs, ids, [j for j, r in enumerate(rows) for _ in r], cfg.row_tokens)
     with torch.no_grad():
