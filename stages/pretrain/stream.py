@@ -22,13 +22,12 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from stages.core.hashing import shard_of
 from stages.model.vocab import Vocab
 from stages.pretrain.data import check_partition, decode_rows, read_items, sequence_vocab, training_windows
 from stages.training.distributed import dist_info
 from stages.training.retrieval_eval import split_leave_last_out
 from stages.training.steps import StreamSteps, Window, count_buffers
-from stages.warehouse import spark_bridge
+from stages.warehouse import buckets, spark_bridge
 from stages.warehouse.commit import check_present
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.reads import pyarrow_dataset
@@ -48,14 +47,11 @@ def _fragments(wh: Warehouse, ds: str) -> list:
 def _rank_batches(wh: Warehouse, ds: str, *, index: int, count: int, columns: Sequence[str],
                   batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches (``columns``, at most ``batch_rows`` rows) of partition ``ds`` of user_sequences holding
-    only the users with ``shard_of(user_id, count) == index``, files in path order, rows in file order."""
-    read = list(dict.fromkeys(["user_id", *columns]))
+    only the users with ``shard_of(user_id, count) == index``: only the rank's bucket files when the partition
+    is bucketed and ``count`` divides the bucket count (``stages.warehouse.buckets``), else every file, filtered."""
     try:
-        for fragment in _fragments(wh, ds):
-            for batch in fragment.to_batches(columns=read, batch_size=batch_rows, use_threads=False):
-                keep = shard_of(batch.column("user_id").to_numpy(), count) == index
-                if keep.any():
-                    yield (batch if keep.all() else batch.filter(pa.array(keep))).select(list(columns))
+        yield from buckets.iter_bucket_batches(wh, ds, index=index, count=count, columns=list(columns),
+                                               batch_rows=batch_rows, dictionary=False)
     except (OSError, pa.ArrowInvalid) as exc:  # a file the log names may be gone or damaged: say so (as reads do)
         files = spark_bridge.snapshot_files(wh, "user_sequences", ds=ds)
         check_present(wh.table_uri("user_sequences"), "user_sequences", [rel for rel, _ in files])
