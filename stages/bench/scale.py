@@ -2,7 +2,7 @@
 
 In a throw-away warehouse (``dir`` to choose it, ``keep`` to keep it) it runs ``lum ingest synthetic``
 (``users`` users, its lognormal history lengths, ``days`` days of events) and then every daily stage
-(sequences, pretrain, infer, join) for ``run_days`` consecutive days after the first, each stage as its own
+(sequences, pretrain, infer, join, maintain) for ``run_days`` consecutive days after the first, each stage as its own
 ``python -m stages`` process, as the DAG runs them. Pretrain is a small model for ``max_steps`` steps: the point
 is the memory and time each stage needs at this many users, not model quality. Per stage: wall seconds of the
 process (start-up included), rows (the stage summary's: events for ingest, training sequences for pretrain,
@@ -31,7 +31,7 @@ from stages.warehouse.facade import Warehouse
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]  # the directory holding the stages package
-DAILY = ("sequences", "pretrain", "infer", "join")
+DAILY = ("sequences", "pretrain", "infer", "join", "maintain")  # the DAG's daily tasks, in order
 ROWS_KEY = {"ingest": "events", "pretrain": "sequences"}  # summary key of the rows; "rows" for the others
 QUICK = {"users": 300, "days": 2, "run_days": 1, "max_steps": 2, "conditions": "top:2", "items": 200,
          "categories": 4}
@@ -69,7 +69,7 @@ class Config:
 
 
 def commands(cfg: Config, warehouse: str) -> list[tuple[str, list[str]]]:
-    """(label, argv) of every process, in order: the ingest, then per day sequences, pretrain, infer, join."""
+    """(label, argv) of every process, in order: the ingest, then per day sequences, pretrain, infer, join, maintain."""
     python = [sys.executable, "-m", "stages"]
     out = [("ingest", [*python, "ingest", "synthetic", "--users", str(cfg.users), "--items", str(cfg.items),
                        "--categories", str(cfg.categories), "--days", str(cfg.days), "--seed", str(cfg.seed),

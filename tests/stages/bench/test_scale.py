@@ -34,7 +34,7 @@ def test_a_failing_stage_is_an_error_naming_it(tmp_path):
 def test_commands_run_each_daily_stage_per_day_after_the_first():
     labels = [label for label, _ in commands(Config(days=3, run_days=2), "/w")]
     assert labels == ["ingest"] + [f"{s}@{d}" for d in ("2000-01-02", "2000-01-03")
-                                   for s in ("sequences", "pretrain", "infer", "join")]
+                                   for s in ("sequences", "pretrain", "infer", "join", "maintain")]
     with pytest.raises(ValueError, match="run_days"):
         Config(days=2, run_days=2).check()
 
@@ -47,7 +47,8 @@ def test_bench_scale_quick_report(tmp_path):
     report = run_with("bench.scale", {"dir": str(root)}, quick=True, warehouse=str(tmp_path / "unused"))
     day = "2000-01-02"
     assert report["users"] == QUICK["users"]
-    assert list(report["stages"]) == ["ingest"] + [f"{s}@{day}" for s in ("sequences", "pretrain", "infer", "join")]
+    daily = ("sequences", "pretrain", "infer", "join", "maintain")
+    assert list(report["stages"]) == ["ingest"] + [f"{s}@{day}" for s in daily]
     for label, entry in report["stages"].items():
         rss = entry["peak_rss_mb"]
         assert set(rss) == {"driver", "workers", "jvm"}
