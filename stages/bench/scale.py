@@ -118,6 +118,8 @@ def measure(label: str, argv: list[str], logs: Path, cfg: Config) -> dict[str, A
     summary = last_json_line(stdout)
     stage = label.partition("@")[0]
     rows = summary.get(ROWS_KEY.get(stage, "rows"))
+    if stage == "maintain":  # rows of the day's partitions it kept tidy, over every table
+        rows = sum(int(t.get("rows") or 0) for t in summary.get("tables", []))
     entry = {"seconds": round(result.seconds, 2),
              "peak_rss_mb": {k: result.peak_rss_mb[k] for k in ("driver", "workers", "jvm")},
              "rows": int(rows) if isinstance(rows, (int, float)) else None,
