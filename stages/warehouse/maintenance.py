@@ -9,13 +9,14 @@
 - ``vacuum``: delta-rs ``vacuum(full=True)`` after a dry run; nothing to delete means no commit.
 - ``checkpoint``: a checkpoint of the latest version, then log entries older than the log retention removed.
 Limits: compaction interleaves its input files' rows, z-order rewrites the whole partition (memory and time grow
-with it; delta-rs spills to disk).
+with it; delta-rs spills to disk past ``spill_bytes``, so its memory is bounded by that, not by the partition).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ FILES_PER_TARGET = 2  # a clustered partition is rewritten when it has more than
 # Dictionary pages stop at this size: low-cardinality columns (conditions, model versions) keep their dictionary,
 # float embeddings fall back to plain pages at once (a dictionary of random floats is bigger and slower to decode).
 DICTIONARY_PAGE_BYTES = 4096
+SORT_RESERVE_BYTES = 32 << 20  # per concurrent z-order task: the external sort's reservation, with headroom
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,16 @@ def layout(store: TableStore, name: str, ds: str, *, column: str = "user_id") ->
     return Layout(files=part.num_rows, bytes=size, rows=rows, disjoint=disjoint)
 
 
+def spill_limit(spill_bytes: int | None) -> int | None:
+    """The z-order's memory pool: ``spill_bytes``, raised to what DataFusion's external sort reserves per
+    concurrent task (one per CPU), below which the sort fails instead of spilling."""
+    if spill_bytes is None:
+        return None
+    return max(int(spill_bytes), SORT_RESERVE_BYTES * (os.cpu_count() or 1))
+
+
 def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, target_size: int,
-             row_group_rows: int, compression: str = "ZSTD") -> dict[str, Any]:
+             row_group_rows: int, compression: str = "ZSTD", spill_bytes: int | None = None) -> dict[str, Any]:
     """Rewrite partition ``ds`` in at most ONE commit; returns files before/after, rows and ``rewrite`` (
     ``"cluster"``, ``"compact"`` or ``"none"``). ``RuntimeError`` if the row count changed (never expected)."""
     if target_size < 1 or row_group_rows < 1:
@@ -88,7 +98,7 @@ def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, t
         if not before.needs_clustering(target_size):
             return out
         table.optimize.z_order([cluster_by], partition_filters=filters, target_size=target_size,
-                               writer_properties=props)
+                               writer_properties=props, max_spill_size=spill_limit(spill_bytes))
         out["rewrite"] = "cluster"
     else:
         metrics = table.optimize.compact(partition_filters=filters, target_size=target_size, writer_properties=props)
