@@ -45,7 +45,7 @@ class Config:
     target_file_mb: int = 128  # size of the files a rewrite writes
     row_group_rows: int = 8192  # parquet row group of rewritten files (infer's default): a lookup decodes one
     compression: str = "ZSTD"  # of rewritten files; LZ4_RAW: bigger files, faster batch lookups (README)
-    spill_mb: int = 256  # a z-order's sort keeps at most this in memory and spills the rest to local disk
+    spill_mb: int = 0  # > 0: a z-order's sort keeps about this much in memory, spilling to disk; 0: no limit
     vacuum: bool = True  # delete files older versions needed, after LUM_VACUUM_RETENTION_HOURS
     checkpoint: bool = True  # a Delta checkpoint per table, expired log entries removed
 
@@ -69,7 +69,7 @@ def maintain_table(wh: Warehouse, cfg: Config, name: str, ds: str, retention: in
     else:
         rewrite = wh.optimize(name, ds=ds, cluster_by=CLUSTER_COLUMN if name in cfg.cluster else None,
                               target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows,
-                              compression=cfg.compression, spill_bytes=cfg.spill_mb << 20)
+                              compression=cfg.compression, spill_bytes=(cfg.spill_mb << 20) or None)
     vacuumed = wh.vacuum(name, retention_hours=retention) if retention is not None else []
     return {"table": name, "missing": False, **rewrite, "partitions_expired": expired,
             "files_vacuumed": len(vacuumed), "seconds": round(time.perf_counter() - started, 3)}

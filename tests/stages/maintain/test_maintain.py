@@ -237,7 +237,7 @@ def test_days_to_expire(days, ds, keep, expired):
     ({"keep_days": {"nope": 3}}, "unknown Config.keep_days option 'nope'"),
     ({"target_file_mb": 0}, "target_file_mb must be >= 1"),
     ({"compression": "zip"}, "compression must be one of ZSTD, LZ4_RAW"),
-    ({"spill_mb": 0}, "spill_mb must be >= 1"),
+    ({"spill_mb": -1}, r"spill_mb must be an integer >= 0"),
 ])
 def test_bad_config_is_one_line_and_changes_nothing(mwh, options, match):
     before = tables_snapshot(mwh)
