@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from stages.core.hashing import bucket_of
+from stages.warehouse import buckets as bucket_reader
 from stages.warehouse.buckets import RECORD_BUCKETS, RECORD_DS
 from stages.warehouse.facade import Warehouse
 
@@ -39,3 +40,17 @@ def synthetic_sequences(n_users: int, *, seed: int = 0) -> pa.Table:
     table = pa.Table.from_pylist(rows)
     return table.set_column(table.schema.get_field_index("ts"), "ts",
                             table.column("ts").cast(pa.list_(pa.timestamp("us", tz="UTC"))))
+
+
+def spy_opened(monkeypatch) -> list[int]:
+    """The bucket of every file the bucketed read opens from now on, in order (filled as files open)."""
+    seen: list[int] = []
+    real = bucket_reader.open_parquet
+
+    def spy(handle, *, dictionary):
+        pf = real(handle, dictionary=dictionary)
+        seen.append(pf.read_row_group(0, columns=["bucket"]).column("bucket")[0].as_py())
+        return pf
+
+    monkeypatch.setattr(bucket_reader, "open_parquet", spy)
+    return seen

@@ -14,7 +14,7 @@ from stages.infer import chunks
 from stages.infer.stage import Config, run
 from stages.warehouse import buckets
 from stages.warehouse.facade import Warehouse
-from tests.stages.bucket_fixtures import write_bucketed
+from tests.stages.bucket_fixtures import spy_opened, write_bucketed
 
 COLUMNS = ["user_id", "condition", "history_len", "model_version", "condition_logprob"]
 
@@ -62,15 +62,7 @@ def _files(warehouse: str) -> list[str]:
 def test_shards_open_only_their_buckets_and_commit_the_same_knowledge(plain_and_bucketed, monkeypatch):
     plain, bucketed = plain_and_bucketed
     run(Config(chunk_users=8), ds=DS, warehouse=plain)
-    opened: list[int] = []
-    real = buckets.open_parquet
-
-    def spy(handle, *, dictionary):
-        pf = real(handle, dictionary=dictionary)
-        opened.append(pf.read_row_group(0, columns=["bucket"]).column("bucket")[0].as_py())
-        return pf
-
-    monkeypatch.setattr(buckets, "open_parquet", spy)
+    opened = spy_opened(monkeypatch)
     for shard in (0, 1):
         opened.clear()
         summary = run(Config(chunk_users=8, shard=f"{shard}/2"), ds=DS, warehouse=bucketed)

@@ -13,7 +13,7 @@ from stages.core.hashing import bucket_of, shard_of
 from stages.sequences import incremental
 from stages.warehouse import buckets
 from stages.warehouse.facade import Warehouse
-from tests.stages.bucket_fixtures import synthetic_sequences, write_bucketed
+from tests.stages.bucket_fixtures import spy_opened, synthetic_sequences, write_bucketed
 
 DS = "2001-02-03"
 COLUMNS = ["user_id", "conditions", "item_ids"]
@@ -22,16 +22,7 @@ COLUMNS = ["user_id", "conditions", "item_ids"]
 @pytest.fixture
 def opened(monkeypatch):
     """The bucket of every file the bucketed read opens, in order."""
-    seen: list[int] = []
-    real = buckets.open_parquet
-
-    def spy(handle, *, dictionary):
-        pf = real(handle, dictionary=dictionary)
-        seen.append(pf.read_row_group(0, columns=["bucket"]).column("bucket")[0].as_py())
-        return pf
-
-    monkeypatch.setattr(buckets, "open_parquet", spy)
-    return seen
+    return spy_opened(monkeypatch)
 
 
 def test_record_keys_match_the_sequences_build_record():
