@@ -42,6 +42,7 @@ RUN_EPILOG = """condition features and query conditions (sequences, infer):
       conditions: all (every category) | top:K (the user's K most frequent) | list:C1;C2
       with_features: merged into every condition; a value * = every value the model knows but <unk>,
       so all + liked=* writes category=X,liked=yes and category=X,liked=no for every category X
+      (a liked model is asked liked=* unless with_features names liked)
 """
 
 

@@ -11,8 +11,9 @@ Every row carries ``condition_logprob`` (log p(condition | history), normalised 
 the same forward) and ``temperature`` (stages.infer.encode); a model without the next-condition head falls back
 to the history-frequency prior, logged and named in the summary (``condition_prior``).
 Users skipped and items unknown to the model are counted in the summary, never a crash or a NaN row. A model
-trained after D, condition features unlike the sequences' or not all named by the query (a ``liked`` model:
-``with_features=liked=*`` asks both values), or a bad embedding is a ``ValueError`` before anything is written. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
+trained after D, condition features unlike the sequences' or not all named by the query, or a bad embedding is a
+``ValueError`` before anything is written. A ``liked`` model is asked both values (``liked=*``) unless
+``with_features`` names ``liked``. ``shard="i/n"`` (or torchrun's RANK/WORLD_SIZE) stages a stable
 hash-share of the users and items, ``"commit/n"`` publishes all shards; an unsharded run commits at its end.
 """
 
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from stages.core.conditions import condition_to_features, parse_spec
+from stages.core.conditions import ANY, ConditionSet, condition_to_features, parse_spec
 from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
@@ -38,6 +39,8 @@ from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
 
+FEEDBACK = "liked"  # the condition feature that carries the user's feedback (stages.sequences)
+
 SEQUENCE_COLUMNS = ["user_id", "item_ids", "conditions", "history_len", "ts"]
 
 
@@ -49,6 +52,7 @@ class Config:
     conditions: str = "all"  # "all" | "top:K" | "list:C1;C2" (see stages.core.conditions)
     condition_feature: str = "category"  # the feature that "all" and "top:K" enumerate
     with_features: str = ""  # e.g. "scenario=rating" merged into every condition; "liked=*": each liked value
+    #                          (the default for a model with liked: both values, unless this names liked)
     token_budget: int = 16384  # tokens per forward: bounds activation memory whatever the history lengths
     chunk_users: int = 4096  # users per staged file: bounds memory and sets the file size
     row_group_rows: int = 8192  # parquet row group size: a point lookup reads about one group
@@ -98,6 +102,15 @@ def check_condition_features(vocab: Any, history_conditions: list[str], version:
         if names != tuple(vocab.features):
             raise ValueError(f"model_version {version} expects condition features {','.join(vocab.features)}, "
                              f"but user_sequences has condition {cond!r} (a model from a different config)")
+
+
+def with_feedback(cset: ConditionSet, features: tuple[str, ...]) -> ConditionSet:
+    """A model with the feedback feature ``liked`` is asked each of its values (``liked=*``) unless the query
+    names ``liked`` itself: taste knowledge holds both what the user would like and what they would not."""
+    if FEEDBACK in features and FEEDBACK not in cset.feature_names():
+        log.info("infer: the model has condition feature %s: asking %s=%s", FEEDBACK, FEEDBACK, ANY)
+        return replace(cset, with_features=(*cset.with_features, (FEEDBACK, (ANY,))))
+    return cset
 
 
 def check_query_features(cset: Any, features: tuple[str, ...], version: str) -> Any:
@@ -172,6 +185,7 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_v
                     "add-1 smoothed history frequency of each condition", version)
     max_history = model.cfg.history_len  # max_len - 1: the positions training reaches
     cset = parse_spec(cfg.conditions, feature=cfg.condition_feature, with_features=cfg.with_features)
+    cset = with_feedback(cset, tuple(vocab.features))
     cset = check_query_features(cset.resolve(vocab.conditions[1:]), vocab.features, version)
     fixed = None if cset.per_user else cset.fixed(vocab.conditions[1:], vocab.features)
     for c in fixed or []:

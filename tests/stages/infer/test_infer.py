@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from stages.core.conditions import parse_spec
 from stages.infer import encode as infer_encode
 from stages.infer import stage as infer
-from stages.infer.stage import Config, run
+from stages.infer.stage import Config, check_query_features, run, with_feedback
 from stages.model import store as model_store
 from stages.model.lum import ModelConfig, build_model
 from stages.model.vocab import Vocab
 from stages.warehouse.facade import Warehouse
-from tests.conftest import tree_snapshot
 
 DS = "2000-01-10"
 CATS = ["Action", "Comedy", "Drama", "Horror"]
@@ -277,11 +277,9 @@ def test_cli_runs_infer(wh_ready, capsys):
 def test_liked_model_answers_every_category_under_both_feedback_values(warehouse):
     publish_model(warehouse, features=("category", "liked"))
     seqs = write_sequences(warehouse, liked=True)
-    before = {p: b for p, b in tree_snapshot(warehouse).items()}
-    with pytest.raises(ValueError, match=r"lack liked; add it with with_features, e.g. with_features=liked=\*") as err:
-        run(Config(), ds=DS, warehouse=warehouse)  # category=X alone is no condition of this model
-    assert "\n" not in str(err.value) and tree_snapshot(warehouse) == before
-    summary = run(Config(conditions="all", with_features="liked=*"), ds=DS, warehouse=warehouse)
+    run(Config(conditions="all", with_features="liked=yes"), ds=DS, warehouse=warehouse)  # names liked: as asked
+    assert set(read_sorted(warehouse).column("condition").to_pylist()) == {f"category={c},liked=yes" for c in CATS}
+    summary = run(Config(), ds=DS, warehouse=warehouse)  # names no liked: both values, as with_features=liked=*
     uk = read_sorted(warehouse)
     assert summary["n_conditions"] == 8 and summary["rows"] == uk.num_rows == 29 * 8
     assert set(uk.column("condition").to_pylist()) == {f"category={c},liked={v}" for c in CATS for v in ("yes", "no")}
@@ -300,6 +298,16 @@ def test_liked_model_answers_every_category_under_both_feedback_values(warehouse
     summary = run(Config(conditions="top:2", with_features="liked=*"), ds=DS, warehouse=warehouse)
     conds = read_sorted(warehouse).column("condition").to_pylist()
     assert summary["rows"] == len(conds) and {c.split(",")[1] for c in conds} == {"liked=yes", "liked=no"}
+
+
+def test_a_query_names_every_model_feature_and_liked_defaults_to_both_values():
+    features = ("category", "liked")
+    assert with_feedback(parse_spec("all"), features).with_features == (("liked", ("*",)),)
+    assert with_feedback(parse_spec("all", with_features="liked=no"), features).with_features == (("liked", ("no",)),)
+    assert with_feedback(parse_spec("all"), ("category",)).with_features == ()
+    with pytest.raises(ValueError, match=r"has condition features category,scenario: the query conditions lack "
+                                         r"scenario; add it with with_features$"):
+        check_query_features(with_feedback(parse_spec("all"), ("category", "scenario")), ("category", "scenario"), "v1")
 
 
 def test_threads_option_is_applied_and_restored(wh_ready, monkeypatch):
