@@ -123,6 +123,8 @@ def _user_id_array(user_ids: Any) -> np.ndarray:
                              f"with {user_ids.null_count} null(s)")
         return np.asarray(user_ids.cast(pa.int64()).to_numpy(zero_copy_only=False))
     ids = np.asarray(user_ids)
+    if ids.ndim == 1 and ids.size == 0:  # an empty list has no integer dtype: no users
+        return np.zeros(0, np.int64)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"user_ids must be a 1-D array of integers, got {ids.dtype} of shape {ids.shape}")
     return ids.astype(np.int64, copy=False)

@@ -153,6 +153,23 @@ def _read_job(job: Job, ids: IdSet) -> pa.Table | None:
     return table
 
 
+def _empty_of_partition(actions: pa.Table, ds: str, root: str) -> pa.Table | None:
+    """An empty table with the columns of partition ``ds``'s first file, vectors as fixed-size lists of the width
+    its first row has (a list's width is in the rows, not the schema); None without a file or a row."""
+    paths = actions.filter(pc.equal(actions.column("partition.ds"), ds)).column("path")
+    if len(paths) == 0:
+        return None
+    first = next(pq.ParquetFile(os.path.join(root, unquote(paths[0].as_py()))).iter_batches(batch_size=1), None)
+    if first is None:
+        return None
+    table = pa.Table.from_batches([first])
+    for i, field in enumerate(table.schema):  # a vector column: its width from the row, as a fixed-size list
+        if pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type) and table.column(i)[0].is_valid:
+            fixed = pa.list_(field.type.value_field, len(table.column(i)[0]))
+            table = table.set_column(i, field.with_type(fixed), table.column(i).cast(fixed))
+    return table.drop_columns([c for c in ("ds",) if c in table.column_names]).slice(0, 0)
+
+
 def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any = None, *,
                actions: pa.Table | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
     """Rows of partition ``ds`` with ``user_id`` in ``user_ids`` (and ``extra_filter``), ``ds`` restored.
@@ -168,7 +185,8 @@ def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any =
         return dataset.to_table(filter=expr if extra_filter is None else expr & extra_filter)
     schema = pa.schema(delta.schema().to_arrow())  # the table's columns, ds included, in table order
     id_set = IdSet(ids)
-    files = _candidate_files(add_actions(delta) if actions is None else actions, ds, ids) if len(ids) else []
+    actions = add_actions(delta) if actions is None else actions
+    files = _candidate_files(actions, ds, ids) if len(ids) else []
     jobs = [job for rel in files for job in _file_jobs(os.path.join(root, unquote(rel)), id_set, dictionary)]
     if len(jobs) > 1:  # decoding releases the GIL: one thread per core
         with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
@@ -178,8 +196,10 @@ def read_users(delta: Any, ds: str, user_ids: Sequence[int], extra_filter: Any =
     parts = [part for part in parts if part is not None]
     if parts:
         data = pa.concat_tables(parts, promote_options="permissive")
-    else:
-        data = schema.remove(schema.get_field_index("ds")).empty_table()
+    else:  # no row: the columns of a file of the day (the embedding's width D is in the files, not the log)
+        data = _empty_of_partition(actions, ds, root)
+        if data is None:
+            data = schema.remove(schema.get_field_index("ds")).empty_table()
     if extra_filter is not None:
         data = data.filter(extra_filter)
     data = data.append_column("ds", pa.repeat(pa.scalar(ds, pa.string()), data.num_rows))

@@ -123,7 +123,9 @@ def test_query_many_arrow_in_arrow_out(kwh):
     assert query_many(kwh, np.array([2, 4], np.int32)).num_rows == 6  # numpy in, the newest day
     assert query_many(kwh, pa.chunked_array([[2], [4]]), ds="2000-01-02",
                       conditions=["category=Drama"]).column("user_id").to_pylist() == [2, 4]
-    assert query_many(kwh, [12345], ds="2000-01-01").num_rows == 0
+    for ids in ([12345], []):  # no row: still the day's columns, the embedding D wide
+        empty = query_many(kwh, ids, ds="2000-01-01")
+        assert empty.num_rows == 0 and empty.schema.equals(out.schema, check_metadata=False)
     assert query_many(kwh, [2], version=0).column("model_version").to_pylist() == ["lum-1999-12-31"] * 3
 
 
