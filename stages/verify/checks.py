@@ -77,7 +77,7 @@ def check_table(wh: Warehouse, name: str, *, ds: str | None = None, deep: bool =
 
 def _log_schema(name: str, spec: Any, log_schema: pa.Schema) -> list[dict]:
     expected = spec.build_schema(1)
-    problems = _schema_problems(log_schema, expected)
+    problems = _schema_problems(log_schema, expected, spec.optional)
     if problems:
         return [finding(name, None, "schema", ERROR, f"Delta log schema: {problems[0]}")]
     return [finding(name, None, "schema", OK, f"{len(expected)} columns as schemas.{name}")]
@@ -92,7 +92,7 @@ def _files(wh: Warehouse, name: str, spec: Any, actions: list[dict]) -> tuple[se
     problems, bad_days = [], set()
     for action, info in zip(actions, infos):
         day, rel = action.get("partition.ds"), action["path"]
-        detail = _file_problem(fs, info, action, expected)
+        detail = _file_problem(fs, info, action, expected, spec.optional)
         if detail:
             bad_days.add(day)
             problems.append(finding(name, day, "files", ERROR, f"{rel}: {detail}"))
@@ -100,7 +100,8 @@ def _files(wh: Warehouse, name: str, spec: Any, actions: list[dict]) -> tuple[se
     return bad_days, (capped(problems, name, "files") or ([ok] if actions else []))
 
 
-def _file_problem(fs: pafs.FileSystem, info: pafs.FileInfo, action: dict, expected: pa.Schema) -> str | None:
+def _file_problem(fs: pafs.FileSystem, info: pafs.FileInfo, action: dict, expected: pa.Schema,
+                  optional: tuple[str, ...] = ()) -> str | None:
     if info.type != pafs.FileType.File:
         return "data file is missing (the Delta log names it)"
     try:
@@ -112,13 +113,14 @@ def _file_problem(fs: pafs.FileSystem, info: pafs.FileInfo, action: dict, expect
     logged = action.get("num_records")
     if logged is not None and int(logged) != meta.num_rows:
         return f"{meta.num_rows} rows in the file, {int(logged)} in the Delta log"
-    problems = _schema_problems(footer, expected)
+    problems = _schema_problems(footer, expected, optional)
     return f"schema: {problems[0]}" if problems else None
 
 
-def _schema_problems(got: pa.Schema, expected: pa.Schema) -> list[str]:
-    """Missing/unknown columns and type differences (string widths, list kinds and timezone names ignored)."""
-    out = [f"missing column {f.name}" for f in expected if f.name not in got.names]
+def _schema_problems(got: pa.Schema, expected: pa.Schema, optional: tuple[str, ...] = ()) -> list[str]:
+    """Missing/unknown columns and type differences (string widths, list kinds and timezone names ignored). An
+    ``optional`` column may be missing: data written before it existed, read back as null."""
+    out = [f"missing column {f.name}" for f in expected if f.name not in got.names and f.name not in optional]
     out += [f"unknown column {f.name}" for f in got if f.name not in expected.names]
     for f in expected:
         if f.name in got.names and _norm(got.field(f.name).type) != _norm(f.type):

@@ -187,6 +187,9 @@ def test_schema_comparison_names_the_column():
     assert _schema_problems(other, expected) == [
         "missing column c", "unknown column x", "column user_id is int32, schema says int64",
         "column embedding is list<item: double>, schema says fixed_size_list<item: float>[4]"]
+    older = pa.schema([("user_id", pa.int64()), ("embedding", pa.list_(pa.float32(), 4))])  # before column c existed
+    assert _schema_problems(older, expected, optional=("c",)) == []
+    assert _schema_problems(older, expected, optional=("embedding",)) == ["missing column c"]
 
 
 def test_verify_of_an_empty_warehouse_and_bad_ds(warehouse, capsys):
