@@ -5,19 +5,20 @@ order is deterministic) in ONE commit, the same layout a z-order on one column w
 ``target_size`` bytes in ``column`` order, row groups of ``row_group_rows``.
 
 1. plan: ``column`` is read alone, batch by batch, keeping every k-th value (at most ``SAMPLE_ROWS``); its
-   quantiles cut the values into ranges of about ``sort_bytes / 2`` of rows each (in Arrow's memory). A range
-   holds at least one value, so one value with many rows makes one big range, never a split value.
-2. scatter: the partition's files (those of the snapshot read, nothing else) are read batch by batch and each
-   batch's rows appended to one Arrow IPC spill file per range, under a temporary folder (``_staging`` of a
-   local warehouse, else the system's); at most ``MAX_OPEN_RANGES`` files are open, more ranges take more scans.
+   quantiles cut the values into ranges of about ``sort_bytes / 3`` of rows each (in Arrow's memory). Equal
+   values never span two ranges; a value with more than a range of rows gets one of its own.
+2. scatter: the files of the snapshot read (nothing else) are scanned batch by batch and each batch's rows
+   appended to one Arrow IPC spill file per range (IPC, not parquet: an appended batch leaves nothing in memory)
+   in a temporary folder (under ``_staging`` of a local warehouse, else the system's); at most
+   ``MAX_OPEN_RANGES`` files are open, more ranges take more scans.
 3. sort: range by range, its spill file is read back, copied in sorted order and written to the output files
    (inside the partition folder, unreferenced until the commit).
 4. commit: add the new files and remove the old ones (``dataChange: false``: rows unchanged) against the
    snapshot read; a partition changed since is an error and nothing is committed.
-Memory: about ``sort_bytes`` (a range read back and its sorted copy) plus a few scan batches and one row group,
-whatever the partition's size. Disk: the spill (the partition, uncompressed) until the commit. The temporary
-folder is removed on success and failure; a killed run leaves the table as it was (its files unreferenced,
-removed by vacuum).
+Memory: about ``sort_bytes`` (a range's spill file mapped, its copy and its sorted copy) plus a few scan
+batches and one row group, whatever the partition's size. Disk: the spill (the partition, uncompressed) until
+the commit. The temporary folder is removed on success and failure; a killed run leaves the table as it was
+(its files unreferenced, removed by vacuum).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from stages.warehouse.commit import (
     TXN_VERSION,
     DataFile,
     add_action,
-    already_committed,
     check_files,
     files_stats,
     filesystem_for,
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 1 << 20  # values of the sort column kept to plan the ranges
 MAX_OPEN_RANGES = 256  # spill files open at once; more ranges scan the partition again per window
-SCAN_BATCH_BYTES = 32 << 20  # one scan batch (capped at an eighth of sort_bytes)
+SCAN_BATCH_BYTES = 16 << 20  # one scan batch (capped at a sixteenth of sort_bytes)
 CODECS = {"ZSTD": "zstd", "LZ4_RAW": "lz4", "SNAPPY": "snappy", "UNCOMPRESSED": "none"}  # pyarrow's names
 
 
@@ -108,7 +108,7 @@ def scatter(dataset, columns: list[str], column: str, bounds: np.ndarray, folder
     """One scan: the rows of ranges in ``window`` appended to ``folder/<range>.arrow``; returns the ranges written."""
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     try:
-        for batch in dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1,
+        for batch in dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1, use_threads=False,
                                         fragment_readahead=1):
             ranges = np.searchsorted(bounds, batch.column(column).to_numpy(zero_copy_only=False), side="right")
             inside = (ranges >= window.start) & (ranges < window.stop)
@@ -139,7 +139,8 @@ def sorted_ranges(dataset, columns: list[str], column: str, order: list[str], bo
             with pa.memory_map(path) as source:
                 table = pa.ipc.open_file(source).read_all().combine_chunks()  # a copy: the map can go
             pafs.LocalFileSystem().delete_file(path)
-            yield table.take(pc.sort_indices(table, [(c, "ascending") for c in order]))
+            table = table.take(pc.sort_indices(table, [(c, "ascending") for c in order]))  # at most two copies
+            yield table
             del table
 
 
@@ -169,7 +170,8 @@ class FileRoller:
         full = rows - rows % self.row_group_rows
         for start in range(0, full, self.row_group_rows):
             self._row_group(merged.slice(start, self.row_group_rows))
-        self.pending = [merged.slice(full)] if full < rows else []
+        rest = merged.slice(full)  # copied: a slice would keep the whole range it came from in memory
+        self.pending = [rest.take(pa.array(np.arange(rest.num_rows)))] if full < rows else []
 
     def _row_group(self, table: pa.Table) -> None:
         if self.writer is None:
@@ -235,21 +237,23 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
                       row_group_rows: int, compression: str, sort_bytes: int,
                       dictionary_page_bytes: int) -> dict[str, int]:
     """Rewrite partition ``ds`` sorted by ``column`` then ``key`` (see the module); returns files before/after,
-    rows and the ranges sorted. Nothing is committed when ``app_id`` (table, ds, version read) already was."""
+    rows and the ranges sorted."""
     ds = check_ds(ds)
     table = store.delta_table(name)
     before = snapshot(table, ds)
-    app_id = f"lum/{name}/{ds}/cluster-{column}-v{before.version}"
-    if before.rows == 0 or already_committed(store.table_uri(name), app_id, store.storage_options or None):
+    app_id = f"lum/{name}/{ds}/cluster-{column}-v{before.version}"  # two sorts of one snapshot: one commits
+    if before.rows == 0:
         return {"files_before": len(before.paths), "files_after": len(before.paths), "rows": before.rows, "ranges": 0}
     dataset = pyarrow_dataset(table, [("ds", "=", ds)])
     schema = pa.schema([f for f in dataset.schema if f.name != "ds"])  # the files' types (fixed-size lists)
     columns = schema.names
     order = [column] + [c for c in key if c != column and c in columns]
-    head = dataset.head(4096, columns=columns)
-    row_bytes = max(1, head.nbytes // max(1, head.num_rows))
-    bounds = plan_bounds(sample_column(dataset, column, before.rows), before.rows, (sort_bytes // 2) // row_bytes)
-    batch_rows = max(1024, min(SCAN_BATCH_BYTES, sort_bytes // 8) // row_bytes)
+    head = next(iter(dataset.get_fragments())).split_by_row_group()[0].to_table(columns=columns,
+                                                                                  schema=dataset.schema)
+    row_bytes = max(1, head.nbytes // max(1, head.num_rows))  # one row group: a dataset's head reads ahead
+    del head
+    bounds = plan_bounds(sample_column(dataset, column, before.rows), before.rows, (sort_bytes // 3) // row_bytes)
+    batch_rows = max(1024, min(SCAN_BATCH_BYTES, sort_bytes // 16) // row_bytes)
     fs, table_path = filesystem_for(store.table_uri(name))
     root = local_root(store.uri)
     spill_parent = f"{root}/_staging/{name}/{ds}" if root is not None else None
@@ -261,6 +265,7 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
         with tempfile.TemporaryDirectory(prefix="lum-cluster-", dir=spill_parent) as folder:
             for part in sorted_ranges(dataset, columns, column, order, bounds, folder, batch_rows):
                 roller.write(part)
+                del part  # before the next range is read back
             roller.close()
         written = sum(s.stats["numRecords"] for s in roller.stats.values())
         if written != before.rows:
