@@ -55,9 +55,7 @@ def check_config(cfg) -> None:
             raise ValueError(f"keep_days.{name} must be an integer >= 0 (0 = never expire), got {days!r}")
     if cfg.compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.compression!r}")
-    if isinstance(cfg.spill_mb, bool) or not isinstance(cfg.spill_mb, int) or cfg.spill_mb < 0:
-        raise ValueError(f"spill_mb must be an integer >= 0 (0 = no limit), got {cfg.spill_mb!r}")
-    for name in ("target_file_mb", "row_group_rows"):
+    for name in ("target_file_mb", "row_group_rows", "sort_mb"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 

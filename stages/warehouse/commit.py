@@ -96,13 +96,14 @@ def files_stats(fs: pafs.FileSystem, table_path: str, files: Sequence[DataFile],
     return out
 
 
-def add_action(item: DataFile, info: pafs.FileInfo, stats: FileStats) -> AddAction:
+def add_action(item: DataFile, info: pafs.FileInfo, stats: FileStats, *, data_change: bool = True) -> AddAction:
     """An ``AddAction`` for one file, with Delta stats (numRecords, min/max, nullCount of top-level primitive
     columns), so readers skip files by value range from the log alone (``Warehouse.read`` filters,
-    ``stages.warehouse.scan``). No I/O: ``info`` is the file's stat, ``stats`` from ``files_stats``."""
+    ``stages.warehouse.scan``). No I/O: ``info`` is the file's stat, ``stats`` from ``files_stats``.
+    ``data_change=False``: a rewrite of rows already in the table (clustering)."""
     mtime_ms = int((info.mtime_ns or time.time_ns()) // 1_000_000)
     return AddAction(path=item.relpath, size=int(info.size), partition_values={"ds": item.ds},
-                     modification_time=mtime_ms, data_change=True, stats=json.dumps(stats.stats, allow_nan=False))
+                     modification_time=mtime_ms, data_change=data_change, stats=json.dumps(stats.stats, allow_nan=False))
 
 
 def check_files(files: Sequence[DataFile], ds: str, name: str) -> None:

@@ -2,21 +2,21 @@
 
 - ``layout``: a partition's files, bytes, rows and whether its files' ``user_id`` ranges are disjoint (the log only).
 - ``optimize``: ONE commit rewriting partition ``ds`` (``dataChange=false``): delta-rs compaction of its small files,
-  or with ``cluster_by`` a z-order by that column (one column = sorted), which also compacts; skipped when the
-  layout is already what it would write, so a rerun commits nothing. Parquet row groups of ``row_group_rows``,
+  or with ``cluster_by`` an external sort by that column then the table's key (``stages.warehouse.rangesort``,
+  memory bounded by ``sort_bytes``), which also compacts; skipped when the layout is already what it would
+  write, so a rerun commits nothing. Parquet row groups of ``row_group_rows``,
   ``compression`` (zstd by default), small dictionary pages (``DICTIONARY_PAGE_BYTES``).
 - ``expire``: ONE delete commit of whole partitions (metadata only, no file rewritten).
 - ``vacuum``: delta-rs ``vacuum(full=True)`` after a dry run; nothing to delete means no commit.
 - ``checkpoint``: a checkpoint of the latest version, then log entries older than the log retention removed.
-Limits: compaction interleaves its input files' rows, z-order rewrites the whole partition (memory and time grow
-with it; delta-rs spills to disk past ``spill_bytes``, so its memory is bounded by that, not by the partition).
+Limits: compaction interleaves its input files' rows; clustering rewrites the whole partition (time and temporary
+disk grow with it, memory does not).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from deltalake import WriterProperties
 
+import schemas
 from stages.core.dates import check_ds
 from stages.warehouse.commit import filesystem_for
+from stages.warehouse.rangesort import cluster_partition
 from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ FILES_PER_TARGET = 2  # a clustered partition is rewritten when it has more than
 # Dictionary pages stop at this size: low-cardinality columns (conditions, model versions) keep their dictionary,
 # float embeddings fall back to plain pages at once (a dictionary of random floats is bigger and slower to decode).
 DICTIONARY_PAGE_BYTES = 4096
-SORT_RESERVE_BYTES = 32 << 20  # per concurrent z-order task: the external sort's reservation, with headroom
 
 
 @dataclass(frozen=True)
@@ -72,20 +73,14 @@ def layout(store: TableStore, name: str, ds: str, *, column: str = "user_id") ->
     return Layout(files=part.num_rows, bytes=size, rows=rows, disjoint=disjoint)
 
 
-def spill_limit(spill_bytes: int | None) -> int | None:
-    """The z-order's memory pool: ``spill_bytes``, raised to what DataFusion's external sort reserves per
-    concurrent task (one per CPU), below which the sort fails instead of spilling."""
-    if spill_bytes is None:
-        return None
-    return max(int(spill_bytes), SORT_RESERVE_BYTES * (os.cpu_count() or 1))
-
-
 def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, target_size: int,
-             row_group_rows: int, compression: str = "ZSTD", spill_bytes: int | None = None) -> dict[str, Any]:
+             row_group_rows: int, compression: str = "ZSTD", sort_bytes: int = 256 << 20) -> dict[str, Any]:
     """Rewrite partition ``ds`` in at most ONE commit; returns files before/after, rows and ``rewrite`` (
-    ``"cluster"``, ``"compact"`` or ``"none"``). ``RuntimeError`` if the row count changed (never expected)."""
-    if target_size < 1 or row_group_rows < 1:
-        raise ValueError(f"target_size and row_group_rows must be >= 1, got {target_size}, {row_group_rows}")
+    ``"cluster"``, ``"compact"`` or ``"none"``). ``RuntimeError`` if the row count changed (never expected)
+    or, when clustering, if the partition changed while it was sorted (nothing committed then)."""
+    if target_size < 1 or row_group_rows < 1 or sort_bytes < 1:
+        raise ValueError(f"target_size, row_group_rows and sort_bytes must be >= 1, got {target_size}, "
+                         f"{row_group_rows}, {sort_bytes}")
     before = layout(store, name, ds, column=cluster_by or "user_id")
     out = {"files_before": before.files, "files_after": before.files, "rows": before.rows, "rewrite": "none"}
     if before.files == 0:
@@ -97,8 +92,10 @@ def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, t
     if cluster_by is not None:
         if not before.needs_clustering(target_size):
             return out
-        table.optimize.z_order([cluster_by], partition_filters=filters, target_size=target_size,
-                               writer_properties=props, max_spill_size=spill_limit(spill_bytes))
+        key = schemas.get(name).KEY if name in schemas.TABLES else (cluster_by,)
+        cluster_partition(store, name, ds=ds, column=cluster_by, key=key, target_size=target_size,
+                          row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes,
+                          dictionary_page_bytes=DICTIONARY_PAGE_BYTES)
         out["rewrite"] = "cluster"
     else:
         metrics = table.optimize.compact(partition_filters=filters, target_size=target_size, writer_properties=props)

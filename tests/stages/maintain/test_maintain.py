@@ -10,16 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deltalake.table import TableOptimizer
 
 from stages.maintain import plan
 from stages.maintain import stage as maintain
 from stages.pipeline import daily, registry
 from stages.query.lookup import query_many, query_user_knowledge
-from stages.warehouse import buckets, lease
+from stages.warehouse import buckets, lease, maintenance, rangesort
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.history import partition_record
-from stages.warehouse.maintenance import layout, spill_limit
+from stages.warehouse.maintenance import layout
 from tests.conftest import tree_snapshot
 from tests.stages.bucket_fixtures import synthetic_sequences, write_bucketed
 
@@ -158,20 +157,20 @@ def test_a_record_in_the_commit_metadata_survives_the_rewrite(mwh):
         partition_record(wh, "dlrm_training", D, "lum.provenance.test")
 
 
-def test_the_z_order_spills_past_spill_mb_and_keeps_every_row(mwh, monkeypatch):
+def test_sort_mb_bounds_each_clustering_sort(mwh, monkeypatch):
     seen = []
-    real = TableOptimizer.z_order
+    real = rangesort.cluster_partition
 
-    def spy(self, columns, **kwargs):
-        seen.append(kwargs.get("max_spill_size"))
-        return real(self, columns, **kwargs)
+    def spy(*args, **kwargs):
+        seen.append((args[1], kwargs["sort_bytes"], kwargs["key"]))
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(TableOptimizer, "z_order", spy)
+    monkeypatch.setattr(maintenance, "cluster_partition", spy)
     wh = Warehouse(mwh)
     before = snapshot(wh)
-    daily.run_stage("maintain", D, mwh, overrides={"spill_mb": 1})
-    # each clustered table's sort is bounded: 1 MiB raised to the external sort's reservation per task
-    assert seen and set(seen) == {spill_limit(1 << 20)} and spill_limit(1 << 20) < 1 << 32
+    daily.run_stage("maintain", D, mwh, overrides={"sort_mb": 3})
+    assert seen == [("user_knowledge", 3 << 20, ("user_id", "condition")),
+                    ("dlrm_training", 3 << 20, ("user_id", "item_id", "ts"))]
     after = snapshot(wh)
     assert all(after[name].equals(before[name]) for name in before)
 
@@ -237,7 +236,7 @@ def test_days_to_expire(days, ds, keep, expired):
     ({"keep_days": {"nope": 3}}, "unknown Config.keep_days option 'nope'"),
     ({"target_file_mb": 0}, "target_file_mb must be >= 1"),
     ({"compression": "zip"}, "compression must be one of ZSTD, LZ4_RAW"),
-    ({"spill_mb": -1}, r"spill_mb must be an integer >= 0"),
+    ({"sort_mb": 0}, r"sort_mb must be >= 1"),
 ])
 def test_bad_config_is_one_line_and_changes_nothing(mwh, options, match):
     before = tables_snapshot(mwh)
