@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pathlib
+import shutil
 import tempfile
 import time
 import uuid
@@ -54,6 +56,7 @@ from stages.warehouse.store import TableStore
 
 log = logging.getLogger(__name__)
 
+SPILL_PREFIX = "lum-cluster-"  # spill folders under _staging/<table>/<ds>/
 SAMPLE_ROWS = 1 << 20  # values of the sort column kept to plan the ranges
 MAX_OPEN_RANGES = 256  # spill files open at once; more ranges scan the partition again per window
 SCAN_BATCH_BYTES = 16 << 20  # one scan batch (capped at a sixteenth of sort_bytes)
@@ -142,6 +145,14 @@ def sorted_ranges(dataset, columns: list[str], column: str, order: list[str], bo
             table = table.take(pc.sort_indices(table, [(c, "ascending") for c in order]))  # at most two copies
             yield table
             del table
+
+
+def remove_stale_spills(parent: str) -> None:
+    """Delete the spill folders a killed sort of this partition left (never referenced by the table; a sort
+    running beside this one loses its spill and fails before its commit, so nothing half-sorted is published)."""
+    for stale in pathlib.Path(parent).glob(f"{SPILL_PREFIX}*"):
+        log.warning("removing %s, left by an earlier sort that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class FileRoller:
@@ -259,10 +270,11 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
     spill_parent = f"{root}/_staging/{name}/{ds}" if root is not None else None
     if spill_parent is not None:
         pafs.LocalFileSystem().create_dir(spill_parent, recursive=True)
+        remove_stale_spills(spill_parent)
     roller = FileRoller(fs, table_path, ds, schema, target_size=target_size, row_group_rows=row_group_rows,
                         compression=compression, dictionary_page_bytes=dictionary_page_bytes)
     try:
-        with tempfile.TemporaryDirectory(prefix="lum-cluster-", dir=spill_parent) as folder:
+        with tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=spill_parent) as folder:
             for part in sorted_ranges(dataset, columns, column, order, bounds, folder, batch_rows):
                 roller.write(part)
                 del part  # before the next range is read back

@@ -107,8 +107,12 @@ def test_a_failure_before_the_commit_leaves_the_table_and_a_rerun_sorts(rwh, mon
     assert rwh.read("user_knowledge").sort_by(KEY).equals(before)
     assert os.listdir(f"{rwh.uri}/_staging/user_knowledge/{D}") == ["t"]  # the spill folder removed
     monkeypatch.undo()
+    stale = f"{rwh.uri}/_staging/user_knowledge/{D}/{rangesort.SPILL_PREFIX}killed"  # as a SIGKILL leaves it
+    os.makedirs(stale)
+    open(f"{stale}/range-0.arrow", "wb").close()
     cluster(rwh, sort_bytes=20_000)
     assert rwh.version("user_knowledge") == version + 1 and rwh.read("user_knowledge").sort_by(KEY).equals(before)
+    assert os.listdir(f"{rwh.uri}/_staging/user_knowledge/{D}") == ["t"]  # the killed run's spill removed too
 
 
 def test_a_partition_changed_during_the_sort_is_an_error_and_commits_nothing(rwh, monkeypatch):
