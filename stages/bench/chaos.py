@@ -34,9 +34,10 @@ from stages.core.dates import check_ds, days_before
 log = logging.getLogger(__name__)
 
 QUICK = {"trials": 3, "days": 2}
-DAILY_STAGES = ("sequences", "pretrain", "infer", "join")
+DAILY_STAGES = ("sequences", "pretrain", "infer", "join", "maintain")
 SHORT_PHASE_S = 0.02  # shorter occurrences are hit at their begin (a timer thread waits for the GIL)
-DEFAULT_PHASES = ("spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish")
+DEFAULT_PHASES = ("spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish",
+                  "cluster_sort")
 # tests/dags/tiny.toml with more, checkpointed steps, so kills land in training and in checkpoint writes
 TINY_TOML = """[sequences]
 max_len = 32
@@ -59,6 +60,7 @@ threads = 1
 
 [infer]
 conditions = "top:3"
+chunk_users = 256  # several files a day, so maintain sorts the day (a phase to kill in)
 """
 
 

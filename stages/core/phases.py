@@ -4,7 +4,7 @@
         ...   # logs "lum-phase begin delta_commit user_knowledge ds=2000-12-01", then "lum-phase end ..."
 
 Phases: ``stage`` (a daily stage for a day), ``spark_write``, ``staging``, ``delta_commit``, ``checkpoint``,
-``model_publish``, ``infer_publish``. ``lum bench chaos`` reads them from a child's log to kill it inside a
+``model_publish``, ``infer_publish``, ``cluster_sort`` (maintain's sort of a day, up to its commit). ``lum bench chaos`` reads them from a child's log to kill it inside a
 chosen phase and to name the phase a kill hit. They are DEBUG lines of the ``lum.phase`` logger, shown only
 when ``LUM_PHASE_LOG=1`` is set (the logger is then at DEBUG whatever the root level), so normal logs stay
 quiet. An ``end`` line is written only when the block exits normally: an open phase at a crash is one that
@@ -32,7 +32,8 @@ MARKER = "lum-phase"
 ENV = "LUM_PHASE_LOG"
 KILL_ENV = "LUM_CHAOS_KILL"
 SIGNAL_ENV = "LUM_CHAOS_SIGNAL"  # "KILL" (default) or "STOP"
-PHASES = ("stage", "spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish")
+PHASES = ("stage", "spark_write", "staging", "delta_commit", "checkpoint", "model_publish", "infer_publish",
+          "cluster_sort")
 LINE_RE = re.compile(rf"{MARKER} (begin|end) (\w+)(?: (.*))?$")
 
 log = logging.getLogger("lum.phase")

@@ -42,6 +42,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.transaction import RemoveAction
 
 from stages.core.dates import check_ds
+from stages.core.phases import phase
 from stages.warehouse.commit import (
     TXN_VERSION,
     DataFile,
@@ -239,8 +240,9 @@ def commit_rewrite(store: TableStore, name: str, ds: str, before: Snapshot, file
     table = store.delta_table(name, before.version)  # conflicts with commits after it are delta-rs' to detect
     props = CommitProperties(custom_metadata={"lum.rewrite": f"cluster by {column}"},
                              app_transactions=[Transaction(app_id, TXN_VERSION)])
-    table.create_write_transaction(adds + removes, "append", table.schema(), partition_by=["ds"],
-                                   commit_properties=props)
+    with phase("delta_commit", f"{name} ds={ds} cluster"):
+        table.create_write_transaction(adds + removes, "append", table.schema(), partition_by=["ds"],
+                                       commit_properties=props)
     return store.delta_table(name).version()
 
 
@@ -274,7 +276,8 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
     roller = FileRoller(fs, table_path, ds, schema, target_size=target_size, row_group_rows=row_group_rows,
                         compression=compression, dictionary_page_bytes=dictionary_page_bytes)
     try:
-        with tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=spill_parent) as folder:
+        with phase("cluster_sort", f"{name} ds={ds}"), \
+                tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=spill_parent) as folder:
             for part in sorted_ranges(dataset, columns, column, order, bounds, folder, batch_rows):
                 roller.write(part)
                 del part  # before the next range is read back

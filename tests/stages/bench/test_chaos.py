@@ -88,3 +88,24 @@ def test_killed_backfills_resume_to_the_clean_tables(tmp_path):
     assert not problems, problems
     assert report["summary"]["matched"] == 2 and report["summary"]["survivors"] == 0
     assert report["trials"][1]["hit_detail"] == f"user_knowledge ds={days[0]}"
+
+
+@pytest.mark.slow
+def test_a_killed_maintain_sort_resumes_to_the_clean_tables(tmp_path):
+    """Kills inside maintain's sort of user_knowledge (the range sort, before its one commit) on each of two days:
+    the resumed backfill must leave every table as the clean run does, and the killed sorts' spill folders gone."""
+    base = str(tmp_path / "base")
+    days = make_warehouse(base, days=2)
+    config = tmp_path / "tiny.toml"  # 24 users in files of 6: four files a day, which maintain sorts
+    config.write_text(chaos.TINY_TOML.replace("chunk_users = 256", "chunk_users = 6"))
+    cfg = chaos.Config(base=base, bootstrap=None, start=days[0], days=2, stages=("pretrain", "infer", "maintain"),
+                       kill_at=("cluster_sort:1:0", "cluster_sort:2:0"), atol=0.0, dir=str(tmp_path / "work"),
+                       keep=True, config=str(config))
+    report = chaos.run(cfg)
+    assert [t["hit"] for t in report["trials"]] == ["cluster_sort", "cluster_sort"], report["trials"]
+    assert [t["hit_detail"] for t in report["trials"]] == [f"user_knowledge ds={d}" for d in days]
+    problems = {t["trial"]: t["problems"] for t in report["trials"] if not t["match"]}
+    assert not problems, problems
+    assert report["summary"]["matched"] == 2 and report["summary"]["survivors"] == 0
+    spills = list((tmp_path / "work").rglob("lum-cluster-*"))
+    assert not [p for p in spills if p.is_dir()], spills
