@@ -216,10 +216,10 @@ def generate(cfg: Config) -> dict[str, pa.Table]:
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """Replace the four ingested tables, writing the events chunk by chunk; returns the ingest summary.
 
-    items and users are validated first and overwritten; each chunk's events and samples are staged per day
-    (``stages.ingest.staged``) and ONE commit per fact table replaces the whole table (old days emptied).
-    ``users`` is written as it is generated, chunk by chunk, after the facts are staged. Keys are unique by
-    construction, so no cross-chunk key check runs."""
+    items is validated first; each chunk's events and samples are staged per day (``stages.ingest.staged``);
+    then items and users are overwritten (users validated and written as generated, chunk by chunk) and ONE
+    commit per fact table replaces the whole table (old days emptied). Keys are unique by construction, so no
+    cross-chunk key check runs."""
     cfg.check()
     wh = Warehouse.of(warehouse)
     started = time.perf_counter()
