@@ -57,11 +57,14 @@ class DayStager:
         """Buffer ``table`` (rows of any days, with ``ds``); write the days whose buffers are full."""
         if table.num_rows == 0:
             return
-        table = table.sort_by("ds")  # stable: rows keep their order within a day
-        counts = pc.value_counts(table.column("ds"))
+        # One gather per day into buffers of its own (a stable order: rows keep their order within a day). Slices
+        # of one sorted copy would keep the whole batch alive until its last day is written.
+        order = pc.sort_indices(table, [("ds", "ascending")])
+        counts = pc.value_counts(table.column("ds"))  # days in order of appearance: sorted below, like ``order``
+        counts = counts.take(pc.sort_indices(counts.field("values")))
         offset = 0
         for day, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
-            self.buffers.setdefault(day, []).append(table.slice(offset, n))
+            self.buffers.setdefault(day, []).append(table.take(order.slice(offset, n)))
             self.buffered[day] = self.buffered.get(day, 0) + n
             offset += n
         self.rows += table.num_rows

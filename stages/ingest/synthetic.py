@@ -6,7 +6,8 @@ ratings follow the user's taste for the item's category plus the item's quality,
 learnable from behaviour (the generative story: docs/architecture.md). A user's timestamps strictly increase,
 so the event key stays unique; ``event_idx`` is user-major, time order within a user.
 The same config (seed AND ``chunk_users``) gives identical tables. Memory is bounded by a chunk of users and the
-write buffer: chunks are staged per day as they are generated and committed once per table at the end.
+write buffer, not by the data set: event chunks are staged per day as they are generated and committed once per
+table at the end; ``users`` rows stream into their write chunk by chunk (the same rows whatever the chunking).
 """
 
 from __future__ import annotations
@@ -125,17 +126,26 @@ def items_table(model: ItemModel) -> pa.Table:
     })
 
 
-def users_table(cfg: Config, rng: np.random.Generator) -> pa.Table:
+def user_chunks(cfg: Config) -> Iterator[pa.Table]:
+    """The ``users`` rows in chunks of ``chunk_users`` (memory: one chunk), the same rows whatever the chunking.
+
+    One generator ``[seed, 1]`` draws every age, then every gender, then every occupation; age and gender take one
+    64-bit draw per user, so each column's stream starts at its offset (``advance``) and is read chunk by chunk."""
     n = cfg.users
-    ids = np.arange(1, n + 1, dtype=np.int64)
+    streams = [np.random.default_rng([cfg.seed, 1]) for _ in range(3)]  # age, gender, occupation
+    streams[1].bit_generator.advance(n)
+    streams[2].bit_generator.advance(2 * n)
     occupations = np.array(ML1M_OCCUPATIONS, dtype=object)
-    return pa.table({
-        "user_id": pa.array(ids),
-        "source_id": pc.binary_join_element_wise("syn_", pc.cast(pa.array(ids), pa.string()), ""),
-        "age": pa.array(rng.choice(AGE_BUCKETS, size=n, p=AGE_PROBS)),
-        "gender": pa.array(np.where(rng.random(n) < 0.5, "F", "M").astype(object), pa.string()),
-        "occupation": pa.array(occupations[rng.integers(0, len(occupations), n)], pa.string()),
-    })
+    for first in range(1, n + 1, cfg.chunk_users):
+        ids = np.arange(first, min(first + cfg.chunk_users, n + 1), dtype=np.int64)
+        k = len(ids)
+        yield pa.table({
+            "user_id": pa.array(ids),
+            "source_id": pc.binary_join_element_wise("syn_", pc.cast(pa.array(ids), pa.string()), ""),
+            "age": pa.array(streams[0].choice(AGE_BUCKETS, size=k, p=AGE_PROBS)),
+            "gender": pa.array(np.where(streams[1].random(k) < 0.5, "F", "M").astype(object), pa.string()),
+            "occupation": pa.array(occupations[streams[2].integers(0, len(occupations), k)], pa.string()),
+        })
 
 
 def events_chunk(cfg: Config, items: ItemModel, first_user: int, n_users: int,
@@ -198,7 +208,7 @@ def generate(cfg: Config) -> dict[str, pa.Table]:
     """``{"events", "items", "users"}`` for ``cfg`` held in memory (unvalidated; ``run`` streams instead)."""
     cfg.check()
     items = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
-    users = users_table(cfg, np.random.default_rng([cfg.seed, 1]))
+    users = pa.concat_tables(list(user_chunks(cfg)))
     events = pa.concat_tables(list(event_chunks(cfg, items)))
     return {"events": events, "items": items_table(items), "users": users}
 
@@ -206,25 +216,25 @@ def generate(cfg: Config) -> dict[str, pa.Table]:
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     """Replace the four ingested tables, writing the events chunk by chunk; returns the ingest summary.
 
-    items and users are validated first and overwritten; each chunk's events and samples are staged per day
-    (``stages.ingest.staged``) and ONE commit per fact table replaces the whole table (old days emptied).
-    Keys are unique by construction, so no cross-chunk key check runs."""
+    items is validated first; each chunk's events and samples are staged per day (``stages.ingest.staged``);
+    then items and users are overwritten (users validated and written as generated, chunk by chunk) and ONE
+    commit per fact table replaces the whole table (old days emptied). Keys are unique by construction, so no
+    cross-chunk key check runs."""
     cfg.check()
     wh = Warehouse.of(warehouse)
     started = time.perf_counter()
     model = build_items(cfg, np.random.default_rng([cfg.seed, 0]))
-    dims = {"items": schemas.get("items").validate(items_table(model)),
-            "users": schemas.get("users").validate(users_table(cfg, np.random.default_rng([cfg.seed, 1])))}
+    items = schemas.get("items").validate(items_table(model))
     writer = FactWriter(wh, f"ingest-synthetic-{uuid.uuid4().hex[:12]}")
     try:
         for events in event_chunks(cfg, model):
             writer.add(events, dlrm_samples_from_events(events))
         writer.finish(check_keys=False)
         built = time.perf_counter()
-        versions = {name: wh.write_table(name, table) for name, table in dims.items()}
+        versions = {"items": wh.write_table("items", items), "users": wh.write_table("users", user_chunks(cfg))}
         versions.update(writer.commit(replace_all=True))
     except BaseException:
         writer.discard()
         raise
-    return writer.summary("synthetic", items=dims["items"].num_rows, users=dims["users"].num_rows,
-                          versions=versions, started=started, built=built, finished=time.perf_counter())
+    return writer.summary("synthetic", items=items.num_rows, users=cfg.users, versions=versions, started=started,
+                          built=built, finished=time.perf_counter())

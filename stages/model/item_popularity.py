@@ -1,7 +1,7 @@
 """Daily item counts from ``events`` -> the ``Popularity`` table a time-aware LUM trains and infers with.
 
-Events are read one range of ``READ_DAYS`` partitions at a time (item_id and ds only) and reduced to
-(day, item, count) triples, so memory holds the distinct (day, item) pairs, never the events.
+Each day's events are streamed in batches of ``READ_ROWS`` rows (item_id only) and reduced to (day, item, count)
+triples, so memory holds a batch and the distinct (day, item) pairs, never the events.
 """
 
 from __future__ import annotations
@@ -10,33 +10,45 @@ import datetime as dt
 
 import numpy as np
 import pyarrow.compute as pc
+from deltalake import DeltaTable
 
 from stages.core.dates import days_before, parse_ds, prev_day
 from stages.model.timefeat import Popularity, build_popularity
 from stages.warehouse.facade import Warehouse
+from stages.warehouse.reads import partition_filters, pyarrow_dataset
 
-READ_DAYS = 31  # event partitions read at once
+READ_ROWS = 1 << 20  # event rows read at once
 
 
 def _epoch_day(ds: str) -> int:
     return (parse_ds(ds) - dt.date(1970, 1, 1)).days
 
 
+def _day_counts(events: DeltaTable, ds: str) -> tuple[np.ndarray, np.ndarray]:
+    """(item_id, count) of every item with events in partition ds, the events streamed in batches."""
+    dataset = pyarrow_dataset(events, partition_filters(ds, None, None))
+    items, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for batch in dataset.to_batches(columns=["item_id"], batch_size=READ_ROWS, batch_readahead=1,
+                                    fragment_readahead=1):
+        vc = pc.value_counts(batch.column("item_id"))
+        items = np.concatenate([items, vc.field("values").to_numpy(zero_copy_only=False)])
+        counts = np.concatenate([counts, pc.cast(vc.field("counts"), "int64").to_numpy()])
+        items, inverse = np.unique(items, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts, minlength=len(items)).astype(np.int64)
+    return items, counts
+
+
 def daily_item_counts(wh: Warehouse, *, start: str | None, end: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(epoch day, item_id, count) of every (day, item) with events in partitions start .. end (None: all)."""
-    days = [d for d in wh.partitions("events") if d <= end and (start is None or d >= start)]
+    version = wh.version("events")
+    days = [d for d in wh.partitions("events", version) if d <= end and (start is None or d >= start)]
+    events = wh.delta_table("events", version) if days else None
     out_d, out_i, out_c = [], [], []
-    for k in range(0, len(days), READ_DAYS):
-        part = days[k:k + READ_DAYS]
-        t = wh.read("events", start=part[0], end=part[-1], columns=["item_id", "ds"])
-        if t.num_rows == 0:
-            continue
-        g = t.group_by(["ds", "item_id"]).aggregate([([], "count_all")])
-        ds_values = g.column("ds").to_numpy(zero_copy_only=False)
-        uniq, inv = np.unique(ds_values, return_inverse=True)
-        out_d.append(np.asarray([_epoch_day(d) for d in uniq], dtype=np.int64)[inv])
-        out_i.append(g.column("item_id").to_numpy())
-        out_c.append(pc.cast(g.column("count_all"), "int64").to_numpy())
+    for ds in days:
+        items, counts = _day_counts(events, ds)
+        out_d.append(np.full(len(items), _epoch_day(ds), dtype=np.int64))
+        out_i.append(items)
+        out_c.append(counts)
     if not out_d:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(out_d), np.concatenate(out_i), np.concatenate(out_c)

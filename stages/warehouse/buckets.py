@@ -39,6 +39,7 @@ TABLE = "user_sequences"
 RECORD_DS, RECORD_BUCKETS = "lum.sequences.ds", "lum.sequences.buckets"  # the sequences build record's keys
 HISTORY_LIMIT = 200  # newest commits searched for the partition's build record (as the incremental build)
 DICTIONARY_COLUMN = "conditions"
+READ_BUFFER = 1 << 20  # bytes of a column chunk read at once: every bucket's stream is open, not a row group each
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,14 @@ def _file_batches(wh: TableStore, rel: str, *, ds: str, bucket: int, buckets: in
 
 def open_parquet(handle, *, dictionary: bool) -> pq.ParquetFile:
     """A ``ParquetFile`` reading ``conditions`` as dictionary strings when ``dictionary`` (the leaf's path
-    from the footer: writers name the list element differently)."""
-    pf = pq.ParquetFile(handle, pre_buffer=False)
+    from the footer: writers name the list element differently). Column chunks are read ``READ_BUFFER`` bytes at a
+    time, not whole: a merge keeps one reader per bucket open."""
+    pf = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER)
     if not dictionary:
         return pf
     leaves = [pf.schema.column(i).path for i in range(pf.metadata.num_columns)]
     leaf = [p for p in leaves if p.startswith(f"{DICTIONARY_COLUMN}.")]
-    return pq.ParquetFile(handle, pre_buffer=False, read_dictionary=leaf) if leaf else pf
+    return pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER, read_dictionary=leaf) if leaf else pf
 
 
 def _shaped(batch: pa.RecordBatch, columns: Sequence[str], ds: str | None = None) -> pa.RecordBatch:

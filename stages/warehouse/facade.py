@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 import pyarrow as pa
@@ -21,6 +21,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
 import schemas
+from schemas._base import TableSpec
 from stages.core.dates import check_ds
 from stages.core.redact import redact
 from stages.core.settings import resolve_warehouse, vacuum_retention_hours
@@ -156,20 +157,29 @@ class Warehouse:
             return None
         return "merge" if set(data.column_names) - {f.name for f in self.delta_table(name).schema().fields} else None
 
-    def write_table(self, name: str, table: pa.Table, *, metadata: dict[str, str] | None = None) -> int:
-        """Validate and atomically overwrite an unpartitioned table; returns the version."""
+    def write_table(self, name: str, table: pa.Table | Iterable[pa.Table], *,
+                    metadata: dict[str, str] | None = None) -> int:
+        """Validate and atomically overwrite an unpartitioned table; returns the version. ``table`` may be an
+        iterable of chunks, each validated as the write streams it (memory: a chunk, not the table; keys are
+        checked within a chunk, so the caller keeps the chunks' keys apart)."""
         spec = schemas.get(name).SPEC
         if spec.partition_by:
             raise ValueError(f"table {name} is partitioned by {', '.join(spec.partition_by)}; "
                              "use write_partition")
-        data = spec.validate(table)
-        write_deltalake(
-            self.table_uri(name), data, mode="overwrite", storage_options=self.storage_options or None,
-            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
-        )
+        errors: list[ValueError] = []  # a chunk's validation error, raised as itself, not as the write's
+        data = spec.validate(table) if isinstance(table, pa.Table) else _validated_stream(spec, iter(table), errors)
+        try:
+            write_deltalake(
+                self.table_uri(name), data, mode="overwrite", storage_options=self.storage_options or None,
+                commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
+            )
+        except DeltaError:
+            if errors:
+                raise errors[0] from None
+            raise
         self.set_table_metadata(name, metadata or {})
         version = self.version(name)
-        log.info("wrote %s: %d rows, version %s", name, data.num_rows, version)
+        log.info("wrote %s: %s rows, version %s", name, getattr(data, "num_rows", "streamed"), version)
         return version
 
     def write_full(self, name: str, table: pa.Table, *, days: Sequence[str] | None = None) -> int:
@@ -308,3 +318,23 @@ class Warehouse:
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """Commits, newest first: version, timestamp, operation, parameters and custom metadata."""
         return self.delta_table(name).history(limit)
+
+
+def _validated_stream(spec: TableSpec, chunks: Iterator[pa.Table], errors: list[ValueError]) -> pa.RecordBatchReader:
+    """The chunks as one stream of record batches, each chunk validated when the reader reaches it (its
+    ValueError is also appended to ``errors``: the write reports it wrapped)."""
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError(f"table {spec.name}: no chunks to write")
+    first = spec.validate(first)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield from first.to_batches()
+        for chunk in chunks:
+            try:
+                valid = spec.validate(chunk)
+            except ValueError as exc:
+                errors.append(exc)
+                raise
+            yield from valid.to_batches()
+    return pa.RecordBatchReader.from_batches(first.schema, batches())

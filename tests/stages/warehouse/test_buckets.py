@@ -7,6 +7,8 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from stages.core.hashing import bucket_of, shard_of
@@ -108,3 +110,18 @@ def test_bad_worker_arguments(warehouse):
     with pytest.raises(ValueError, match="no partition ds=2001-02-04"):
         list(buckets.iter_bucket_batches(Warehouse(warehouse), "2001-02-04", index=0, count=1, columns=COLUMNS,
                                          batch_rows=4))
+
+
+def test_a_bucket_file_is_read_in_pieces_not_a_column_chunk_at_once(tmp_path):
+    path = str(tmp_path / "one-group.parquet")
+    values = np.random.default_rng(0).integers(0, 1 << 62, 2_000_000)  # 16 MB that do not compress
+    pq.write_table(pa.table({"user_id": values}), path, row_group_size=len(values), compression="none",
+                   use_dictionary=False)
+    with pafs.LocalFileSystem().open_input_file(path) as handle:
+        pf = buckets.open_parquet(handle, dictionary=False)
+        before = pa.total_allocated_bytes()
+        batches = pf.iter_batches(batch_size=1000)
+        first = next(batches)
+        held = pa.total_allocated_bytes() - before
+        assert first.num_rows == 1000
+        assert held < 4 * buckets.READ_BUFFER < 8_000_000  # not the 16 MB column chunk
