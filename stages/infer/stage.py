@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from stages.core import heap
 from stages.core.conditions import ANY, ConditionSet, condition_to_features, parse_spec
 from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
@@ -216,6 +217,8 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_v
         if out is not None:
             user_stager.write(out, row_group_size=cfg.row_group_rows)
         progress.update(chunk.num_rows)
+        del out, chunk
+        heap.release()  # same-sized chunks must not grow the heap chunk after chunk (stages.core.heap)
     user_stager.finish()
 
     item_stager = wh.stage_partition("item_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim)

@@ -310,6 +310,13 @@ def test_a_query_names_every_model_feature_and_liked_defaults_to_both_values():
         check_query_features(with_feedback(parse_spec("all"), ("category", "scenario")), ("category", "scenario"), "v1")
 
 
+def test_the_heap_is_trimmed_once_per_chunk(wh_ready, monkeypatch):
+    calls = []
+    monkeypatch.setattr(infer.heap, "release", lambda: calls.append(1) or True)
+    summary = run(Config(chunk_users=10), ds=DS, warehouse=wh_ready)
+    assert summary["users_read"] == 30 and len(calls) == 3  # chunks of 10 users
+
+
 def test_threads_option_is_applied_and_restored(wh_ready, monkeypatch):
     seen = []
     real = infer_encode.encode_batch
