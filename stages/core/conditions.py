@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 ANY = "*"  # a with_features value: every value of the feature the model knows, except UNKNOWN
 UNKNOWN = "<unk>"
+FEEDBACK = "liked"  # the feature that carries the user's feedback (yes / no): infer asks both, the join splits them
 
 
 def condition_to_features(text: str) -> dict[str, str]:

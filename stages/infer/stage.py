@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from stages.core import heap
-from stages.core.conditions import ANY, ConditionSet, condition_to_features, parse_spec
+from stages.core.conditions import ANY, FEEDBACK, ConditionSet, condition_to_features, parse_spec
 from stages.core.dates import check_ds, day_end, next_day
 from stages.core.device import resolve_device
 from stages.core.progress import Progress
@@ -39,8 +39,6 @@ from stages.model.item_popularity import popularity_for
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
-
-FEEDBACK = "liked"  # the condition feature that carries the user's feedback (stages.sequences)
 
 SEQUENCE_COLUMNS = ["user_id", "item_ids", "conditions", "history_len", "ts"]
 

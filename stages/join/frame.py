@@ -24,8 +24,9 @@ from typing import Any
 import pyarrow as pa
 
 from schemas import dlrm_training
+from stages.core.conditions import FEEDBACK
 from stages.join.merge import merge_partition
-from stages.join.spec import FEEDBACK, JoinSpec
+from stages.join.spec import JoinSpec
 
 LUM_COLUMNS = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_knowledge_ds", "lum_model_version",
                "lum_target_match_disliked")

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.core.conditions import FEEDBACK  # its value picks the column, never the condition
 from stages.core.config import from_mapping, read_toml_or_json
 
 LUM_FEATURES = ("lum_match", "lum_target_match", "lum_user", "lum_item", "lum_target_match_disliked")
-FEEDBACK = "liked"  # the knowledge's feedback feature: its value picks the column, never the condition
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 
