@@ -1,32 +1,31 @@
 """The warehouse: Delta tables by name under one URI, written only through validated, atomic commits.
 
 Every table lives at ``<warehouse>/<name>``. ``write_partition`` / ``write_table`` / ``write_full`` validate
-against ``schemas.<name>`` and replace exactly what they name in one commit, so writing the same rows twice
-leaves the same rows. Big, streamed or sharded outputs go through ``stage_partition`` / ``commit_staged``
-(``stages.warehouse.staging``), Spark data through ``read_spark`` / ``write_spark_partition``
-(``stages.warehouse.spark_bridge``) or, computed in Python tasks, ``write_arrow_days``. ``read`` prunes partitions and files on the Delta log before opening any
-and returns the schema's types. A write's ``metadata`` goes to the table configuration (``table_metadata``)
-and to that commit's ``custom_metadata``. The commit protocol and its limits: docs/architecture.md.
+against ``schemas.<name>`` and replace exactly what they name in one commit (``stages.warehouse.writes``), so
+writing the same rows twice leaves the same rows. Big, streamed or sharded outputs go through
+``stage_partition`` / ``commit_staged`` (``stages.warehouse.staging``), Spark data through ``read_spark`` /
+``write_spark_partition`` (``stages.warehouse.spark_bridge``) or, computed in Python tasks, ``write_arrow_days``.
+``read`` prunes partitions and files on the Delta log before opening any and returns the schema's types. A
+write's ``metadata`` goes to the table configuration (``table_metadata``) and to that commit's
+``custom_metadata``. The commit protocol and its limits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-import schemas
-from schemas._base import TableSpec
 from stages.core.dates import check_ds
 from stages.core.redact import redact
 from stages.core.settings import resolve_warehouse, vacuum_retention_hours
 from stages.core.settings import storage_options as env_storage_options
-from stages.warehouse import arrow_write, history, maintenance, spark_bridge, staging
+from stages.warehouse import arrow_write, history, maintenance, spark_bridge, staging, writes
 from stages.warehouse.commit import check_present
 from stages.warehouse.reads import Filter, filter_expression, partition_filters, pyarrow_dataset, restore_types
 
@@ -131,105 +130,29 @@ class Warehouse:
             raise ValueError(f"table {name}: read failed ({first}); `lum verify` checks its files") from None
         return restore_types(name, out)
 
-    # ---- writing --------------------------------------------------------------------------------
+    # ---- writing (bodies in stages.warehouse.writes) -------------------------------------------
     def write_partition(self, name: str, table: pa.Table, *, ds: str,
                         metadata: dict[str, str] | None = None, dim: int | None = None) -> int:
         """Validate ``table`` and atomically replace partition ``ds`` with it; returns the version."""
-        spec = schemas.get(name).SPEC
-        if "ds" not in spec.partition_by:
-            raise ValueError(f"table {name} is not partitioned; use write_table")
-        check_ds(ds)
-        data = spec.validate(table, ds=ds, dim=dim)
-        write_deltalake(
-            self.table_uri(name), data, partition_by=["ds"], mode="overwrite", predicate=f"ds = '{ds}'",
-            storage_options=self.storage_options or None, schema_mode=self._schema_mode(name, data),
-            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
-        )
-        self.set_table_metadata(name, metadata or {})
-        version = self.version(name)
-        log.info("wrote %s ds=%s: %d rows, version %s", name, ds, data.num_rows, version)
-        return version
-
-    def _schema_mode(self, name: str, data: pa.Table) -> str | None:
-        """The write's schema mode: "merge" when ``data`` has columns the existing table lacks (a column added
-        to the contract later: ``TableSpec.optional``), else None (the table's schema as it is)."""
-        if not self.exists(name):
-            return None
-        return "merge" if set(data.column_names) - {f.name for f in self.delta_table(name).schema().fields} else None
+        return writes.write_partition(self, name, table, ds=ds, metadata=metadata, dim=dim)
 
     def write_table(self, name: str, table: pa.Table | Iterable[pa.Table], *,
                     metadata: dict[str, str] | None = None) -> int:
         """Validate and atomically overwrite an unpartitioned table; returns the version. ``table`` may be an
         iterable of chunks, each validated as the write streams it (memory: a chunk, not the table; keys are
         checked within a chunk, so the caller keeps the chunks' keys apart)."""
-        spec = schemas.get(name).SPEC
-        if spec.partition_by:
-            raise ValueError(f"table {name} is partitioned by {', '.join(spec.partition_by)}; "
-                             "use write_partition")
-        errors: list[ValueError] = []  # a chunk's validation error, raised as itself, not as the write's
-        data = spec.validate(table) if isinstance(table, pa.Table) else _validated_stream(spec, iter(table), errors)
-        try:
-            write_deltalake(
-                self.table_uri(name), data, mode="overwrite", storage_options=self.storage_options or None,
-                commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None,
-            )
-        except DeltaError:
-            if errors:
-                raise errors[0] from None
-            raise
-        self.set_table_metadata(name, metadata or {})
-        version = self.version(name)
-        log.info("wrote %s: %s rows, version %s", name, getattr(data, "num_rows", "streamed"), version)
-        return version
+        return writes.write_table(self, name, table, metadata=metadata)
 
     def write_full(self, name: str, table: pa.Table, *, days: Sequence[str] | None = None) -> int:
         """Validate a many-day ``table`` of a ds-partitioned table and write it in ONE commit; returns the version.
-
-        ``days=None``: replace the whole table (old partitions not in ``table`` disappear). A list of days:
-        replace exactly those partitions (rows outside are refused). One commit, not one per day: full ingests
-        span years of days.
-        """
-        spec = schemas.get(name).SPEC
-        if "ds" not in spec.partition_by:
-            raise ValueError(f"table {name} is not partitioned; use write_table")
-        predicate = None
-        if days is not None:
-            days = sorted({check_ds(d) for d in days})
-            if not days:
-                raise ValueError(f"table {name}: write_full needs at least one day in days")
-            predicate = "ds IN (" + ", ".join(f"'{d}'" for d in days) + ")"
-        data = spec.validate(table)
-        write_deltalake(self.table_uri(name), data, partition_by=["ds"], mode="overwrite",
-                        predicate=predicate, schema_mode=self._schema_mode(name, data),
-                        storage_options=self.storage_options or None)
-        version = self.version(name)
-        log.info("wrote %s: %d rows (%s), version %s", name, data.num_rows,
-                 "whole table" if days is None else f"{len(days)} day(s)", version)
-        return version
+        ``days=None`` replaces the whole table, a list of days exactly those partitions (rows outside refused)."""
+        return writes.write_full(self, name, table, days=days)
 
     def merge_table(self, name: str, table: pa.Table, *, update: bool = True,
                     metadata: dict[str, str] | None = None) -> int:
-        """Validate ``table`` and merge it into unpartitioned ``name`` by its key in ONE commit: new keys are
-        inserted, matched rows replaced when ``update`` (else kept), every other row kept; no commit when
-        nothing changes. Creates the table when missing. Returns the version."""
-        spec = schemas.get(name).SPEC
-        if spec.partition_by:
-            raise ValueError(f"table {name} is partitioned by {', '.join(spec.partition_by)}; merge_table "
-                             "serves unpartitioned tables")
-        data = spec.validate(table)
-        if not self.exists(name):
-            return self.write_table(name, data, metadata=metadata)
-        merger = self.delta_table(name).merge(
-            data, predicate=" AND ".join(f"t.{k} = s.{k}" for k in spec.key), source_alias="s", target_alias="t",
-            commit_properties=CommitProperties(custom_metadata=dict(metadata)) if metadata else None)
-        if update:
-            merger = merger.when_matched_update_all()
-        result = merger.when_not_matched_insert_all().execute()
-        self.set_table_metadata(name, metadata or {})
-        version = self.version(name)
-        log.info("merged %s: %d inserted, %d updated, version %s", name, result.get("num_target_rows_inserted", 0),
-                 result.get("num_target_rows_updated", 0), version)
-        return version
+        """Validate ``table`` and merge it into unpartitioned ``name`` by its key in ONE commit (new keys
+        inserted, matched rows replaced when ``update``); no commit when nothing changes. Returns the version."""
+        return writes.merge_table(self, name, table, update=update, metadata=metadata)
 
     # ---- table metadata -------------------------------------------------------------------------
     def table_metadata(self, name: str) -> dict[str, str]:
@@ -318,23 +241,3 @@ class Warehouse:
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """Commits, newest first: version, timestamp, operation, parameters and custom metadata."""
         return self.delta_table(name).history(limit)
-
-
-def _validated_stream(spec: TableSpec, chunks: Iterator[pa.Table], errors: list[ValueError]) -> pa.RecordBatchReader:
-    """The chunks as one stream of record batches, each chunk validated when the reader reaches it (its
-    ValueError is also appended to ``errors``: the write reports it wrapped)."""
-    first = next(chunks, None)
-    if first is None:
-        raise ValueError(f"table {spec.name}: no chunks to write")
-    first = spec.validate(first)
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        yield from first.to_batches()
-        for chunk in chunks:
-            try:
-                valid = spec.validate(chunk)
-            except ValueError as exc:
-                errors.append(exc)
-                raise
-            yield from valid.to_batches()
-    return pa.RecordBatchReader.from_batches(first.schema, batches())

@@ -1,7 +1,7 @@
-"""``TableStore``: what the staged writer and the Spark bridge need from a warehouse.
+"""``TableStore``: what the writers, the staged writer and the Spark bridge need from a warehouse.
 
 ``stages.warehouse.facade.Warehouse`` satisfies it. The helpers depend on this protocol, not on the
-facade, so imports point one way: facade -> staging / spark_bridge -> commit -> stats.
+facade, so imports point one way: facade -> writes / staging / spark_bridge -> commit -> stats.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ class TableStore(Protocol):
     storage_options: dict[str, str]  # delta-rs storage options ({} for local paths)
 
     def table_uri(self, name: str) -> str: ...
+
+    def exists(self, name: str) -> bool: ...
 
     def delta_table(self, name: str, version: int | None = None) -> DeltaTable: ...
 
