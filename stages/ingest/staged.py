@@ -6,8 +6,9 @@ through ``Warehouse.stage_partition`` once it holds ``file_rows`` rows (every da
 ``commit`` makes ONE commit per table (``Warehouse.commit_staged_days``) replacing the days staged and emptying
 the days in ``clear``; ``discard`` deletes every file and manifest a table has not committed, so a run that fails
 before its commits leaves the warehouse as it was. Every staged chunk is validated against ``schemas/``; keys
-are unique per chunk by that check, and ``check_keys`` re-checks a day whose rows went into several files,
-reading that day's key columns back (its memory: one day's keys).
+are unique per chunk by that check, and ``check_keys`` re-checks a day whose rows went into several files before
+anything is committed (``stages.warehouse.keys.check_staged_keys``: key columns only, in passes of a bounded
+number of keys, so a day of any size fits).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 import schemas
-from schemas._base import show_rows
 from stages.ingest.tables import FACT_TABLES
 from stages.warehouse.commit import filesystem_for
 from stages.warehouse.facade import Warehouse
+from stages.warehouse.keys import check_staged_keys
 from stages.warehouse.staging import staging_dir
 
 log = logging.getLogger(__name__)
@@ -93,21 +93,11 @@ class DayStager:
         for day in list(self.buffers):
             self._write(day)
         if check_keys:
+            key = schemas.get(self.name).SPEC.key
             for day, stager in sorted(self.stagers.items()):
-                if len(stager.files) > 1:
-                    self._check_day_keys(day, [f"{self._root}/{f['path']}" for f in stager.files])
+                check_staged_keys(self._fs, self._root, self.name, key, stager.files, where=f"ds={day} of this ingest")
         for stager in self.stagers.values():
             stager.finish()
-
-    def _check_day_keys(self, day: str, paths: list[str]) -> None:
-        key = list(schemas.get(self.name).SPEC.key)
-        keys = pads.dataset(paths, format="parquet", filesystem=self._fs).to_table(columns=key)
-        counts = keys.group_by(key).aggregate([([], "count_all")])
-        dup = pc.greater(counts.column("count_all"), 1)
-        n_dup = pc.sum(pc.cast(dup, pa.int64())).as_py() or 0
-        if n_dup:
-            raise ValueError(f"{self.name}: key ({', '.join(key)}) has {n_dup} duplicated value(s) on {day} across "
-                             f"batches; rows: {show_rows(counts, dup)}")
 
     def commit(self, clear: list[str]) -> int:
         """ONE commit: the staged days replace their partitions, the other days of ``clear`` are emptied."""

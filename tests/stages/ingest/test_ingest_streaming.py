@@ -16,6 +16,7 @@ from stages.cli import app as cli
 from stages.ingest import staged, synthetic
 from stages.ingest.tables import dlrm_samples_from_events, ingest
 from stages.pipeline.registry import ingest as run_source
+from stages.warehouse import keys
 from stages.warehouse.facade import Warehouse
 from tests.stages.ingest_helpers import canonical, tree_snapshot
 
@@ -107,8 +108,8 @@ LATE = {  # row 26 (batch 7 of 4 rows) is bad
     "ts": ("1,999,yesterday,rating,4", r"batch 7 \(rows 24\.\.27\): column ts .*unparseable.* row 26: 'yesterday'"),
     "null": ("1,,2004-05-01T11:00:00Z,rating,4", r"batch 7 .*column item_id has 1 null value\(s\), first at row 26"),
     "duplicate across batches": ("1,200,2004-05-01T10:00:00Z,click,4",  # rated twice with row 0: same sample
-                                 r"dlrm_samples: key \(user_id, item_id, ts\) has 1 duplicated value\(s\) on "
-                                 r"2004-05-01 across batches"),
+                                 r"table dlrm_samples ds=2004-05-01 of this ingest: key \(user_id, item_id, ts\) "
+                                 r"appears 2 times across the staged files: user_id=1, item_id=200"),
     "epoch unit": ("1,999,1083405600,rating,4", "ts.*unparseable"),  # ISO batches, then a number
 }
 
@@ -125,6 +126,19 @@ def test_a_bad_value_in_a_late_batch_commits_nothing(case, tmp_path):
         run_source("events", {"path": _csv(tmp_path, rows), "batch_rows": 4}, warehouse=path)
     assert "\n" not in str(info.value)
     assert tree_snapshot(path) == snap
+
+
+def test_a_duplicate_across_batches_is_found_when_the_key_check_runs_in_passes(tmp_path, monkeypatch):
+    """A day with more keys than one pass holds is checked in user_id shares: the duplicate still meets itself."""
+    monkeypatch.setattr(keys, "KEY_CHECK_ROWS", 4)  # 30 rows per day -> several passes
+    path = str(tmp_path / "wh")
+    rows = _good_rows(60)
+    rows[57] = "1,200,2004-05-01T10:00:00Z,click,4"  # the sample of row 0 again, 14 batches later
+    with pytest.raises(ValueError, match=r"dlrm_samples ds=2004-05-01 .* appears 2 times .* user_id=1, item_id=200"):
+        run_source("events", {"path": _csv(tmp_path, rows), "batch_rows": 4}, warehouse=path)
+    rows[57] = "1,999,2004-05-01T11:00:00Z,rating,4"  # unique: the same passes let it through
+    summary = run_source("events", {"path": _csv(tmp_path, rows), "batch_rows": 4}, warehouse=path)
+    assert summary["events"] == 60
 
 
 def test_a_failed_first_ingest_leaves_no_folder(tmp_path, warehouse):
