@@ -166,10 +166,10 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     try:
         wh = Warehouse(root)
         t0 = time.perf_counter()
-        table = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed, DS)
-        existing = np.unique(table.column("user_id").to_numpy())
-        write_partition(wh, table, DS, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows, shards=cfg.shards)
-        del table
+        existing = np.arange(cfg.users, dtype=np.int64) * 2 + 1   # synthetic_knowledge's user ids
+        chunks = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed, DS,
+                                     chunk_users=max(1, cfg.file_rows // cfg.conditions))
+        write_partition(wh, chunks, DS, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows, shards=cfg.shards)
         earlier = [days_before(DS, i) for i in range(cfg.days - 1, 0, -1)]
         if earlier:
             link_days(wh, DS, earlier)

@@ -1,7 +1,8 @@
 """The synthetic ``user_knowledge`` table of ``lum bench query``: ``days`` partitions of one size, cheaply.
 
 ``synthetic_knowledge``: ``users * conditions`` rows sorted by (user_id, condition), odd user ids, vectorised
-numpy. ``write_partition``: day D staged as infer stages it (files of ``file_rows`` rows in row groups of
+numpy, yielded in chunks of users (memory holds one chunk, so 10M users x 16 conditions stream through).
+``write_partition``: day D staged as infer stages it (files of ``file_rows`` rows in row groups of
 ``row_group_rows``; ``shards`` > 1: that many hash shares of the users, each sorted, their ranges overlapping, as
 a multi-process infer writes them), one commit. ``link_days``: the other days as hard links of one day's files,
 committed in ONE commit with the same per-file statistics: the Delta log holds ``days`` partitions' files (what
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,37 +26,54 @@ from stages.warehouse.facade import Warehouse
 TABLE = "user_knowledge"
 
 
-def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int, ds: str) -> pa.Table:
-    """``users * conditions`` rows sorted by (user_id, condition); user ids 1, 3, 5, ... (odd)."""
-    rng = np.random.default_rng(seed)
-    n = users * conditions
-    user_ids = np.repeat(np.arange(users, dtype=np.int64) * 2 + 1, conditions)
+def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int, ds: str,
+                        chunk_users: int = 65_536) -> Iterator[pa.Table]:
+    """``users * conditions`` rows sorted by (user_id, condition), ``chunk_users`` users a table; user ids 1, 3,
+    5, ... (odd). Chunk k draws from its own generator (seed, k)."""
     names = np.array([f"category=c{j:02d}" for j in range(conditions)], dtype=object)
-    emb = rng.standard_normal((n, dim), dtype=np.float32)
-    return pa.table({
-        "ds": pa.array(np.full(n, ds, dtype=object), pa.string()),
-        "user_id": pa.array(user_ids),
-        "condition": pa.array(np.tile(names, users), pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim),
-        "model_version": pa.array(np.full(n, "lum-bench", dtype=object), pa.string()),
-        "history_len": pa.array(rng.integers(1, 200, n, dtype=np.int32)),
-    })
+    for k, first in enumerate(range(0, users, chunk_users)):
+        rng = np.random.default_rng([seed, k])
+        count = min(chunk_users, users - first)
+        n = count * conditions
+        user_ids = np.repeat(np.arange(first, first + count, dtype=np.int64) * 2 + 1, conditions)
+        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        yield pa.table({
+            "ds": pa.array(np.full(n, ds, dtype=object), pa.string()),
+            "user_id": pa.array(user_ids),
+            "condition": pa.array(np.tile(names, count), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim),
+            "model_version": pa.array(np.full(n, "lum-bench", dtype=object), pa.string()),
+            "history_len": pa.array(rng.integers(1, 200, n, dtype=np.int32)),
+        })
 
 
-def write_partition(wh: Warehouse, table: pa.Table, ds: str, *, row_group_rows: int, file_rows: int,
+def write_partition(wh: Warehouse, chunks: Iterable[pa.Table], ds: str, *, row_group_rows: int, file_rows: int,
                     shards: int = 1) -> int:
-    """Stage ``file_rows``-row files of ``row_group_rows``-row groups per shard, then ONE commit; returns files."""
-    share = (table.column("user_id").to_numpy() // 2) % shards
-    files = 0
+    """Stage ``file_rows``-row files of ``row_group_rows``-row groups per shard from sorted ``chunks`` (each shard
+    buffers less than a file), then ONE commit; returns the number of files."""
+    stagers = [wh.stage_partition(TABLE, ds=ds, run_id="bench", shard=f"{i}/{shards}") for i in range(shards)]
+    pending: list[list[pa.Table]] = [[] for _ in range(shards)]
+
+    def flush(i: int, final: bool) -> None:
+        part = pa.concat_tables(pending[i]) if pending[i] else None
+        pending[i] = []
+        while part is not None and (part.num_rows >= file_rows or (final and part.num_rows)):
+            stagers[i].write(part.slice(0, file_rows), row_group_size=row_group_rows)
+            part = part.slice(file_rows) if part.num_rows > file_rows else None
+        if part is not None and part.num_rows:
+            pending[i] = [part]
+
+    for table in chunks:
+        share = (table.column("user_id").to_numpy() // 2) % shards
+        for i in range(shards):
+            pending[i].append(table.filter(pa.array(share == i)) if shards > 1 else table)
+            if sum(t.num_rows for t in pending[i]) >= file_rows:
+                flush(i, final=False)
     for i in range(shards):
-        part = table.filter(pa.array(share == i)) if shards > 1 else table
-        stager = wh.stage_partition(TABLE, ds=ds, run_id="bench", shard=f"{i}/{shards}")
-        for start in range(0, part.num_rows, file_rows):
-            stager.write(part.slice(start, file_rows), row_group_size=row_group_rows)
-        stager.finish()
-        files += len(stager.files)
+        flush(i, final=True)
+        stagers[i].finish()
     wh.commit_staged(TABLE, ds=ds, run_id="bench", shards=shards)
-    return files
+    return sum(len(st.files) for st in stagers)
 
 
 def link_days(wh: Warehouse, source: str, days: Sequence[str]) -> int:

@@ -36,7 +36,7 @@ def encode(model: Any, batch: JaggedBatch, mode: str) -> torch.Tensor:
 def encode_batch(model: Any, batch: JaggedBatch, mode: str, *, next_cond: bool,
                  popularity: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(o_q (sum N_b, D) float32; with ``next_cond`` the (B, n_conditions) log p(next condition | history) of the
-    same forward, else None; with ``popularity`` the (sum N_b, POP_BUCKETS) popularity weights, else None).
+    same forward, else None; with ``popularity`` the (sum N_b, drift width) drift weights, else None).
     ``next_cond`` needs the model's next-condition head, ``popularity`` its time features."""
     with torch.inference_mode():
         if mode == "grouped":

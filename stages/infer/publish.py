@@ -21,7 +21,6 @@ import torch.distributed as dist
 from stages.core.phases import phase
 from stages.infer.chunks import ShardSpec, shard_of
 from stages.infer.encode import check_embeddings, embedding_array
-from stages.model.timefeat import POP_BUCKETS
 from stages.warehouse.facade import Warehouse
 
 TABLES = ("item_knowledge", "user_knowledge")  # commit order
@@ -43,19 +42,20 @@ def default_run_id(ds: str, version: str, sequences_version: int, shard: ShardSp
 
 
 def item_rows_table(model: Any, vocab: Any, *, dim: int, ds: str, version: str,
-                    shard: ShardSpec | None, buckets: np.ndarray | None = None) -> pa.Table:
+                    shard: ShardSpec | None, drift: np.ndarray | None = None) -> pa.Table:
     """item_knowledge rows: every item of the model vocabulary (this shard's hash share), sorted by item_id.
-    ``buckets`` (n_item_rows,) popularity buckets as of the query day (time-aware models): the embedding is
-    [e_i, one-hot of the item's bucket], the partner of user_knowledge's [o, T * popularity weights]."""
+    ``drift`` (n_item_rows, W) multi-hot buckets as of the query day (time-aware models,
+    ``Popularity.item_features``): the embedding is [e_i, the item's row of it], the partner of
+    user_knowledge's [o, T * drift weights]."""
     ids = np.asarray(vocab.item_ids, dtype=np.int64)
     keep = np.ones(len(ids), dtype=bool) if shard is None else shard_of(ids, shard.count) == shard.index
     ids = ids[keep]
     rows = vocab.item_rows(ids)
     with torch.inference_mode():
         emb = model.item_embeddings(torch.from_numpy(rows)).float().cpu().numpy() if len(rows) else \
-            np.zeros((0, dim - (0 if buckets is None else POP_BUCKETS)), dtype=np.float32)
-    if buckets is not None:
-        emb = np.concatenate([emb, np.eye(POP_BUCKETS, dtype=np.float32)[buckets[rows]]], axis=1)
+            np.zeros((0, dim - (0 if drift is None else drift.shape[1])), dtype=np.float32)
+    if drift is not None:
+        emb = np.concatenate([emb, drift[rows]], axis=1)
     check_embeddings(emb, dim, what=f"item_knowledge ds={ds}")
     return pa.table({
         "ds": pa.array([ds] * len(ids), pa.string()),

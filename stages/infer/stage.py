@@ -190,11 +190,11 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_v
     for c in fixed or []:
         vocab.condition_id(c)  # every query condition must be known to the model: fail before any work
     shard_arg = None if shard is None else shard.label
-    query_ts, item_buckets = None, None
-    if model.cfg.time_features:  # queries are asked at the end of ds, items ranked by popularity up to ds
+    query_ts, item_drift = None, None
+    if model.cfg.time_features:  # queries are asked at the end of ds, items ranked by popularity (age) up to ds
         query_ts = int(day_end(ds).timestamp())
-        item_buckets = popularity_for(wh, vocab, first_ds=next_day(ds), last_ds=next_day(ds),
-                                      window=model.cfg.popularity_days).buckets[0]
+        item_drift = popularity_for(wh, vocab, first_ds=next_day(ds), last_ds=next_day(ds),
+                                    window=model.cfg.popularity_days, item_age=model.cfg.item_age).item_features()
     total, chunks = sequence_chunks(wh, ds, seq_version, SEQUENCE_COLUMNS, cfg.chunk_users, shard)
     progress = Progress("infer", total, unit="users")
     stats = ChunkStats()
@@ -220,7 +220,7 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_v
     user_stager.finish()
 
     item_stager = wh.stage_partition("item_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim)
-    items = item_rows_table(model, vocab, dim=dim, ds=ds, version=version, shard=shard, buckets=item_buckets)
+    items = item_rows_table(model, vocab, dim=dim, ds=ds, version=version, shard=shard, drift=item_drift)
     item_stager.write(items, row_group_size=cfg.row_group_rows)
     item_stager.finish()
     elapsed = progress.done()

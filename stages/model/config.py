@@ -1,14 +1,14 @@
 """The LUM's shape: ``ModelConfig`` (stored with every model version; re-exported by stages.model.lum).
 
 ``knowledge_dim`` is the width of the knowledge tables' embeddings: d_model, plus the popularity buckets
-when the model has time features (stages.model.timefeat).
+(and the age buckets with ``item_age``) when the model has time features (stages.model.timefeat).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.model.timefeat import POP_BUCKETS
+from stages.model.timefeat import drift_width
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class ModelConfig:
                                  # weight of each item's recent-popularity bucket (stages.model.timefeat);
                                  # chosen on the validation day (README, "Knowledge on the days it is used")
     popularity_days: int = 30    # the recent-popularity window of time_features, in days before the query day
+    item_age: bool = False       # with time_features: also a learned per-query weight of each item's age bucket
+                                 # (days since its first event); reads every earlier events partition's item_id
+                                 # at pretrain and infer. Measured on the validation day: README
 
     def check(self) -> None:
         if self.d_model <= 0 or self.n_heads <= 0 or self.d_model % self.n_heads:
@@ -45,12 +48,19 @@ class ModelConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.popularity_days < 1:
             raise ValueError(f"popularity_days must be >= 1, got {self.popularity_days}")
+        if self.item_age and not self.time_features:
+            raise ValueError("item_age = true needs time_features = true (the age weights share its drift head)")
 
     @property
     def knowledge_dim(self) -> int:
-        """Width of the knowledge tables' embeddings: d_model, plus POP_BUCKETS with time_features (the query's
-        bucket weights x T in user_knowledge, the item's one-hot bucket in item_knowledge)."""
-        return self.d_model + (POP_BUCKETS if self.time_features else 0)
+        """Width of the knowledge tables' embeddings: d_model, plus the drift width with time_features (the
+        query's bucket weights x T in user_knowledge, the item's multi-hot buckets in item_knowledge)."""
+        return self.d_model + self.drift_width
+
+    @property
+    def drift_width(self) -> int:
+        """Outputs of the drift head: POP_BUCKETS (+ AGE_BUCKETS with item_age); 0 without time_features."""
+        return drift_width(self.item_age) if self.time_features else 0
 
     @property
     def history_len(self) -> int:

@@ -1,4 +1,5 @@
-"""Daily item counts from ``events`` -> the ``Popularity`` table a time-aware LUM trains and infers with.
+"""Daily item counts from ``events`` -> the ``Popularity`` table (and item ages) a time-aware LUM trains and
+infers with.
 
 Each day's events are streamed in batches of ``READ_ROWS`` rows (item_id only) and reduced to (day, item, count)
 triples, so memory holds a batch and the distinct (day, item) pairs, never the events.
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from stages.core.dates import days_before, parse_ds, prev_day
-from stages.model.timefeat import Popularity, build_popularity
+from stages.model.timefeat import Popularity, build_popularity, first_event_days
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.reads import partition_filters, pyarrow_dataset
 
@@ -54,10 +55,17 @@ def daily_item_counts(wh: Warehouse, *, start: str | None, end: str) -> tuple[np
     return np.concatenate(out_d), np.concatenate(out_i), np.concatenate(out_c)
 
 
-def popularity_for(wh: Warehouse, vocab, *, first_ds: str, last_ds: str, window: int) -> Popularity:
+def popularity_for(wh: Warehouse, vocab, *, first_ds: str, last_ds: str, window: int,
+                   item_age: bool = False) -> Popularity:
     """Buckets of the vocabulary's item rows as of the start of each day first_ds .. last_ds (reads events of
-    days first_ds - window .. last_ds - 1 only: a day's buckets never see the day itself)."""
-    day, item, count = daily_item_counts(wh, start=days_before(first_ds, window), end=prev_day(last_ds))
-    return build_popularity(day, vocab.item_rows(item), count, n_item_rows=vocab.n_item_rows,
-                            first_day=_epoch_day(first_ds), last_day=_epoch_day(last_ds), window=window)
+    days first_ds - window .. last_ds - 1 only: a day's buckets never see the day itself). ``item_age``: also
+    each row's first event day, which reads every events partition before last_ds (item_id only)."""
+    start = None if item_age else days_before(first_ds, window)
+    day, item, count = daily_item_counts(wh, start=start, end=prev_day(last_ds))
+    rows = vocab.item_rows(item)
+    pop = build_popularity(day, rows, count, n_item_rows=vocab.n_item_rows,
+                           first_day=_epoch_day(first_ds), last_day=_epoch_day(last_ds), window=window)
+    if item_age:
+        pop.first_day = first_event_days(day, rows, vocab.n_item_rows)
+    return pop
 

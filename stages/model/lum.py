@@ -9,7 +9,7 @@ Outputs ``o`` (at condition tokens) and item embeddings ``e`` are L2-normalised:
 i_{l-1} and predicts c_l, tied to the feature embeddings: log p(condition | history).
 Attention goes through ``kernels`` only: packed causal attention in training, grouped queries at inference.
 time_features: a gap embedding on every condition token and a per-query logit bonus per candidate popularity
-bucket (``popularity_weights``; stages.model.timefeat).
+bucket, and per age bucket with item_age (``popularity_weights``; stages.model.timefeat).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from kernels import grouped_query_attention, plan_causal_attention
 from stages.model.config import ModelConfig
-from stages.model.timefeat import GAP_BUCKETS, POP_BUCKETS, gap_bucket_of, gap_buckets
+from stages.model.timefeat import GAP_BUCKETS, gap_bucket_of, gap_buckets
 from stages.model.vocab import interleave
 
 TRAINING_BACKENDS = ("auto", "sdpa_mask", "kernel", "varlen")  # LUM.attention_backend values
@@ -81,7 +81,7 @@ class LUM(nn.Module):
         # time: the gap before each behaviour on its condition token; pop_head turns a query's state into a
         # logit bonus per popularity bucket of the candidate (zero at init: the plain model)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, cfg.d_model) if cfg.time_features else None
-        self.pop_head = nn.Linear(cfg.d_model, POP_BUCKETS) if cfg.time_features else None
+        self.pop_head = nn.Linear(cfg.d_model, cfg.drift_width) if cfg.time_features else None
         self.apply(self._init)
         if self.pop_head is not None:
             nn.init.zeros_(self.pop_head.weight)
@@ -112,7 +112,8 @@ class LUM(nn.Module):
         return x
 
     def popularity_weights(self, h: torch.Tensor) -> torch.Tensor:
-        """(P, POP_BUCKETS) logit bonus of each candidate popularity bucket for query states h (P, d_model)."""
+        """(P, cfg.drift_width) logit bonus of each candidate bucket (popularity, then age with item_age) for
+        query states h (P, d_model)."""
         if self.pop_head is None:
             raise ValueError("popularity_weights: model has no time features (time_features = false)")
         return self.pop_head(h).float()
@@ -170,7 +171,7 @@ class LUM(nn.Module):
         with_item_hidden: also return the (N, d_model) final-LN hidden states at the item tokens (row n is
         the state after i_n; the next-condition head turns it into a prediction of conds[n + 1]).
         ts: (N,) int64 epoch seconds of the behaviours (time_features: the gap buckets; None = bucket 0).
-        with_popularity: also return (N, POP_BUCKETS) popularity weights of the condition positions.
+        with_popularity: also return (N, cfg.drift_width) drift weights of the condition positions.
         Returns o, then item states if asked, then popularity weights if asked (a tuple when anything is asked)."""
         cu = cu_seqlens.to(torch.long)
         n_beh = cu[1:] - cu[:-1]
@@ -211,8 +212,8 @@ class LUM(nn.Module):
         at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
         Needs the next-condition head (raises ValueError without it).
         hist_ts (sum L_b,) int64 epoch seconds and query_ts (B,) the query time (time_features: gap buckets; the
-        queries' gap is query_ts - the last behaviour's ts). with_popularity: also return (sum N_b, POP_BUCKETS)
-        popularity weights. Returns o, then log p if asked, then popularity weights if asked.
+        queries' gap is query_ts - the last behaviour's ts). with_popularity: also return (sum N_b, cfg.drift_width)
+        drift weights. Returns o, then log p if asked, then popularity weights if asked.
         """
         dev = hist_item_rows.device
         cu_h = cu_seqlens_hist.to(device=dev, dtype=torch.long)

@@ -126,12 +126,13 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
             raise ValueError(f"no model version through {prev_day(ds)} to warm-start from (require_warm_start=true)")
         log.info("no model version through %s: training from scratch", prev_day(ds))
     loaded = model_store.load(wh.uri, parent) if parent is not None else None
-    if loaded is not None and loaded.model.cfg.time_features != cfg.model.time_features:
-        # the knowledge width follows time_features: a daily run keeps its parent's, so the tables keep theirs
-        log.warning("pretrain: parent %s has time_features=%s; keeping it (rerun with --retrain to change it)",
-                    parent, loaded.model.cfg.time_features)
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                 time_features=loaded.model.cfg.time_features))
+    width_keys = ("time_features", "item_age")
+    kept = {k: getattr(loaded.model.cfg, k) for k in width_keys} if loaded is not None else {}
+    if kept and kept != {k: getattr(cfg.model, k) for k in width_keys}:
+        # the knowledge width follows these: a daily run keeps its parent's, so the tables keep theirs
+        log.warning("pretrain: parent %s has %s; keeping it (rerun with --retrain to change it)", parent,
+                    ", ".join(f"{k}={v}" for k, v in kept.items()))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **kept))
     warm, timed = parent is not None, cfg.model.time_features
     # scratch runs train every window; warm-started daily runs only the newest one (what changed is in it)
     plan = Plan(max_len=cfg.model.max_len, windows=1 if warm else cfg.train_windows, timed=timed, eval=cfg.eval,
@@ -150,7 +151,7 @@ def _run(cfg: Config, *, ds: str, warehouse: Warehouse | str) -> dict:
     model.to(device)
 
     popularity = popularity_for(wh, vocab, first_ds=first_day(stream.first_ts, ds), last_ds=ds,
-                                window=cfg.model.popularity_days) if timed else None
+                                window=cfg.model.popularity_days, item_age=cfg.model.item_age) if timed else None
     counts = torch.from_numpy(stream.item_counts)
     n_seqs = stream.sequences
     train_stats: dict = {"steps": 0}

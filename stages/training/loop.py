@@ -284,9 +284,9 @@ def _same_shapes(saved: dict, opt) -> bool:
 
 
 def _popularity_bias(weights: torch.Tensor, days: torch.Tensor, popularity):
-    """cands (C,) -> (P, C): each query's weight (``weights`` (P, POP_BUCKETS)) of each candidate's popularity
-    bucket on the query's epoch day (``days`` (P,))."""
-    return lambda cands: weights.gather(1, popularity.at(days, cands))
+    """cands (C,) -> (P, C): each query's weights (``weights`` (P, drift width)) of each candidate's popularity
+    (and age) bucket on the query's epoch day (``days`` (P,))."""
+    return lambda cands: popularity.bias(weights, days, cands)
 
 
 def _local_loss(model, out, targets, candidates, log_q, accuracy=True, bias=None):

@@ -112,9 +112,9 @@ def evaluate(model, vocab, cases: list[tuple[np.ndarray, np.ndarray, int, int]],
         t_bias = 0.0
         if timed:  # (B, C+1, P) weights; bucket of every item on each target's day
             w = res.pop(0).float().view(B, n_c + 1, -1)
-            bk = popularity.at(epoch_day(qts), torch.arange(1, E.shape[0], device=dev))        # (B, n_items)
-            per_cond = per_cond + w[:, :n_c].gather(2, bk[:, None, :].expand(B, n_c, -1))
-            t_bias = w[:, n_c].gather(1, bk)
+            for bk in popularity.columns(epoch_day(qts), torch.arange(1, E.shape[0], device=dev)):  # (B, n_items)
+                per_cond = per_cond + w[:, :n_c].gather(2, bk[:, None, :].expand(B, n_c, -1))
+                t_bias = t_bias + w[:, n_c].gather(1, bk)
         per_cond = per_cond.masked_fill(excluded, float("-inf"))
         user_of = torch.repeat_interleave(torch.arange(B, device=dev), torch.from_numpy(lens).to(dev))
         seen = torch.zeros(B, E.shape[0] - 1, dtype=torch.bool, device=dev)   # (B, n_items)

@@ -8,7 +8,17 @@ import torch
 
 from stages.model.losses import info_nce_loss
 from stages.model.lum import ModelConfig, build_model
-from stages.model.timefeat import GAP_BUCKETS, POP_BUCKETS, build_popularity, gap_bucket_of, gap_buckets, share_buckets
+from stages.model.timefeat import (
+    AGE_BUCKETS,
+    GAP_BUCKETS,
+    POP_BUCKETS,
+    age_buckets,
+    build_popularity,
+    first_event_days,
+    gap_bucket_of,
+    gap_buckets,
+    share_buckets,
+)
 from stages.model.vocab import Vocab
 
 DAY = 86_400
@@ -59,6 +69,33 @@ def test_popularity_counts_only_the_window_before_each_day():
     assert got.tolist() == [[0, b[1, 1]], [b[3, 2], 0], [b[4, 2], b[4, 1]]]
     with pytest.raises(ValueError, match="window 0"):
         build_popularity(np.zeros(0), np.zeros(0), np.zeros(0), n_item_rows=3, first_day=1, last_day=2, window=0)
+
+
+def test_age_buckets_are_half_octaves_of_days_since_the_first_event():
+    assert age_buckets(torch.tensor([-3, 0, 1, 2, 3, 4, 10**9])).tolist() == [0, 0, 1, 3, 4, 5, AGE_BUCKETS - 1]
+    first = first_event_days(np.array([12, 10, 11, 15]), np.array([2, 2, 0, 9]), n_item_rows=4)
+    assert first[2] == 10 and first[0] > 10**15 and first[1] > 10**15  # OOV and out-of-range rows: no event
+    pop = build_popularity(np.array([10, 12]), np.array([1, 2]), np.array([3, 1]), n_item_rows=3,
+                           first_day=10, last_day=14, window=30)
+    pop.first_day = first_event_days(np.array([10, 12]), np.array([1, 2]), n_item_rows=3)
+    assert pop.width == POP_BUCKETS + AGE_BUCKETS
+    days, rows = torch.tensor([11, 14]), torch.tensor([1, 2])
+    pop_idx, age_idx = pop.columns(days, rows)
+    torch.testing.assert_close(pop_idx, pop.at(days, rows))
+    # day 11: row 1 is 1 day old, row 2 has no event yet; day 14: 4 and 2 days old
+    assert (age_idx - POP_BUCKETS).tolist() == [[1, 0], [5, 3]]
+    w = torch.randn(2, pop.width)
+    want = w.gather(1, pop_idx) + w.gather(1, age_idx)
+    torch.testing.assert_close(pop.bias(w, days, rows), want)
+    feats = pop.item_features(4)   # day 14, every row: two-hot, one popularity and one age bucket each
+    assert feats.shape == (3, pop.width) and (feats.sum(1) == 2).all()
+    assert feats[2, POP_BUCKETS + 3] == 1 and feats[1, POP_BUCKETS + 5] == 1 and feats[0, POP_BUCKETS] == 1
+    plain = build_popularity(np.array([10]), np.array([1]), np.array([3]), n_item_rows=3, first_day=10,
+                             last_day=11, window=30)
+    assert plain.width == POP_BUCKETS and (plain.item_features(1).sum(1) == 1).all()
+    with pytest.raises(ValueError, match="item_age = true needs time_features"):
+        ModelConfig(time_features=False, item_age=True).check()
+    assert ModelConfig(item_age=True).knowledge_dim == ModelConfig().d_model + POP_BUCKETS + AGE_BUCKETS
 
 
 def test_a_query_asked_at_time_t_equals_training_on_a_behaviour_at_t():

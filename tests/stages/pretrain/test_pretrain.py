@@ -9,7 +9,7 @@ import torch
 
 from stages.core.config import from_mapping
 from stages.model import store as model_store
-from stages.model.timefeat import POP_BUCKETS
+from stages.model.timefeat import AGE_BUCKETS, POP_BUCKETS
 from stages.pretrain import stage as pretrain
 from tests.stages.pretrain_fixtures import TINY, make_warehouse
 
@@ -59,7 +59,7 @@ def test_config_nests_model_and_train_options():
     default = from_mapping(pretrain.Config, {})
     assert default.train.epochs == pretrain.SCRATCH_EPOCHS and default.continue_epochs == 1.0
     # the hash of the flat Config (pinned: a change restarts interrupted runs; new options change it on purpose)
-    assert pretrain.config_hash(default) == "458da599"
+    assert pretrain.config_hash(default) == "3efacb18"
     with pytest.raises(ValueError, match="unknown Config option"):
         _cfg(d_modle=8)
 
@@ -177,3 +177,9 @@ def test_a_daily_run_keeps_its_parents_time_features(warehouse):
     assert child.model.cfg.time_features is False and child.meta["dim"] == TINY["d_model"]
     pretrain.run(_cfg(retrain=True), ds=d2, warehouse=warehouse)
     assert model_store.load(warehouse, "lum-" + d2).meta["dim"] == TINY["d_model"] + POP_BUCKETS
+    # item_age widens the knowledge too: a parent with it passes it on, one without keeps it off
+    pretrain.run(_cfg(retrain=True, item_age=True), ds=d1, warehouse=warehouse)
+    pretrain.run(_cfg(), ds=d2, warehouse=warehouse)
+    child = model_store.load(warehouse, "lum-" + d2)
+    assert child.meta["parent"] == "lum-" + d1 and child.model.cfg.item_age is True
+    assert child.meta["dim"] == TINY["d_model"] + POP_BUCKETS + AGE_BUCKETS

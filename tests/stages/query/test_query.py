@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from stages.bench.query_data import synthetic_knowledge
 from stages.cli.app import main
 from stages.pipeline.registry import run_with
 from stages.query.lookup import query_many, query_user_knowledge
@@ -190,6 +191,18 @@ def test_env_warehouse_is_used(kwh, capsys, monkeypatch):
     assert main(["query", "--user-id", "4"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 3
     assert os.environ["LUM_WAREHOUSE"] == kwh
+
+
+def test_bench_query_table_streams_in_user_chunks():
+    """The bench's synthetic day comes in chunks of users (10M users never sit in memory at once): together they
+    are every (odd user, condition) once, sorted, and a chunk's values do not depend on the chunk size."""
+    chunks = list(synthetic_knowledge(1000, 4, 8, seed=0, ds="2000-12-30", chunk_users=300))
+    assert [c.num_rows for c in chunks] == [1200, 1200, 1200, 400]
+    ids = np.concatenate([c.column("user_id").to_numpy() for c in chunks])
+    assert (np.diff(ids) >= 0).all() and set(ids.tolist()) == set(range(1, 2000, 2))
+    assert len(set(zip(ids.tolist(), pa.concat_tables(chunks).column("condition").to_pylist()))) == 4000
+    again = next(synthetic_knowledge(1000, 4, 8, seed=0, ds="2000-12-30", chunk_users=300))
+    assert again.equals(chunks[0])
 
 
 def test_bench_query_small(warehouse):
