@@ -1,8 +1,8 @@
 """``lum bench query``: knowledge lookups in a many-day table, before and after the maintain stage.
 
 Builds ``user_knowledge`` in a throwaway warehouse (``stages.bench.query_data``): day D = ``users`` x
-``conditions`` rows of ``dim`` float32, staged as infer stages it (``shards`` > 1: hash shares with overlapping
-user ranges), plus ``days - 1`` earlier days as hard links of D's files, so the log lists ``days`` partitions.
+``conditions`` rows of ``dim`` float32, staged as infer stages it (writes of ``file_rows`` sharing files up to
+``file_mb``; ``shards`` > 1: hash shares with overlapping user ranges), plus ``days - 1`` earlier days as hard links of D's files, so the log lists ``days`` partitions.
 Every call starts from scratch (open the Delta table, list the snapshot, pick files and row groups), timed:
 - ``single``: one random user of day D;  ``single_newest``: one user, newest day;  ``batch_100``: 100 users in
   one ``query_user_knowledge`` call;  ``unknown``: a missing user;
@@ -34,6 +34,7 @@ import pyarrow as pa
 from stages.bench.query_baseline import query_many_baseline
 from stages.bench.query_data import link_days, synthetic_knowledge, write_partition
 from stages.core.dates import days_before
+from stages.infer.stage import Config as InferConfig
 from stages.maintain import stage as maintain
 from stages.query.lookup import query_many, query_user_knowledge
 from stages.warehouse.facade import Warehouse
@@ -56,7 +57,8 @@ class Config:
     days: int = 30  # partitions in the table (the log every lookup lists)
     shards: int = 1  # hash shares day D is staged in (a multi-process infer); > 1 overlaps their user ranges
     row_group_rows: int = 8_192  # parquet row-group size (infer's default): a lookup decodes one group
-    file_rows: int = 65_536  # rows per staged file (infer: chunk_users x conditions)
+    file_rows: int = 65_536  # rows per staged write (infer: chunk_users x conditions)
+    file_mb: int = InferConfig.file_mb  # staged writes share files up to this size, as infer's (0: a file each)
     lookups: int = 200  # timed calls per single-user kind (batch_100 makes a tenth of them)
     batch_users: int = 100_000  # users per query_many call
     batches: int = 3  # timed query_many calls
@@ -72,6 +74,8 @@ class Config:
         for name in ("conditions", "dim", "days", "shards", "row_group_rows", "file_rows", "batch_users", "batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.file_mb < 0:
+            raise ValueError(f"file_mb must be >= 0 (0: a file per write), got {self.file_mb}")
         if self.batch_users > self.users:
             raise ValueError(f"batch_users must be <= users ({self.users}), got {self.batch_users}")
 
@@ -169,7 +173,8 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
         existing = np.arange(cfg.users, dtype=np.int64) * 2 + 1   # synthetic_knowledge's user ids
         chunks = synthetic_knowledge(cfg.users, cfg.conditions, cfg.dim, cfg.seed, DS,
                                      chunk_users=max(1, cfg.file_rows // cfg.conditions))
-        write_partition(wh, chunks, DS, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows, shards=cfg.shards)
+        write_partition(wh, chunks, DS, row_group_rows=cfg.row_group_rows, file_rows=cfg.file_rows, shards=cfg.shards,
+                        file_bytes=cfg.file_mb << 20 if cfg.file_mb else None)
         earlier = [days_before(DS, i) for i in range(cfg.days - 1, 0, -1)]
         if earlier:
             link_days(wh, DS, earlier)

@@ -2,8 +2,8 @@
 
 ``synthetic_knowledge``: ``users * conditions`` rows sorted by (user_id, condition), odd user ids, vectorised
 numpy, yielded in chunks of users (memory holds one chunk, so 10M users x 16 conditions stream through).
-``write_partition``: day D staged as infer stages it (files of ``file_rows`` rows in row groups of
-``row_group_rows``; ``shards`` > 1: that many hash shares of the users, each sorted, their ranges overlapping, as
+``write_partition``: day D staged as infer stages it (writes of ``file_rows`` rows in row groups of
+``row_group_rows``, sharing files up to ``file_bytes``; ``shards`` > 1: that many hash shares of the users, each sorted, their ranges overlapping, as
 a multi-process infer writes them), one commit. ``link_days``: the other days as hard links of one day's files,
 committed in ONE commit with the same per-file statistics: the Delta log holds ``days`` partitions' files (what
 every lookup lists) for the disk and time of one. Local warehouses only.
@@ -48,10 +48,12 @@ def synthetic_knowledge(users: int, conditions: int, dim: int, seed: int, ds: st
 
 
 def write_partition(wh: Warehouse, chunks: Iterable[pa.Table], ds: str, *, row_group_rows: int, file_rows: int,
-                    shards: int = 1) -> int:
-    """Stage ``file_rows``-row files of ``row_group_rows``-row groups per shard from sorted ``chunks`` (each shard
-    buffers less than a file), then ONE commit; returns the number of files."""
-    stagers = [wh.stage_partition(TABLE, ds=ds, run_id="bench", shard=f"{i}/{shards}") for i in range(shards)]
+                    shards: int = 1, file_bytes: int | None = None) -> int:
+    """Stage ``file_rows``-row writes of ``row_group_rows``-row groups per shard from sorted ``chunks`` (each shard
+    buffers less than a write; ``file_bytes``: consecutive writes share files of that size, as infer's
+    ``file_mb``), then ONE commit; returns the number of files."""
+    stagers = [wh.stage_partition(TABLE, ds=ds, run_id="bench", shard=f"{i}/{shards}", file_bytes=file_bytes)
+               for i in range(shards)]
     pending: list[list[pa.Table]] = [[] for _ in range(shards)]
 
     def flush(i: int, final: bool) -> None:

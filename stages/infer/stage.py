@@ -5,8 +5,9 @@
 user_id-ordered chunks of ``chunk_users``; each user's last
 ``history_len`` (max_len - 1) behaviours and N query conditions (``stages.core.conditions``) are encoded in
 ``grouped`` or ``naive`` mode, at most ``token_budget`` tokens per forward. Each table's partition D is
-published by one commit (``stages.infer.publish``); ``user_knowledge`` files are user_id-sorted with disjoint
-ranges and ``row_group_rows``-row groups, so a point lookup reads about one group.
+published by one commit (``stages.infer.publish``); ``user_knowledge`` files (consecutive chunks share one up
+to ``file_mb``) are user_id-sorted with disjoint ranges and ``row_group_rows``-row groups, so a point lookup
+reads about one group.
 Every row carries ``condition_logprob`` (log p(condition | history), normalised over the user's conditions, from
 the same forward) and ``temperature`` (stages.infer.encode); a model without the next-condition head falls back
 to the history-frequency prior, logged and named in the summary (``condition_prior``).
@@ -53,7 +54,9 @@ class Config:
     with_features: str = ""  # e.g. "scenario=rating" merged into every condition; "liked=*": each liked value
     #                          (the default for a model with liked: both values, unless this names liked)
     token_budget: int = 16384  # tokens per forward: bounds activation memory whatever the history lengths
-    chunk_users: int = 4096  # users per staged file: bounds memory and sets the file size
+    chunk_users: int = 4096  # users per chunk read and encoded: bounds memory
+    file_mb: int = 256  # staged user_knowledge files grow to about this size (Arrow MB; 0: one file per chunk):
+    #                     fewer files to list for every lookup, and fewer tombstones once maintain rewrites them
     row_group_rows: int = 8192  # parquet row group size: a point lookup reads about one group
     device: str = "auto"  # "auto" = cuda when available, else cpu
     run_id: str | None = None  # shared by all shards of one run; None = derived (publish.default_run_id)
@@ -68,6 +71,8 @@ def _validate_cfg(cfg: Config) -> None:
     for name in ("token_budget", "chunk_users", "row_group_rows"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.file_mb < 0:
+        raise ValueError(f"file_mb must be >= 0 (0: one file per chunk), got {cfg.file_mb}")
 
 
 # ---- inputs: model version and sequences snapshot -------------------------------------------------
@@ -198,7 +203,8 @@ def _infer_partition(cfg: Config, *, ds: str, wh: Warehouse, version: str, seq_v
     total, chunks = sequence_chunks(wh, ds, seq_version, SEQUENCE_COLUMNS, cfg.chunk_users, shard)
     progress = Progress("infer", total, unit="users")
     stats = ChunkStats()
-    user_stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim)
+    user_stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard=shard_arg, dim=dim,
+                                     file_bytes=cfg.file_mb << 20 if cfg.file_mb else None)
     seen, checked, last_max = 0, False, None
     for chunk in chunks:
         seen += chunk.num_rows

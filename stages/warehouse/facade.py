@@ -170,9 +170,10 @@ class Warehouse:
 
     # ---- staged and Spark writes (stages.warehouse.staging, stages.warehouse.spark_bridge) ----------
     def stage_partition(self, name: str, *, ds: str, run_id: str, shard: str | None = None,
-                        dim: int | None = None) -> staging.PartitionStager:
-        """A stager for shard ``shard`` ("i/n") of partition ``ds``; its files stay invisible until committed."""
-        return staging.PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim)
+                        dim: int | None = None, file_bytes: int | None = None) -> staging.PartitionStager:
+        """A stager for shard ``shard`` ("i/n") of partition ``ds``; its files stay invisible until committed.
+        ``file_bytes``: sorted chunks share files of about that size (None: one file per chunk)."""
+        return staging.PartitionStager(self, name, ds=ds, run_id=run_id, shard=shard, dim=dim, file_bytes=file_bytes)
 
     def commit_staged(self, name: str, *, ds: str, run_id: str, shards: int | None = None,
                       metadata: dict[str, str] | None = None) -> int:

@@ -73,26 +73,37 @@ def app_id_for(name: str, ds: str, run_id: str) -> str:
 
 
 class PartitionStager:
-    """Writes validated chunks of one shard of partition ``ds`` as parquet files, then a manifest."""
+    """Writes validated chunks of one shard of partition ``ds`` as parquet files, then a manifest.
+
+    ``file_bytes`` None: one file per ``write``. Else a chunk is appended to the open file while the file holds
+    less than ``file_bytes`` (Arrow bytes written) and the chunk's first key column starts above the file's
+    largest value (sorted appends: no key repeats across a file's chunks, so the commit's key check, which
+    trusts each file, stays exact); otherwise the file is closed and the chunk starts the next one. Fewer,
+    larger files mean fewer add actions (and, once rewritten, fewer tombstones) for every reader to list."""
 
     def __init__(self, wh: TableStore, name: str, *, ds: str, run_id: str, shard: str | None = None,
-                 dim: int | None = None):
+                 dim: int | None = None, file_bytes: int | None = None):
         self.spec = schemas.get(name).SPEC
         if "ds" not in self.spec.partition_by:
             raise ValueError(f"table {name} is not partitioned; stage_partition needs a ds table")
+        if file_bytes is not None and file_bytes < 1:
+            raise ValueError(f"file_bytes must be >= 1 or None, got {file_bytes}")
         self.wh, self.name, self.ds = wh, name, check_ds(ds)
         self.run_id = _check_run_id(run_id)
         self.shard, self.n_shards = parse_shard(shard)
         self.dim = dim
+        self.file_bytes = file_bytes
         self.files: list[dict] = []
         self.rows = 0
         self.finished = False
         self._fs, self._table_path = filesystem_for(wh.table_uri(name))
         self._stage_root = filesystem_for(staging_dir(wh, name, self.ds, self.run_id))[1]
         self._token = uuid.uuid4().hex[:12]  # distinguishes attempts of the same run and shard
+        self._open: dict | None = None  # the file being appended to: path, writer, rows, bytes, key range
 
     def write(self, table: pa.Table, *, row_group_size: int | None = None) -> int:
-        """Validate one chunk and write it as one parquet file; returns the rows written.
+        """Validate one chunk and write it (a new file, or appended to the open one: see the class); returns
+        the rows written.
 
         ``row_group_size``: rows per parquet row group (None: pyarrow's default); small groups of a
         sorted chunk let a point lookup read one group."""
@@ -103,29 +114,59 @@ class PartitionStager:
             self.dim = self.spec.infer_dim(data)  # later chunks must agree with the first
         if data.num_rows == 0:
             return 0
+        lo, hi = key_range(data, self.spec.key[0])
+        # delta-rs data files hold no partition column: ds lives in the add action
+        body = data.drop_columns(["ds"])
+        if self._open is not None and not self._appends(body, lo):
+            self._close()
+        if self._open is None:
+            self._start(body.schema, lo)
+        f = self._open
+        with phase("staging", f"{self.name} ds={self.ds} file {len(self.files)}"):
+            f["writer"].write_table(body, row_group_size=row_group_size)
+        f["rows"] += data.num_rows
+        f["bytes"] += body.nbytes
+        f["key_max"] = hi
+        self.rows += data.num_rows
+        if self.file_bytes is None:
+            self._close()
+        return data.num_rows
+
+    def _appends(self, body: pa.Table, lo) -> bool:
+        f = self._open
+        return (self.file_bytes is not None and f["bytes"] < self.file_bytes and body.schema.equals(f["schema"])
+                and lo is not None and f["key_max"] is not None and type(lo) is type(f["key_max"])
+                and lo > f["key_max"])
+
+    def _start(self, schema: pa.Schema, lo) -> None:
         relpath = (f"ds={self.ds}/lum-{self.run_id.replace(':', '_')}-s{self.shard}of{self.n_shards}-"
                    f"{self._token}-{len(self.files):05d}.parquet")
         self._fs.create_dir(f"{self._table_path}/ds={self.ds}", recursive=True)
-        # delta-rs data files hold no partition column: ds lives in the add action
-        footer: list[pq.FileMetaData] = []  # the footer as written: the commit needs not read it back
-        with phase("staging", f"{self.name} ds={self.ds} file {len(self.files)}"):
-            body = data.drop_columns(["ds"])
-            # float vectors compress nothing into dictionary pages: plain pages are smaller and decode faster
-            pq.write_table(body, f"{self._table_path}/{relpath}", filesystem=self._fs,
-                           compression="zstd", row_group_size=row_group_size, metadata_collector=footer,
-                           use_dictionary=[f.name for f in body.schema if not pa.types.is_list(f.type)
-                                           and not pa.types.is_fixed_size_list(f.type)])
-        size = self._fs.get_file_info(f"{self._table_path}/{relpath}").size
+        # float vectors compress nothing into dictionary pages: plain pages are smaller and decode faster
+        writer = pq.ParquetWriter(f"{self._table_path}/{relpath}", schema, filesystem=self._fs, compression="zstd",
+                                  use_dictionary=[f.name for f in schema if not pa.types.is_list(f.type)
+                                                  and not pa.types.is_fixed_size_list(f.type)])
+        self._open = {"path": relpath, "writer": writer, "schema": schema, "rows": 0, "bytes": 0,
+                      "key_min": lo, "key_max": None}
+
+    def _close(self) -> None:
+        """Close the open file; record its size, Delta stats (from the footer as written: the commit needs not
+        read it back) and key range."""
+        f, self._open = self._open, None
+        if f is None:
+            return
         with phase("staging", f"{self.name} ds={self.ds} stats {len(self.files)}"):
-            write_sidecar(self._fs, self._stage_root, relpath, recorded_stats(footer[0], size), self._token)
+            f["writer"].close()
+            size = self._fs.get_file_info(f"{self._table_path}/{f['path']}").size
+            write_sidecar(self._fs, self._stage_root, f["path"], recorded_stats(f["writer"].writer.metadata, size),
+                          self._token)
         # the first key column's range lets the commit skip the key check of files no other file overlaps
-        lo, hi = key_range(data, self.spec.key[0])
-        self.files.append({"path": relpath, "rows": data.num_rows, "key_min": lo, "key_max": hi})
-        self.rows += data.num_rows
-        return data.num_rows
+        self.files.append({"path": f["path"], "rows": f["rows"], "key_min": f["key_min"], "key_max": f["key_max"]})
 
     def finish(self) -> None:
-        """Write this shard's manifest (atomically: temp file + move). Call once, after all writes."""
+        """Close the open file, then write this shard's manifest (atomically: temp file + move). Call once,
+        after all writes."""
+        self._close()
         manifest = {"table": self.name, "ds": self.ds, "run_id": self.run_id, "shard": self.shard,
                     "n_shards": self.n_shards, "rows": self.rows, "dim": self.dim, "files": self.files}
         fs, root = filesystem_for(staging_dir(self.wh, self.name, self.ds, self.run_id))

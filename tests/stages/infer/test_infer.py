@@ -142,9 +142,18 @@ def test_run_writes_user_and_item_knowledge(wh_ready):
     assert ik.column("item_id").to_pylist() == ITEM_IDS
     norms = np.linalg.norm(np.asarray(ik.column("embedding").to_pylist()), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-    # sorted by user_id inside every file, small row groups with statistics
-    files = partition_files(wh_ready)
-    assert len(files) == 4  # 30 users (written in shuffled order) processed in chunks of 8
+    # sorted by user_id inside every file, small row groups with statistics; 30 users (written in shuffled
+    # order) processed in chunks of 8 share one file up to file_mb, or take one file each with file_mb=0
+    _check_sorted_files(partition_files(wh_ready), 1)
+    run(Config(chunk_users=8, row_group_rows=16, file_mb=0), ds=DS, warehouse=wh_ready)
+    _check_sorted_files(partition_files(wh_ready), 4)
+    assert read_sorted(wh_ready).equals(uk)
+    with pytest.raises(ValueError, match="file_mb must be >= 0"):
+        run(Config(file_mb=-1), ds=DS, warehouse=wh_ready)
+
+
+def _check_sorted_files(files: list[str], count: int) -> None:
+    assert len(files) == count
     ranges = []
     for path in files:
         pf = pq.ParquetFile(path)

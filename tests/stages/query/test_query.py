@@ -209,7 +209,8 @@ def test_bench_query_small(warehouse):
     """--quick sizes shrunk further: 3 days, day D in 2 hash shards (overlapping files), timed before and after
     the maintain stage clustered it."""
     report = run_with("bench.query", {"users": 3000, "lookups": 3, "row_group_rows": 1024, "file_rows": 2048,
-                                      "shards": 2, "batch_users": 500, "batches": 2}, quick=True, warehouse=warehouse)
+                                      "shards": 2, "batch_users": 500, "batches": 2, "file_mb": 0}, quick=True,
+                      warehouse=warehouse)
     kinds = ["single", "single_newest", "batch_100", "unknown", "many", "many_baseline"]
     assert [(r["phase"], r["lookup"]) for r in report["table"]] == [(p, k) for p in ("before", "after") for k in kinds]
     assert all(r["p50_ms"] > 0 and r["users_per_s"] > 0 for r in report["table"])
@@ -223,6 +224,12 @@ def test_bench_query_small(warehouse):
     assert {"single_p50_ms_before", "single_p50_ms_after", "many_users_per_s_before", "many_users_per_s_after",
             "target_p50_ms", "target_batch_users_s", "many_speedup_before", "many_speedup_after"} <= set(summary)
     assert os.listdir(warehouse) == []  # the bench writes into its own temporary warehouse
+    shared = run_with("bench.query", {"users": 3000, "lookups": 2, "file_rows": 2048, "shards": 2, "batches": 1,
+                                      "batch_users": 500, "maintain": False, "baseline": False}, quick=True,
+                      warehouse=warehouse)
+    assert shared["files"]["before"] == (2, 6)  # as infer stages by default: each shard's writes share a file
+    with pytest.raises(ValueError, match="file_mb must be >= 0"):
+        run_with("bench.query", {"file_mb": -1}, quick=True, warehouse=warehouse)
     with pytest.raises(ValueError, match="unknown bench.query option"):
         run_with("bench.query", {"userz": 1}, quick=True, warehouse=warehouse)
     with pytest.raises(ValueError, match="users must be >= 100"):

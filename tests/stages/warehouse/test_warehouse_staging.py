@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import schemas
 from stages.warehouse.facade import Warehouse
 from stages.warehouse.staging import staging_dir
 
@@ -26,9 +27,11 @@ def knowledge(users: list[int], dim: int = 4) -> pa.Table:
     })
 
 
-def stage(wh: Warehouse, run_id: str, shards: dict[int, list[list[int]]], n: int, ds: str = DAY) -> None:
+def stage(wh: Warehouse, run_id: str, shards: dict[int, list[list[int]]], n: int, ds: str = DAY,
+          file_bytes: int | None = None) -> None:
     for shard, chunks in shards.items():
-        stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard=f"{shard}/{n}")
+        stager = wh.stage_partition("user_knowledge", ds=ds, run_id=run_id, shard=f"{shard}/{n}",
+                                    file_bytes=file_bytes)
         for chunk in chunks:
             stager.write(knowledge(chunk))
         stager.finish()
@@ -140,14 +143,16 @@ def test_vacuum_removes_files_of_a_failed_run(warehouse):
     assert sorted_rows(wh.read("user_knowledge")) == sorted_rows(before)
 
 
+@pytest.mark.parametrize("file_bytes", [None, 1 << 30])  # one file per chunk, or chunks sharing big files
 @pytest.mark.parametrize("layout", [
     {0: [[1, 2], [3, 2]]},         # two chunks of one shard share user 2
+    {0: [[1, 2], [2, 3]]},         # ... with the second chunk starting at the first one's last user
     {0: [[1, 5]], 1: [[2, 5, 9]]},  # two shards share user 5
 ])
-def test_key_shared_across_chunks_or_shards_refused_at_commit(warehouse, layout):
+def test_key_shared_across_chunks_or_shards_refused_at_commit(warehouse, layout, file_bytes):
     wh = Warehouse(warehouse)
     wh.write_partition("user_knowledge", knowledge([7]), ds=DAY)
-    stage(wh, "r", layout, n=len(layout))  # each chunk is unique on its own: written without complaint
+    stage(wh, "r", layout, n=len(layout), file_bytes=file_bytes)  # each chunk is unique: written without complaint
     with pytest.raises(ValueError) as info:
         wh.commit_staged("user_knowledge", ds=DAY, run_id="r")
     message = str(info.value)
@@ -170,6 +175,26 @@ def test_overlapping_shards_without_shared_keys_commit(warehouse, monkeypatch):
     with pytest.raises(ValueError, match="user_id=5, condition='category=Comedy'; refusing"):
         wh.commit_staged("user_knowledge", ds=DAY, run_id="dup")
     assert wh.version("user_knowledge") == 0
+
+
+def test_sorted_chunks_share_files_up_to_file_bytes(warehouse):
+    """Chunks that continue the file's user order are appended until the file holds file_bytes; a chunk that
+    does not (or a full file) starts the next file. The table is the same either way."""
+    wh = Warehouse(warehouse)
+    chunks = [[1, 2], [3, 4], [5, 6], [8, 9], [7], [10, 11]]   # [7] goes back below the open file's 9
+    chunk_bytes = schemas.get("user_knowledge").SPEC.validate(knowledge([1, 2]), ds=DAY, dim=None).drop_columns(
+        ["ds"]).nbytes   # what the stager counts: the validated chunk as written
+    stager = wh.stage_partition("user_knowledge", ds=DAY, run_id="big", file_bytes=3 * chunk_bytes)
+    for chunk in chunks:
+        stager.write(knowledge(chunk))
+    stager.finish()
+    # [1,2]+[3,4]+[5,6] reach the size; [8,9] starts a file; [7] cannot follow 9; [10,11] follows 7
+    assert [(f["key_min"], f["key_max"], f["rows"]) for f in stager.files] == [(1, 6, 6), (8, 9, 2), (7, 11, 3)]
+    wh.commit_staged("user_knowledge", ds=DAY, run_id="big")
+    assert len(wh.delta_table("user_knowledge").file_uris()) == 3
+    assert sorted(wh.read("user_knowledge").column("user_id").to_pylist()) == list(range(1, 12))
+    with pytest.raises(ValueError, match="file_bytes must be >= 1"):
+        wh.stage_partition("user_knowledge", ds=DAY, run_id="x", file_bytes=0)
 
 
 def test_disjoint_chunks_are_not_read_at_commit(warehouse, monkeypatch):
