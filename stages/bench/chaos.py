@@ -60,7 +60,8 @@ threads = 1
 
 [infer]
 conditions = "top:3"
-chunk_users = 256  # several files a day, so maintain sorts the day (a phase to kill in)
+chunk_users = 256
+file_mb = 0  # a file per chunk: several files a day, so maintain sorts the day (a phase to kill in)
 """
 
 

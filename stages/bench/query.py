@@ -2,7 +2,8 @@
 
 Builds ``user_knowledge`` in a throwaway warehouse (``stages.bench.query_data``): day D = ``users`` x
 ``conditions`` rows of ``dim`` float32, staged as infer stages it (writes of ``file_rows`` sharing files up to
-``file_mb``; ``shards`` > 1: hash shares with overlapping user ranges), plus ``days - 1`` earlier days as hard links of D's files, so the log lists ``days`` partitions.
+``file_mb``; ``shards`` > 1: hash shares with overlapping user ranges), plus ``days - 1`` earlier days as hard
+links of D's files, so the log lists ``days`` partitions.
 Every call starts from scratch (open the Delta table, list the snapshot, pick files and row groups), timed:
 - ``single``: one random user of day D;  ``single_newest``: one user, newest day;  ``batch_100``: 100 users in
   one ``query_user_knowledge`` call;  ``unknown``: a missing user;

@@ -3,8 +3,8 @@
 ``synthetic_knowledge``: ``users * conditions`` rows sorted by (user_id, condition), odd user ids, vectorised
 numpy, yielded in chunks of users (memory holds one chunk, so 10M users x 16 conditions stream through).
 ``write_partition``: day D staged as infer stages it (writes of ``file_rows`` rows in row groups of
-``row_group_rows``, sharing files up to ``file_bytes``; ``shards`` > 1: that many hash shares of the users, each sorted, their ranges overlapping, as
-a multi-process infer writes them), one commit. ``link_days``: the other days as hard links of one day's files,
+``row_group_rows``, sharing files up to ``file_bytes``; ``shards`` > 1: that many hash shares of the users, each
+sorted, their ranges overlapping, as a multi-process infer writes them), one commit. ``link_days``: the other days as hard links of one day's files,
 committed in ONE commit with the same per-file statistics: the Delta log holds ``days`` partitions' files (what
 every lookup lists) for the disk and time of one. Local warehouses only.
 """
