@@ -4,10 +4,12 @@ Baseline features, from the TRAIN rows only (test labels never feed a feature): 
 positive rate, smoothed towards the global train rate with ``PRIOR`` pseudo-rows, and log(1 + the item's train
 rows). A train row leaves itself out of its own rates and count, so a feature never contains the row's label.
 Users and items without train rows get the global rate and 0. The with-LUM run adds ``lum_target_match``,
-``lum_target_match_disliked``, the ``lum_match`` vector, ``lum_user . lum_item`` (each in ``lum_columns``; the
-disliked one only where some row has it) and a has-knowledge flag
-(nulls -> 0). Features are standardised with the train mean and deviation; the fit is Newton's method on the
-L2-penalised log loss (``l2``, the intercept unpenalised), deterministic.
+``lum_target_match_disliked``, the ``lum_match`` vector, ``lum_user . lum_item`` and its D terms
+``lum_user[k] * lum_item[k]`` (each in ``lum_columns``; the disliked one only where some row has it) and a
+has-knowledge flag (nulls -> 0). The terms let a linear model weight the knowledge dimensions for its own label
+(the knowledge is trained to predict the next item, the consumer's label may be another event), which the
+plain dot cannot. Features are standardised with the train mean and deviation; the fit is Newton's method on
+the L2-penalised log loss (``l2``, the intercept unpenalised), deterministic.
 """
 
 from __future__ import annotations
@@ -88,9 +90,12 @@ def lum_features(table: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray,
     if "lum_user" in columns and "lum_item" in columns:
         u, uv = _list_matrix(table.column("lum_user"), _width(table.column("lum_user")))
         i, iv = _list_matrix(table.column("lum_item"), _width(table.column("lum_item")))
+        if u.shape[1] != i.shape[1]:
+            raise ValueError(f"lum_user has {u.shape[1]} values per row but lum_item {i.shape[1]}; "
+                             "they must come from one model version")
         has |= uv & iv
-        parts.append((u * i).sum(axis=1, keepdims=True))
-        names.append("lum_user.lum_item")
+        parts += [(u * i).sum(axis=1, keepdims=True), u * i]  # the dot, then its terms for a learned weighting
+        names += ["lum_user.lum_item"] + [f"lum_user*lum_item[{k}]" for k in range(u.shape[1])]
     parts.append(has[:, None].astype(np.float64))
     return np.concatenate(parts, axis=1).astype(np.float64), has, names + ["has_knowledge"]
 
