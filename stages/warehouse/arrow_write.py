@@ -28,7 +28,7 @@ import schemas
 from stages.core.dates import check_ds
 from stages.core.phases import phase
 from stages.warehouse.commit import DataFile, commit_days_files, filesystem_for
-from stages.warehouse.keys import first_bad_key, show_key
+from stages.warehouse.keys import StreamKeyCheck, show_key
 from stages.warehouse.spark_bridge import WrittenCheck, check_written_keys
 from stages.warehouse.stats import FileStats, recorded_stats
 from stages.warehouse.store import TableStore
@@ -53,14 +53,15 @@ def file_schema(name: str) -> pa.Schema:
 def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_uri: str, folder_rel: str,
                 schema: pa.Schema, key: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """One Spark task: ``fn``'s batches as one parquet file per day; yields (path, ds, stats JSON, bad key JSON)
-    rows. ``key``: also find a null or duplicated key among this task's rows of each day (``keys.first_bad_key``)."""
+    rows. ``key``: also find a null or duplicated key among this task's rows of each day (``keys.StreamKeyCheck``:
+    bounded memory when the task's rows come sorted by the key's first column, as the join's do)."""
     from pyspark import TaskContext  # deferred: runs in a Spark Python worker
 
     ctx = TaskContext.get()
     tag = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}-{uuid.uuid4().hex[:8]}" if ctx else uuid.uuid4().hex
     fs, table_path = filesystem_for(table_uri)
     open_files: dict[str, tuple[pq.ParquetWriter, str, list]] = {}
-    keys: dict[str, list[pa.Table]] = {}
+    keys: dict[str, StreamKeyCheck] = {}
     try:
         for batch in fn(batches) if fn is not None else batches:
             table = pa.Table.from_batches([batch])
@@ -76,14 +77,14 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
                     open_files[day] = (writer, rel, footer)
                 open_files[day][0].write_table(part)
                 if key is not None:
-                    keys.setdefault(day, []).append(part.select(list(key)))
+                    keys.setdefault(day, StreamKeyCheck(key)).add(part.select(list(key)))
     finally:
         for writer, _, _ in open_files.values():
             writer.close()
     rows = []
     for day, (_, rel, footer) in open_files.items():
         stats = recorded_stats(footer[0], fs.get_file_info(f"{table_path}/{rel}").size)
-        bad = first_bad_key(pa.concat_tables(keys[day]), key) if key is not None else None
+        bad = keys[day].result() if key is not None else None
         rows.append({"path": rel, "ds": day, "stats": json.dumps(stats.to_json(), allow_nan=False),
                      "bad_key": None if bad is None else json.dumps([bad[0], show_key(bad[1])])})
     yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("ds", pa.string()),

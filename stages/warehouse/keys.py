@@ -8,6 +8,8 @@ table) is p modulo the number of passes, so equal keys always meet in the same p
 key columns of the files again. Files whose first-key range (recorded in the manifest at write time)
 overlaps no other file's cannot share a key with another file and are not read at all (each chunk was
 checked on its own when written): an unsharded infer writes user_id-sorted chunks, so it reads nothing.
+``StreamKeyCheck`` checks a stream of key batches as it comes (a Spark task's output), holding about
+``KEY_STREAM_ROWS`` keys when the rows come in order of the first key column.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 KEY_CHECK_ROWS = 20_000_000  # keys held in memory per pass (key columns only, strings dictionary-encoded)
+KEY_STREAM_ROWS = 1 << 20  # keys a StreamKeyCheck holds before it checks and drops the finished first-key values
 
 
 def key_range(table: pa.Table, column: str) -> tuple[Any, Any]:
@@ -52,6 +55,63 @@ def first_bad_key(keys: pa.Table, key: Sequence[str]) -> tuple[str, dict[str, An
         return None
     row = dup.slice(0, 1).to_pylist()[0]
     return f"appears {row['count_all']} times", {k: row[k] for k in key}
+
+
+class StreamKeyCheck:
+    """``first_bad_key`` over a stream of key tables (``add`` each, then ``result``).
+
+    When rows come in order of the first key column (a partition sorted by it), a key can only repeat within
+    one first-key value, so once ``hold`` rows are held the values before the newest one are checked and
+    dropped: memory is about ``hold`` keys plus the newest value's rows, whatever the stream's length. Rows out
+    of order before anything was dropped: everything is held (memory grows with the stream, the check stays
+    exact); out of order after a drop: ``RuntimeError``, since an earlier key might repeat unseen."""
+
+    def __init__(self, key: Sequence[str], hold: int = KEY_STREAM_ROWS):
+        self.key, self.hold = tuple(key), max(1, hold)
+        self.pending: list[pa.Table] = []
+        self.rows, self.next_check = 0, self.hold
+        self.last: Any = None  # the largest first-key value seen while in order
+        self.ordered, self.dropped = True, False
+        self.bad: tuple[str, dict[str, Any]] | None = None
+
+    def add(self, keys: pa.Table) -> None:
+        if self.bad is not None or keys.num_rows == 0:
+            return
+        first = keys.column(self.key[0])
+        if first.null_count:  # reported at once: nothing before it matters
+            self.bad = first_bad_key(keys, self.key)
+            return
+        values = first.to_numpy(zero_copy_only=False)
+        in_order = bool((values[1:] >= values[:-1]).all()) and (self.last is None or values[0] >= self.last)
+        if not in_order and self.dropped:
+            raise RuntimeError(f"key check: rows came out of order of {self.key[0]} ({first[0].as_py()!r} after "
+                               f"{self.last!r}) after keys were dropped; it needs them sorted")
+        self.ordered = self.ordered and in_order
+        if self.ordered:
+            self.last = first[len(first) - 1].as_py()
+        self.pending.append(keys)
+        self.rows += keys.num_rows
+        if self.ordered and self.rows >= self.next_check:
+            self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        """Check the rows before the newest first-key value and keep only that value's rows."""
+        table = pa.concat_tables(self.pending, promote_options="permissive")
+        values = table.column(self.key[0]).to_numpy(zero_copy_only=False)
+        cut = int(np.searchsorted(values, values[-1], side="left"))
+        if cut:
+            self.bad = first_bad_key(table.slice(0, cut), self.key)
+            rest = table.slice(cut)
+            self.pending = [rest.take(pa.array(np.arange(rest.num_rows)))]  # a copy: the slice keeps the rest
+            self.rows, self.dropped = rest.num_rows, True
+        self.next_check = self.rows + self.hold  # one value longer than hold: wait for another hold of rows
+
+    def result(self) -> tuple[str, dict[str, Any]] | None:
+        """The first bad key found (as ``first_bad_key`` says it), or None when every key was unique and set."""
+        if self.bad is None and self.pending:
+            self.bad = first_bad_key(pa.concat_tables(self.pending, promote_options="permissive"), self.key)
+            self.pending, self.rows = [], 0
+        return self.bad
 
 
 def show_key(values: dict[str, Any]) -> str:
