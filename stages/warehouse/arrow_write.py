@@ -75,9 +75,11 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
                                               use_dictionary=[f.name for f in schema if not pa.types.is_list(f.type)],
                                               metadata_collector=footer)
                     open_files[day] = (writer, rel, footer)
+                    if key is not None:
+                        keys[day] = StreamKeyCheck(key)
                 open_files[day][0].write_table(part)
                 if key is not None:
-                    keys.setdefault(day, StreamKeyCheck(key)).add(part.select(list(key)))
+                    keys[day].add(part.select(list(key)))
     finally:
         for writer, _, _ in open_files.values():
             writer.close()
