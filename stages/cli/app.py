@@ -204,6 +204,16 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("lum: error: interrupted; no partition was committed by the interrupted step", file=sys.stderr)
         return 130
+    except Exception as exc:  # a Spark job out of JVM memory gets one line; anything else its traceback
+        from stages.core.spark import out_of_memory
+
+        msg = out_of_memory(exc)
+        if msg is None:
+            raise
+        if args.verbose:
+            log.exception("command failed")
+        print(f"lum: error: {redact(msg)}", file=sys.stderr)
+        return 1
     summary = dict(summary or {})
     summary.setdefault("seconds", round(time.perf_counter() - started, 3))
     # One write() of the whole line: under torchrun several ranks share stdout, and print() may split a

@@ -77,3 +77,20 @@ def stop_spark() -> None:
             SparkContext._gateway = None
             SparkContext._jvm = None
         log.info("spark session stopped")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """A one-line ``lum: error`` text when ``exc`` (or its cause) is a Spark job that ran out of JVM memory (a
+    ``Py4JJavaError`` naming ``java.lang.OutOfMemoryError``), naming the settings that give it more; else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        lines = [line.strip() for line in str(exc).splitlines() if "OutOfMemoryError" in line]
+        if lines:
+            kind = lines[0][lines[0].index("java.lang.OutOfMemoryError"):] if "java.lang." in lines[0] else lines[0]
+            settings = SparkSettings.from_env()
+            return (f"Spark ran out of memory ({kind}); give its JVM more with LUM_SPARK_DRIVER_MEMORY (now "
+                    f"{settings.driver_memory}) or cut the work finer with LUM_SPARK_SHUFFLE_PARTITIONS (now "
+                    f"{settings.shuffle_partitions}); no partition was committed")
+        exc = exc.__cause__ or exc.__context__
+    return None

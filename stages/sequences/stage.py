@@ -126,7 +126,11 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     else:
         day = build_sequences(wh.read_spark(spark, "events", ds=ds, version=events_version), items, ds=ds, cfg=cfg)
         df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds, max_len=cfg.max_len)
-    df = bucketing.with_bucket(df, cfg.buckets).cache()
+    # counted, then written: kept on disk in between. An in-memory cache (``cache()``) of a 3M-user day filled
+    # the 4g heap beside the write's sort and ran out of it; on disk the heap holds pages of the tasks only.
+    from pyspark import StorageLevel  # deferred: as in build_sequences
+
+    df = bucketing.with_bucket(df, cfg.buckets).persist(StorageLevel.DISK_ONLY)
     try:
         rows, unknown, unrated = incremental.count_rows(df, conditions)
         if rows == 0:

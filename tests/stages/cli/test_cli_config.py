@@ -57,6 +57,40 @@ def test_bad_day_is_a_one_line_error(capsys, tmp_path):
     assert not any(tmp_path.iterdir()), "a failed command must not write anything"
 
 
+class Py4JJavaError(Exception):
+    """Stands for pyspark's error of a failed Spark job: the Java error's text is in its message."""
+
+
+JAVA_OOM = ("An error occurred while calling o749.parquet.\n: org.apache.spark.SparkException: Job aborted due to "
+            "stage failure: Task 3 in stage 24.0 failed 1 times, most recent failure: Lost task 3.0 (TID 56): "
+            "java.lang.OutOfMemoryError: Java heap space\n\tat org.apache.spark.unsafe.memory.HeapMemoryAllocator")
+
+
+def test_a_spark_job_out_of_memory_is_one_line_naming_the_settings(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUM_SPARK_DRIVER_MEMORY", "3g")
+    monkeypatch.delenv("LUM_SPARK_SHUFFLE_PARTITIONS", raising=False)
+
+    def failing(args, warehouse):
+        try:
+            raise Py4JJavaError(JAVA_OOM)
+        except Py4JJavaError as exc:  # as a stage wraps it
+            raise RuntimeError("sequences ds=2000-01-03 failed") from exc
+
+    monkeypatch.setitem(cli.COMMANDS, "verify", failing)
+    code = cli.main(["verify", "--warehouse", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("lum: error: Spark ran out of memory (java.lang.OutOfMemoryError: Java heap space)")
+    assert "LUM_SPARK_DRIVER_MEMORY (now 3g)" in err[0] and "LUM_SPARK_SHUFFLE_PARTITIONS (now 8)" in err[0]
+
+    def other(args, warehouse):
+        raise Py4JJavaError("An error occurred while calling o1.count.\n: java.io.IOException: disk full")
+
+    monkeypatch.setitem(cli.COMMANDS, "verify", other)
+    with pytest.raises(Py4JJavaError, match="disk full"):  # any other failure keeps its traceback
+        cli.main(["verify", "--warehouse", str(tmp_path)])
+
+
 def test_stage_flag_on_wrong_stage_is_refused(capsys, tmp_path):
     code = cli.main(["run", "join", "--ds", "2000-01-02", "--retrain", "--warehouse", str(tmp_path)])
     assert code == 2
