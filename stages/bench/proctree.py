@@ -7,12 +7,17 @@ child and of all its descendants (``psutil.Process.children(recursive=True)``). 
 launch the JVM) is ``other``. Per class the peak is the largest SUM over that class's processes at one sample,
 so N concurrent workers count N times (RSS includes pages a forked worker shares with its parent, so the
 workers' sum is an upper bound). A process that lives shorter than one interval can be missed.
+
+With ``disk_path`` it also samples the used bytes of that path's file system (``shutil.disk_usage``): the peak
+above the used bytes at the start is the most disk the run held at once, temporary files (a sort's spill,
+Spark's shuffle files on that file system) included. Other writers on the same file system count too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -26,13 +31,15 @@ MB = 1024 * 1024
 
 @dataclass
 class Sampled:
-    """What one sampled run did: exit code, wall seconds, peak RSS (MiB) and most processes per class."""
+    """What one sampled run did: exit code, wall seconds, peak RSS (MiB), most processes per class, and the peak
+    disk (MiB) it added to ``disk_path``'s file system (None when not sampled)."""
 
     returncode: int
     seconds: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
     samples: int = 0
+    peak_disk_mb: float | None = None
 
 
 def classify(proc: psutil.Process, root_pid: int) -> str:
@@ -83,13 +90,15 @@ def kill_tree(root: psutil.Process) -> None:
 
 
 def run_sampled(argv: Sequence[str], *, stdout: str, stderr: str, env: dict[str, str] | None = None,
-                interval: float = 0.2, cwd: str | None = None) -> Sampled:
-    """Run ``argv`` (stdout / stderr to those files) and sample its tree until it exits."""
+                interval: float = 0.2, cwd: str | None = None, disk_path: str | None = None) -> Sampled:
+    """Run ``argv`` (stdout / stderr to those files) and sample its tree (and ``disk_path``'s file system) until
+    it exits."""
     if interval <= 0:
         raise ValueError(f"interval must be > 0 seconds, got {interval}")
     peak = dict.fromkeys(CLASSES, 0)
     most = dict.fromkeys(CLASSES, 0)
     samples = 0
+    disk_start = disk_peak = shutil.disk_usage(disk_path).used if disk_path is not None else 0
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         started = time.perf_counter()
         child = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env, cwd=cwd)
@@ -101,11 +110,16 @@ def run_sampled(argv: Sequence[str], *, stdout: str, stderr: str, env: dict[str,
                 for kind in CLASSES:
                     peak[kind] = max(peak[kind], rss[kind])
                     most[kind] = max(most[kind], count[kind])
+                if disk_path is not None:
+                    disk_peak = max(disk_peak, shutil.disk_usage(disk_path).used)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=interval)
         except BaseException:  # interrupted: end the tree this call started, then re-raise
             kill_tree(root)
             raise
         seconds = time.perf_counter() - started
+    if disk_path is not None:  # what is left at the end counts too (a run shorter than one interval)
+        disk_peak = max(disk_peak, shutil.disk_usage(disk_path).used)
     return Sampled(returncode=child.returncode, seconds=seconds,
-                   peak_rss_mb={k: round(v / MB, 1) for k, v in peak.items()}, processes=most, samples=samples)
+                   peak_rss_mb={k: round(v / MB, 1) for k, v in peak.items()}, processes=most, samples=samples,
+                   peak_disk_mb=round((disk_peak - disk_start) / MB, 1) if disk_path is not None else None)

@@ -9,6 +9,10 @@ process (start-up included), rows (the stage summary's: events for ingest, train
 rows written otherwise) and the peak RSS of the Python driver, of the Python workers it started and of the
 Spark JVM, sampled over its process tree (``stages.bench.proctree``). The Spark JVM's heap is capped by
 ``LUM_SPARK_DRIVER_MEMORY`` (inherited by the stage processes), so its RSS says little about the data size.
+Disk per stage: ``peak_disk_mb``, the most the stage added to the file system of ``dir`` at once (spill and
+shuffle files there included; other writers on that file system count too), and ``warehouse_mb``, the
+warehouse's size on disk after it. The summary's ``peak_disk_mb`` is the largest warehouse-before-a-stage plus
+that stage's peak: the free disk the whole run needs.
 """
 
 from __future__ import annotations
@@ -106,13 +110,26 @@ def _last_error(path: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
-def measure(label: str, argv: list[str], logs: Path, cfg: Config) -> dict[str, Any]:
-    """Run one stage process under the sampler; its report entry (ValueError when it fails)."""
+def tree_mb(path: str | Path) -> float:
+    """MiB allocated on disk to the files under ``path`` (as ``du``; 0 when it does not exist)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+            except FileNotFoundError:  # removed while walking
+                continue
+    return round(total / (1 << 20), 1)
+
+
+def measure(label: str, argv: list[str], logs: Path, cfg: Config, warehouse: str | None = None) -> dict[str, Any]:
+    """Run one stage process under the sampler; its report entry (ValueError when it fails). Disk is sampled
+    on the file system of ``logs``; ``warehouse`` (a local folder) is sized after the stage."""
     stem = label.replace("@", "_")
     stdout, stderr = str(logs / f"{stem}.out"), str(logs / f"{stem}.err")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     log.info("bench scale: %s", label)
-    result = run_sampled(argv, stdout=stdout, stderr=stderr, env=env, interval=cfg.interval)
+    result = run_sampled(argv, stdout=stdout, stderr=stderr, env=env, interval=cfg.interval, disk_path=str(logs))
     if result.returncode != 0:
         raise ValueError(f"bench scale: {label} exited {result.returncode}: {_last_error(stderr)}")
     summary = last_json_line(stdout)
@@ -124,17 +141,30 @@ def measure(label: str, argv: list[str], logs: Path, cfg: Config) -> dict[str, A
              "peak_rss_mb": {k: result.peak_rss_mb[k] for k in ("driver", "workers", "jvm")},
              "rows": int(rows) if isinstance(rows, (int, float)) else None,
              "processes": {k: v for k, v in result.processes.items() if v}, "samples": result.samples,
-             "stage_seconds": summary.get("seconds")}
-    log.info("bench scale: %s %.1f s, driver %.0f MiB, workers %.0f MiB, jvm %.0f MiB, rows %s", label,
-             entry["seconds"], *entry["peak_rss_mb"].values(), entry["rows"])
+             "stage_seconds": summary.get("seconds"), "peak_disk_mb": result.peak_disk_mb,
+             "warehouse_mb": tree_mb(warehouse) if warehouse is not None else None}
+    log.info("bench scale: %s %.1f s, driver %.0f MiB, workers %.0f MiB, jvm %.0f MiB, rows %s, disk +%s MiB at "
+             "peak, warehouse %s MiB", label, entry["seconds"], *entry["peak_rss_mb"].values(), entry["rows"],
+             entry["peak_disk_mb"], entry["warehouse_mb"])
     return entry
 
 
 def table_rows(stages: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One printable row per stage: seconds, rows, peak RSS per process class (MiB)."""
+    """One printable row per stage: seconds, rows, peak RSS per process class, peak disk added and the
+    warehouse's size after it (MiB)."""
     return [{"stage": label, "seconds": e["seconds"], "rows": e["rows"],
              "driver_mb": e["peak_rss_mb"]["driver"], "workers_mb": e["peak_rss_mb"]["workers"],
-             "jvm_mb": e["peak_rss_mb"]["jvm"]} for label, e in stages.items()]
+             "jvm_mb": e["peak_rss_mb"]["jvm"], "disk_mb": e.get("peak_disk_mb"),
+             "warehouse_mb": e.get("warehouse_mb")} for label, e in stages.items()]
+
+
+def peak_disk_mb(stages: dict[str, dict[str, Any]]) -> float:
+    """The most disk the run held at once: max over stages of the warehouse before it plus its peak."""
+    before, most = 0.0, 0.0
+    for entry in stages.values():
+        most = max(most, before + (entry.get("peak_disk_mb") or 0.0), entry.get("warehouse_mb") or 0.0)
+        before = entry.get("warehouse_mb") or before
+    return round(most, 1)
 
 
 def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
@@ -152,14 +182,14 @@ def run(cfg: Config, *, warehouse: Warehouse | str | None) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     try:
         for label, argv in commands(cfg, bench_uri):
-            stages[label] = measure(label, argv, logs, cfg)
+            stages[label] = measure(label, argv, logs, cfg, warehouse=bench_uri)
     finally:
         if not cfg.keep:
             shutil.rmtree(root, ignore_errors=True)
     entries = stages.values()
     summary = {"users": cfg.users, "seconds": round(sum(e["seconds"] for e in entries), 1),
                "max_driver_mb": max(e["peak_rss_mb"]["driver"] for e in entries),
-               "max_jvm_mb": max(e["peak_rss_mb"]["jvm"] for e in entries)}
+               "max_jvm_mb": max(e["peak_rss_mb"]["jvm"] for e in entries), "peak_disk_mb": peak_disk_mb(stages)}
     return {"users": cfg.users, "stages": stages, "table": table_rows(stages), "summary": summary,
             "config": dataclasses.asdict(cfg), "warehouse": bench_uri if cfg.keep else None,
             "logs": str(logs) if cfg.keep else None}

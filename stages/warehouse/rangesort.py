@@ -16,9 +16,11 @@ order is deterministic) in ONE commit, the same layout a z-order on one column w
 4. commit: add the new files and remove the old ones (``dataChange: false``: rows unchanged) against the
    snapshot read; a partition changed since is an error and nothing is committed.
 Memory: about ``sort_bytes`` (a range's spill file mapped, its copy and its sorted copy) plus a few scan
-batches and one row group, whatever the partition's size. Disk: the spill (the partition, uncompressed) until
-the commit. The temporary folder is removed on success and failure; a killed run leaves the table as it was
-(its files unreferenced, removed by vacuum).
+batches and one row group, whatever the partition's size. Disk: the new files (the partition again, as
+parquet) plus at most ``MAX_OPEN_RANGES`` ranges of spill at once (each range's file is deleted once sorted):
+about ``MAX_OPEN_RANGES * sort_bytes / 3`` of uncompressed rows, or the whole partition when it is smaller.
+The temporary folder is removed on success and failure; a killed run leaves the table as it was (its files
+unreferenced, removed by vacuum).
 """
 
 from __future__ import annotations

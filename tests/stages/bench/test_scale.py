@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from stages.bench.proctree import run_sampled
-from stages.bench.scale import QUICK, Config, commands, measure
+from stages.bench.scale import QUICK, Config, commands, measure, peak_disk_mb, tree_mb
 
 # A Python child that starts a Python grandchild holding ~200 MiB for a second, then holds ~10 MiB itself.
 TREE = ("import subprocess, sys, time\n"
@@ -23,6 +23,31 @@ def test_sampler_classes_driver_and_python_workers(tmp_path):
     assert out.processes["driver"] == 1 and out.processes["workers"] == 1 and out.processes["jvm"] == 0
     assert 190 <= out.peak_rss_mb["workers"] < 400  # the grandchild's 200 MiB, touched by bytearray's zeroing
     assert 5 < out.peak_rss_mb["driver"] < 190 and out.peak_rss_mb["jvm"] == 0
+
+
+def test_sampler_sees_the_disk_a_run_holds_and_gives_back(tmp_path):
+    # a child writes 64 MiB (synced, so the file system has allocated it), holds it, then deletes it
+    write = (f"import os, time\np = {str(tmp_path / 'big')!r}\n"
+             "with open(p, 'wb') as f:\n    f.write(os.urandom(64 << 20)); f.flush(); os.fsync(f.fileno())\n"
+             "time.sleep(0.6); os.remove(p)\n")
+    out = run_sampled([sys.executable, "-c", write], stdout=str(tmp_path / "o"), stderr=str(tmp_path / "e"),
+                      interval=0.05, disk_path=str(tmp_path))
+    assert out.returncode == 0 and not (tmp_path / "big").exists()
+    assert 60 <= out.peak_disk_mb < 1024  # its 64 MiB at the peak, though nothing is left at the end
+    plain = run_sampled([sys.executable, "-c", "pass"], stdout=str(tmp_path / "o"), stderr=str(tmp_path / "e"))
+    assert plain.peak_disk_mb is None  # not sampled unless asked
+
+
+def test_tree_size_and_the_runs_peak_disk(tmp_path):
+    for i in range(3):
+        (tmp_path / "w" / f"d{i}").mkdir(parents=True)
+        (tmp_path / "w" / f"d{i}" / "f").write_bytes(os.urandom(1 << 20))
+    assert 3.0 <= tree_mb(tmp_path / "w") < 3.2 and tree_mb(tmp_path / "missing") == 0
+    stages = {"ingest": {"peak_disk_mb": 120.0, "warehouse_mb": 100.0},
+              "sequences": {"peak_disk_mb": 50.0, "warehouse_mb": 130.0},  # a spill of 20 on top of its output
+              "maintain": {"peak_disk_mb": 400.0, "warehouse_mb": 260.0}}  # 130 before + 400 at its peak
+    assert peak_disk_mb(stages) == 530.0
+    assert peak_disk_mb({"ingest": {"peak_disk_mb": None, "warehouse_mb": 90.0}}) == 90.0
 
 
 def test_a_failing_stage_is_an_error_naming_it(tmp_path):
@@ -57,11 +82,14 @@ def test_bench_scale_quick_report(tmp_path):
         spark = label.startswith(("sequences", "join"))
         assert (rss["jvm"] > 100) == spark, label  # the Spark JVM, only under the Spark stages
         assert entry["rows"] > 0, label
+        assert entry["warehouse_mb"] > 0 and entry["peak_disk_mb"] >= 0, label
     stages = report["stages"]
     assert stages["sequences@" + day]["rows"] <= QUICK["users"] < stages["ingest"]["rows"]
     assert stages["join@" + day]["peak_rss_mb"]["workers"] > 0  # mapInArrow's Python workers
     assert stages["infer@" + day]["rows"] <= 2 * stages["sequences@" + day]["rows"]  # conditions top:2
     assert [r["stage"] for r in report["table"]] == list(stages)
+    assert stages["join@" + day]["warehouse_mb"] > stages["infer@" + day]["warehouse_mb"]  # + dlrm_training
+    assert report["summary"]["peak_disk_mb"] >= max(e["warehouse_mb"] for e in stages.values())
     assert not os.path.exists(root) and not os.path.exists(tmp_path / "unused")
 
 

@@ -78,7 +78,18 @@ def test_sorted_across_files_same_rows_files_of_the_target_size(rwh):
 def test_many_small_ranges_give_the_files_one_range_gives(rwh, copy_warehouse, monkeypatch):
     other = Warehouse(copy_warehouse(rwh.uri))
     monkeypatch.setattr(rangesort, "MAX_OPEN_RANGES", 4)  # more ranges than open spill files: several scans
+    scatter, on_disk = rangesort.scatter, []
+
+    def counted(dataset, columns, column, bounds, folder, *args):  # spill files on disk before and after a scan
+        before = len(os.listdir(folder))
+        written = scatter(dataset, columns, column, bounds, folder, *args)
+        on_disk.append((before, len(os.listdir(folder)), len(written)))
+        return written
+
+    monkeypatch.setattr(rangesort, "scatter", counted)
     many = cluster(rwh, sort_bytes=20_000)
+    assert len(on_disk) > 2  # one scan per window of 4 ranges
+    assert all(before == 0 and 0 < after == written <= 4 for before, after, written in on_disk)  # disk: a window
     one = cluster(other, sort_bytes=1 << 30)
     assert many["ranges"] > 8 and one["ranges"] == 1
     content = [pa.concat_tables(pq.read_table(f) for f in partition_files(wh)) for wh in (rwh, other)]
