@@ -21,6 +21,7 @@ from stages.core.config import parse_overrides
 from stages.core.dates import check_ds, day_range
 from stages.core.redact import install_log_redaction, redact, redact_obj
 from stages.core.shutdown import end_process, run_command
+from stages.core.spark import out_of_memory
 from stages.core.tables import format_table
 from stages.pipeline import registry
 
@@ -205,8 +206,6 @@ def _main(argv: list[str]) -> int:
         print("lum: error: interrupted; no partition was committed by the interrupted step", file=sys.stderr)
         return 130
     except Exception as exc:  # a Spark job out of JVM memory gets one line; anything else its traceback
-        from stages.core.spark import out_of_memory
-
         msg = out_of_memory(exc)
         if msg is None:
             raise
