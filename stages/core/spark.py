@@ -87,10 +87,11 @@ def out_of_memory(exc: BaseException) -> str | None:
         seen.add(id(exc))
         lines = [line.strip() for line in str(exc).splitlines() if "OutOfMemoryError" in line]
         if lines:
-            kind = lines[0][lines[0].index("java.lang.OutOfMemoryError"):] if "java.lang." in lines[0] else lines[0]
+            at = lines[0].find("java.lang.OutOfMemoryError")
+            kind = lines[0][max(at, 0):]
             settings = SparkSettings.from_env()
             return (f"Spark ran out of memory ({kind}); give its JVM more with LUM_SPARK_DRIVER_MEMORY (now "
                     f"{settings.driver_memory}) or cut the work finer with LUM_SPARK_SHUFFLE_PARTITIONS (now "
-                    f"{settings.shuffle_partitions}); no partition was committed")
+                    f"{settings.shuffle_partitions}); the failed step committed nothing")
         exc = exc.__cause__ or exc.__context__
     return None
