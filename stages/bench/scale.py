@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.bench.proctree import run_sampled
+from stages.bench.proctree import MB, run_sampled
 from stages.core.dates import check_ds, next_day
 from stages.warehouse.facade import Warehouse
 
@@ -119,7 +119,7 @@ def tree_mb(path: str | Path) -> float:
                 total += os.lstat(os.path.join(folder, name)).st_blocks * 512
             except FileNotFoundError:  # removed while walking
                 continue
-    return round(total / (1 << 20), 1)
+    return round(total / MB, 1)
 
 
 def measure(label: str, argv: list[str], logs: Path, cfg: Config, warehouse: str | None = None) -> dict[str, Any]:
