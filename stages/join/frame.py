@@ -3,9 +3,17 @@
     samples
       LEFT JOIN items (broadcast)           on item_id  -> index of the target condition
       (LEFT JOIN item_knowledge             on item_id  -> e_i, only when not broadcast to Python)
+      repartition by user id
       UNION user_vectors                    one row per user: list<struct<i: condition index, e: o_q>>
-      repartition by user id, sort by (user id, user row first)
+      sort by (user id, user row first)
       per partition in Python: stages.join.merge (the user join, then stages.join.similarity per batch)
+
+``user_vectors`` comes out of its group-by already hash-partitioned by user id into ``spark.sql.shuffle.partitions``
+partitions, so only the samples are repartitioned: Spark's partitioning-aware union (``spark.sql.
+unionOutputPartitioning``, on by default) puts partition i of both sides in task i, and the knowledge goes
+through one shuffle, not two. When the plan says otherwise (that setting off, another partition count), the
+union is repartitioned as a whole, as before; ``merge_partition`` fails the job should a user's vectors ever
+reach a task without the user's samples.
 
 The user join happens in Python so that each user's vectors cross into Python once, not once per sample;
 broadcast item vectors go to Python with the task and are looked up there. Condition indexes run over the
@@ -68,6 +76,15 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
                  F.max(width).alias("_hi")))
 
 
+def hash_partitioned(df: Any, parts: int) -> bool:
+    """Whether Spark plans ``df`` hash-partitioned into ``parts`` partitions (its physical plan, before any job)."""
+    plan = df._jdf.queryExecution().executedPlan()
+    if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
+        plan = plan.initialPlan()
+    partitioning = plan.outputPartitioning()
+    return partitioning.toString().startswith("hashpartitioning(") and partitioning.numPartitions() == parts
+
+
 def training_plan(samples: Any, items: Any, users: Any | None, ik: Any | None, *, spec: JoinSpec,
                   conditions: list[str], extended: list[str], knowledge_ds: str | None,
                   model_version: str | None, dim: int, broadcast_items: bool = True,
@@ -111,7 +128,10 @@ def training_plan(samples: Any, items: Any, users: Any | None, ik: Any | None, *
                              *[F.lit(None).cast(sample_rows.schema[c].dataType).alias(c) for c in extra],
                              F.col("_uid").alias("_key"), F.lit(0).alias("_tag"), "_ulist")
     parts = int(samples.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    merged = sample_rows.unionByName(user_rows).repartition(parts, "_key").sortWithinPartitions("_key", "_tag")
+    merged = sample_rows.repartition(parts, "_key").unionByName(user_rows)
+    if not hash_partitioned(merged, parts):  # the union would concatenate: shuffle the users' rows again
+        merged = sample_rows.unionByName(user_rows).repartition(parts, "_key")
+    merged = merged.sortWithinPartitions("_key", "_tag")
     options = {"sample_cols": sample_cols, "names": [f.name for f in out_schema.fields], "n_cond": len(conditions),
                "n_ext": len(extended), "dim": dim, "knowledge_ds": str(knowledge_ds),
                "model_version": str(model_version), "wanted": frozenset(spec.features), "items": item_table}

@@ -3,6 +3,9 @@
 ``mapInArrow`` gets one partition of sample rows (``_tag`` 1) and user rows (``_tag`` 0: ``_ulist``, the
 user's list<struct<i, e>>) hash-partitioned by ``_key`` (user id) and sorted by (``_key``, ``_tag``), so a user's
 row comes right before its samples, possibly in an earlier Arrow batch (the last user row is carried over).
+Every user row has samples (the knowledge was semi-joined with the samples' users), so a user row not followed
+by a sample of its key means the two sides were partitioned apart: a ``RuntimeError``, never rows silently
+without knowledge.
 ``merge_partition`` turns each batch into the output rows of its samples: every sample gets the matrices of the
 user row just before it when the keys match (else no user knowledge: null LUM columns), then
 ``stages.join.similarity.lum_columns_of``. Memory: one batch x 2 n_ext x D float32 plus the batch's users. User
@@ -48,12 +51,22 @@ def merge_partition(batches: Iterable[pa.RecordBatch], *, sample_cols: list[str]
     ``items``: the item vectors as ``item_lookup``'s table (None: each sample row carries its ``_ie``)."""
     w = 2 * n_ext  # user_matrices' width: the conditions, then their liked=no vectors
     carry_key, carry = NO_KEY, (np.zeros((1, w, dim), np.float32), np.zeros((1, w)), np.zeros((1, w), bool))
+    waiting: int | None = None  # the key of a batch's last row when it is a user row: its samples come next
     for batch in batches:
+        if not batch.num_rows:
+            continue
         tag = np.asarray(batch.column("_tag").to_numpy(zero_copy_only=False))
         keys, valid = _keys(batch.column("_key"))
         is_user = tag == 0
         u_pos = np.flatnonzero(is_user)
         s_pos = np.flatnonzero(~is_user)
+        if waiting is not None and (is_user[0] or keys[0] != waiting):
+            _apart(waiting)
+        waiting = int(keys[-1]) if is_user[-1] else None
+        inside = u_pos[u_pos + 1 < len(tag)]
+        alone = is_user[inside + 1] | (keys[inside + 1] != keys[inside])
+        if alone.any():
+            _apart(int(keys[inside[alone][0]]))
         try:
             users, norms, present = user_matrices(batch.column("_ulist").take(pa.array(u_pos)), n_ext, dim)
         except ValueError:  # vectors of another width: the write's user check refuses the commit, naming it
@@ -78,3 +91,10 @@ def merge_partition(batches: Iterable[pa.RecordBatch], *, sample_cols: list[str]
                              knowledge_ds=knowledge_ds, model_version=model_version, wanted=wanted)
         cols = [samples.column(c) for c in sample_cols] + [lum[name] for name in names[len(sample_cols):]]
         yield pa.RecordBatch.from_arrays(cols, names=names)
+    if waiting is not None:
+        _apart(waiting)
+
+
+def _apart(key: int) -> None:
+    raise RuntimeError(f"join: the knowledge of user_id {key} reached a Spark task without that user's samples; "
+                       "the samples and the knowledge were not partitioned alike (stages.join.frame)")

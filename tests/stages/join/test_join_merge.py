@@ -24,13 +24,14 @@ OPTIONS = {"sample_cols": NAMES[:2], "names": NAMES, "n_cond": N_COND, "n_ext": 
 
 
 def _data(seed: int = 0):
-    """Sorted (key, tag) rows: users 1..6 (user 3 has no knowledge row, user 5 two samples in a later batch),
-    a sample with a null user first (Spark sorts nulls first); item 9 has no vector."""
+    """Sorted (key, tag) rows: users 1..5 (user 3 has no knowledge row, user 5 two samples in a later batch),
+    a sample with a null user first (Spark sorts nulls first); item 9 has no vector. Every user row has
+    samples, as the join's semi-join makes sure."""
     rng = np.random.default_rng(seed)
     entries = {u: [{"i": c, "e": rng.normal(size=DIM).astype(np.float32).tolist()}
-                   for c in range(N_EXT) if rng.random() > 0.3 or c == 0] for u in (1, 2, 4, 5, 6)}
+                   for c in range(N_EXT) if rng.random() > 0.3 or c == 0] for u in (1, 2, 4, 5)}
     items = {i: rng.normal(size=DIM).astype(np.float32).tolist() for i in range(8)}
-    samples = {None: [2], 1: [0, 1, 9], 2: [3], 3: [4, 5], 4: [6], 5: [7, 0], 6: []}
+    samples = {None: [2], 1: [0, 1, 9], 2: [3], 3: [4, 5], 4: [6], 5: [7, 0]}
     rows = []
     for user, its in samples.items():
         if user in entries:
@@ -72,6 +73,21 @@ def test_merge_matches_the_per_row_reference(batch_rows):
     looked_up = merge_partition(table.drop_columns(["_ie"]).to_batches(max_chunksize=batch_rows), **OPTIONS,
                                 items=table_items)
     assert _sorted(pa.Table.from_batches(list(looked_up))) == _sorted(expected)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 100])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_user_row_without_its_samples_in_the_task_fails_the_job(batch_rows, where):
+    """The two sides partitioned apart (a union that concatenated rather than zipped its partitions) would leave
+    samples silently without knowledge; a user row not followed by a sample of its key is an error instead."""
+    table, _, _ = _data()
+    key = 0 if where == "first" else 9
+    row = table.slice(1, 1).to_pylist()[0] | {"_key": key}
+    assert row["_tag"] == 0
+    lone = pa.Table.from_pylist([row], schema=table.schema)
+    table = pa.concat_tables([table.slice(0, 1), lone, table.slice(1)] if where == "first" else [table, lone])
+    with pytest.raises(RuntimeError, match=f"knowledge of user_id {key} reached a Spark task without"):
+        list(merge_partition(table.to_batches(max_chunksize=batch_rows), **OPTIONS))
 
 
 def _stats(rows: int, nulls: int | None) -> FileStats:
