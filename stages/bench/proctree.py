@@ -65,9 +65,12 @@ def sample_tree(root: psutil.Process) -> tuple[dict[str, int], dict[str, int]]:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return rss, count
-    for proc in procs:
+    kinds: dict[int, str] = {}
+    for proc in procs:  # parents come before their children
         try:
-            kind = classify(proc, root.pid)
+            kind = kinds[proc.pid] = classify(proc, root.pid)
+            if kind == "jvm" and kinds.get(proc.ppid()) == "jvm":
+                continue  # the JVM forking a command (Hadoop's shell calls): its pages are the parent's, counted there
             rss[kind] += proc.memory_info().rss
         except psutil.Error:  # exited between the listing and the read
             continue

@@ -25,6 +25,27 @@ def test_sampler_classes_driver_and_python_workers(tmp_path):
     assert 5 < out.peak_rss_mb["driver"] < 190 and out.peak_rss_mb["jvm"] == 0
 
 
+# A process named java holding ~200 MiB that forks itself for a second, as a JVM does to run a shell command.
+FORKING_JVM = ("import os, sys, time\n"
+               "b = bytearray(200 << 20)\n"
+               "pid = os.fork()\n"
+               "if pid == 0:\n    time.sleep(1.0); os._exit(0)\n"
+               "os.waitpid(pid, 0)\n")
+
+
+def test_sampler_counts_a_forking_jvm_once(tmp_path):
+    """A fork of the JVM shares its pages: summing both would double the JVM (a momentary 8 GiB for a 4 GiB JVM)."""
+    java = tmp_path / "java"
+    java.symlink_to(os.path.realpath(sys.executable))
+    (tmp_path / "jvm.py").write_text(FORKING_JVM)
+    driver = f"import subprocess\nsubprocess.run([{str(java)!r}, {str(tmp_path / 'jvm.py')!r}], check=True)\n"
+    out = run_sampled([sys.executable, "-c", driver], stdout=str(tmp_path / "o"), stderr=str(tmp_path / "e"),
+                      interval=0.05)
+    assert out.returncode == 0 and out.samples >= 10
+    assert out.processes["jvm"] == 1 and out.processes["workers"] == 0
+    assert 190 <= out.peak_rss_mb["jvm"] < 300
+
+
 def test_sampler_sees_the_disk_a_run_holds_and_gives_back(tmp_path):
     # a child writes 64 MiB (synced, so the file system has allocated it), holds it, then deletes it
     write = (f"import os, time\np = {str(tmp_path / 'big')!r}\n"
