@@ -77,12 +77,16 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
 
 
 def hash_partitioned(df: Any, parts: int) -> bool:
-    """Whether Spark plans ``df`` hash-partitioned into ``parts`` partitions (its physical plan, before any job)."""
-    plan = df._jdf.queryExecution().executedPlan()
-    if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
-        plan = plan.initialPlan()
-    partitioning = plan.outputPartitioning()
-    return partitioning.toString().startswith("hashpartitioning(") and partitioning.numPartitions() == parts
+    """Whether Spark plans ``df`` hash-partitioned into ``parts`` partitions (its physical plan, before any job);
+    False when the plan cannot be read (no JVM plan, as with Spark Connect)."""
+    try:
+        plan = df._jdf.queryExecution().executedPlan()
+        if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
+            plan = plan.initialPlan()
+        partitioning = plan.outputPartitioning()
+        return partitioning.toString().startswith("hashpartitioning(") and partitioning.numPartitions() == parts
+    except Exception:  # noqa: BLE001 - any failure to read the plan means: take the path that needs no plan
+        return False
 
 
 def training_plan(samples: Any, items: Any, users: Any | None, ik: Any | None, *, spec: JoinSpec,

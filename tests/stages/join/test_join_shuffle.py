@@ -65,3 +65,12 @@ def test_a_union_spark_would_not_zip_is_repartitioned_whole_with_the_same_rows(s
     summary = run_join(wh)
     assert summary["rows"] == 11 and summary["rows_without_knowledge"] == 2
     assert sorted_rows(wh.read("dlrm_training", ds=D)) == expected
+
+
+def test_hash_partitioned_reads_the_physical_plan(spark):
+    from stages.join.frame import hash_partitioned
+
+    assert hash_partitioned(spark.range(10).repartition(4, "id"), 4)
+    assert not hash_partitioned(spark.range(10).repartition(4, "id"), 5)
+    assert not hash_partitioned(spark.range(10).repartition(4), 4)  # round robin
+    assert not hash_partitioned(object(), 4)  # no plan to read: the caller takes the path that needs none
