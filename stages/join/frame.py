@@ -76,14 +76,17 @@ def user_vectors(uk: Any, extended: list[str]) -> Any:
                  F.max(width).alias("_hi")))
 
 
+def physical_plan(df: Any) -> Any:
+    """The JVM physical plan Spark starts ``df`` with (adaptive execution's initial plan), before any job."""
+    plan = df._jdf.queryExecution().executedPlan()
+    return plan.initialPlan() if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec" else plan
+
+
 def hash_partitioned(df: Any, parts: int) -> bool:
-    """Whether Spark plans ``df`` hash-partitioned into ``parts`` partitions (its physical plan, before any job);
-    False when the plan cannot be read (no JVM plan, as with Spark Connect)."""
+    """Whether Spark plans ``df`` hash-partitioned into ``parts`` partitions (``physical_plan``); False when the
+    plan cannot be read (no JVM plan, as with Spark Connect)."""
     try:
-        plan = df._jdf.queryExecution().executedPlan()
-        if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
-            plan = plan.initialPlan()
-        partitioning = plan.outputPartitioning()
+        partitioning = physical_plan(df).outputPartitioning()
         return partitioning.toString().startswith("hashpartitioning(") and partitioning.numPartitions() == parts
     except Exception:  # noqa: BLE001 - any failure to read the plan means: take the path that needs no plan
         return False

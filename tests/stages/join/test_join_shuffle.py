@@ -13,6 +13,7 @@ def _plan(wh):
     """(rows of the join of day D, their number of partitions, the physical plan's lines), nothing computed."""
     from stages.join import provenance
     from stages.join import stage as J
+    from stages.join.frame import physical_plan
 
     cfg = J.Config()
     spec, lag = J.check_config(cfg)
@@ -21,11 +22,8 @@ def _plan(wh):
     samples = wh.read_spark(prep.spark, spec.samples_table, ds=D, version=versions[spec.samples_table])
     k_ds, _ = J.resolve_knowledge(wh, D, lag, allow_stale=False, versions=versions)
     joined = J.join_days(cfg, prep, samples, {D: 11}, k_ds)
-    plan = joined.rows._jdf.queryExecution().executedPlan()
-    if plan.getClass().getSimpleName() == "AdaptiveSparkPlanExec":
-        plan = plan.initialPlan()
     parts = int(prep.spark.conf.get("spark.sql.shuffle.partitions"))
-    return joined.rows, parts, plan.toString().splitlines()
+    return joined.rows, parts, physical_plan(joined.rows).toString().splitlines()
 
 
 def _exchanges_above_union(lines: list[str]) -> int:
