@@ -5,6 +5,9 @@ newest first by (ts, event_idx), cut to ``max_len`` and collected oldest first (
 cost); one Delta commit replaces partition D (a rerun: the same rows). Incremental by default: D = D-1's rows
 extended by day D's events when D-1's build record checks out (``stages.sequences.incremental``, the same rows),
 else or with ``full_rebuild=true`` the full build, the reason logged and in the summary (``mode``, ``reason``).
+An incremental day whose D-1 has one file per bucket is merged bucket by bucket in Python tasks: Spark shuffles
+only the day's rows and task b streams D-1's file of bucket b beside them (``stages.sequences.merge``; summary
+``path``: "per bucket"); otherwise (D-1 older than buckets or rewritten) Spark joins the two ("spark").
 Each behaviour gets one condition string from ``condition_features`` in that order (``category=Comedy,liked=yes``;
 an item missing from ``items`` gets ``category=<unk>``); ``liked`` is ``yes`` when the rating >=
 ``liked_threshold``, ``no`` below, ``<unk>`` without a rating (implicit feedback: logged, ``liked_unknown`` in the
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 
 from stages.core.dates import check_ds, day_end
 from stages.core.spark import get_spark
-from stages.sequences import bucketing, incremental
+from stages.sequences import bucketing, incremental, merge
+from stages.warehouse import buckets as bucket_files
 from stages.warehouse.facade import Warehouse
 
 log = logging.getLogger(__name__)
@@ -96,10 +100,50 @@ def build_sequences(events_df, items_df, *, ds: str, cfg: Config):
         F.size("b").cast("int").alias("history_len"), F.col("total_events").cast("long").alias("total_events"))
 
 
+def _write_spark(wh: Warehouse, df, *, ds: str, cfg: Config, record) -> tuple[int, int, int]:
+    """Spark writes ``df`` (every row of partition ``ds``) in buckets; (version, rows, liked=<unk> behaviours)."""
+    # counted, then written: kept on disk in between. An in-memory cache (``cache()``) of a 3M-user day filled
+    # the 4g heap beside the write's sort and ran out of it; on disk the heap holds pages of the tasks only.
+    from pyspark import StorageLevel  # deferred: as in build_sequences
+
+    conditions = ",".join(cfg.condition_features)
+    df = bucketing.with_bucket(df, cfg.buckets).persist(StorageLevel.DISK_ONLY)
+    try:
+        rows, unknown, unrated = incremental.count_rows(df, conditions)
+        if rows == 0:
+            raise ValueError(f"events has no behaviour with ts before the end of {ds}")
+        version = wh.write_spark_partition("user_sequences", bucketing.bucketed(df, cfg.buckets), ds=ds,
+                                           metadata={METADATA_KEY: conditions, **record(rows, unknown)},
+                                           check=bucketing.one_bucket_per_file)
+    finally:
+        df.unpersist()
+    return version, rows, unrated
+
+
+def _write_merged(wh: Warehouse, day, previous, *, ds: str, cfg: Config, record) -> tuple[int, int, int]:
+    """Python tasks write partition ``ds`` bucket by bucket: D-1's file of bucket b (``previous``) merged with
+    ``day``'s rows of bucket b (``stages.sequences.merge``); (version, rows, liked=<unk> behaviours)."""
+    from pyspark.sql import functions as F  # deferred: as in build_sequences
+
+    conditions = ",".join(cfg.condition_features)
+    day = bucketing.with_bucket(day, cfg.buckets).withColumn(merge.MARKER, F.lit(False))
+    rows = bucketing.bucketed(day.unionByName(merge.markers(day.sparkSession, cfg.buckets, ds, day)), cfg.buckets)
+    counts: dict[str, int] = {}
+
+    def finish(sums: dict[str, int]) -> dict[str, str]:
+        counts.update(sums)
+        return {METADATA_KEY: conditions, **record(sums["rows"], sums.get("unknown", 0))}
+
+    version = wh.write_arrow_days(
+        "user_sequences", rows, merge.bucket_writer(wh, previous, ds=ds, max_len=cfg.max_len, buckets=cfg.buckets),
+        days=[ds], check=merge.covers(previous), keyed=True, tally=merge.tally(conditions), finish=finish)
+    return version, counts["rows"], counts.get("unrated", 0)
+
+
 def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     """Write partition ``ds`` of user_sequences; returns {"table", "ds", "rows", "version", "mode", "reason",
-    "buckets", "seconds"} (mode: "incremental" or "full"), and "liked_unknown" (behaviours without a rating)
-    with "liked"."""
+    "buckets", "path", "seconds"} (mode: "incremental" or "full"; path: "per bucket" or "spark"), and
+    "liked_unknown" (behaviours without a rating) with "liked"."""
     check_ds(ds)
     cfg.check()
     started = time.perf_counter()
@@ -120,34 +164,35 @@ def run(cfg: Config, *, ds: str, warehouse: Warehouse | str | None) -> dict:
     # items is small and unpartitioned (read_spark serves ds tables): read with delta-rs, hand to Spark
     items_pd = wh.read("items", columns=["item_id", "category"], version=items_version).to_pandas()
     items = spark.createDataFrame(items_pd, "item_id long, category string")
+    fingerprint = incremental.events_fingerprint(wh, events_version, ds)
+
+    def record(rows: int, unknown: int) -> dict[str, str]:
+        return incremental.build_record(
+            ds=ds, max_len=cfg.max_len, conditions=conditions, rows=rows, unknown_users=unknown, mode=mode,
+            events_fingerprint=fingerprint, items_version=items_version, liked_threshold=cfg.threshold(),
+            buckets=cfg.buckets)
+
     if prev is None:
-        events = wh.read_spark(spark, "events", end=ds, version=events_version)
-        df = build_sequences(events, items, ds=ds, cfg=cfg)
+        df = build_sequences(wh.read_spark(spark, "events", end=ds, version=events_version), items, ds=ds, cfg=cfg)
+        version, rows, unrated = _write_spark(wh, df, ds=ds, cfg=cfg, record=record)
+        path = "spark"
     else:
         day = build_sequences(wh.read_spark(spark, "events", ds=ds, version=events_version), items, ds=ds, cfg=cfg)
-        df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds, max_len=cfg.max_len)
-    # counted, then written: kept on disk in between. An in-memory cache (``cache()``) of a 3M-user day filled
-    # the 4g heap beside the write's sort and ran out of it; on disk the heap holds pages of the tasks only.
-    from pyspark import StorageLevel  # deferred: as in build_sequences
-
-    df = bucketing.with_bucket(df, cfg.buckets).persist(StorageLevel.DISK_ONLY)
-    try:
-        rows, unknown, unrated = incremental.count_rows(df, conditions)
-        if rows == 0:
-            raise ValueError(f"events has no behaviour with ts before the end of {ds}")
-        record = incremental.build_record(
-            ds=ds, max_len=cfg.max_len, conditions=conditions, rows=rows, unknown_users=unknown, mode=mode,
-            events_fingerprint=incremental.events_fingerprint(wh, events_version, ds), items_version=items_version,
-            liked_threshold=cfg.threshold(), buckets=cfg.buckets)
-        version = wh.write_spark_partition("user_sequences", bucketing.bucketed(df, cfg.buckets), ds=ds,
-                                           metadata={METADATA_KEY: conditions, **record},
-                                           check=bucketing.one_bucket_per_file)
-    finally:
-        df.unpersist()
+        previous = bucket_files.layout(wh, prev)
+        why = previous.unusable(cfg.buckets)
+        if why is None:
+            version, rows, unrated = _write_merged(wh, day, previous, ds=ds, cfg=cfg, record=record)
+            path = "per bucket"
+        else:
+            log.info("user_sequences ds=%s: extending %s in Spark: %s", ds, prev, why)
+            df = incremental.extend(wh.read_spark(spark, "user_sequences", ds=prev), day, ds=ds,
+                                    max_len=cfg.max_len)
+            version, rows, unrated = _write_spark(wh, df, ds=ds, cfg=cfg, record=record)
+            path = "spark"
     seconds = round(time.perf_counter() - started, 2)
     log.info("user_sequences ds=%s: %d users (%s) in %.1fs", ds, rows, mode, seconds)
     summary = {"table": "user_sequences", "ds": ds, "rows": rows, "version": version, "mode": mode,
-               "reason": reason, "buckets": cfg.buckets, "seconds": seconds}
+               "reason": reason, "buckets": cfg.buckets, "path": path, "seconds": seconds}
     if cfg.threshold() is not None:
         summary["liked_unknown"] = unrated
         if unrated:

@@ -36,7 +36,8 @@ from stages.warehouse.store import TableStore
 log = logging.getLogger(__name__)
 
 Batches = Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]
-RESULT = "path string, ds string, stats string, bad_key string"  # one row per written file
+Tally = Callable[[pa.Table], dict[str, int]]  # counts over rows about to be written, summed over every file
+RESULT = "path string, ds string, stats string, bad_key string, tally string"  # one row per written file
 
 
 def file_schema(name: str) -> pa.Schema:
@@ -50,11 +51,24 @@ def file_schema(name: str) -> pa.Schema:
     return pa.schema(fields)
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The parquet column paths worth a dictionary: all but lists of floats or timestamps (embeddings, ratings,
+    times: values that seldom repeat), as Spark's writer here leaves them; a list's leaf is ``<name>.list.element``."""
+    out = []
+    for f in schema:
+        if not pa.types.is_list(f.type):
+            out.append(f.name)
+        elif not (pa.types.is_floating(f.type.value_type) or pa.types.is_timestamp(f.type.value_type)):
+            out.append(f"{f.name}.list.element")
+    return out
+
+
 def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_uri: str, folder_rel: str,
-                schema: pa.Schema, key: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
-    """One Spark task: ``fn``'s batches as one parquet file per day; yields (path, ds, stats JSON, bad key JSON)
-    rows. ``key``: also find a null or duplicated key among this task's rows of each day (``keys.StreamKeyCheck``:
-    bounded memory when the task's rows come sorted by the key's first column, as the join's do)."""
+                schema: pa.Schema, key: Sequence[str] | None, tally: Tally | None = None) -> Iterator[pa.RecordBatch]:
+    """One Spark task: ``fn``'s batches as one parquet file per day; yields (path, ds, stats JSON, bad key JSON,
+    tally JSON) rows. ``key``: also find a null or duplicated key among this task's rows of each day
+    (``keys.StreamKeyCheck``: bounded memory when the task's rows come sorted by the key's first column, as the
+    join's do). ``tally``: counts over each written piece, summed per file."""
     from pyspark import TaskContext  # deferred: runs in a Spark Python worker
 
     ctx = TaskContext.get()
@@ -62,6 +76,7 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
     fs, table_path = filesystem_for(table_uri)
     open_files: dict[str, tuple[pq.ParquetWriter, str, list]] = {}
     keys: dict[str, StreamKeyCheck] = {}
+    counts: dict[str, dict[str, int]] = {}
     try:
         for batch in fn(batches) if fn is not None else batches:
             table = pa.Table.from_batches([batch])
@@ -72,14 +87,17 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
                     fs.create_dir(f"{table_path}/{folder_rel}/ds={day}", recursive=True)
                     footer: list[pq.FileMetaData] = []
                     writer = pq.ParquetWriter(f"{table_path}/{rel}", schema, filesystem=fs, compression="snappy",
-                                              use_dictionary=[f.name for f in schema if not pa.types.is_list(f.type)],
-                                              metadata_collector=footer)
+                                              use_dictionary=dictionary_columns(schema), metadata_collector=footer)
                     open_files[day] = (writer, rel, footer)
                     if key is not None:
                         keys[day] = StreamKeyCheck(key)
                 open_files[day][0].write_table(part)
                 if key is not None:
                     keys[day].add(part.select(list(key)))
+                if tally is not None:
+                    sums = counts.setdefault(day, {})
+                    for name, n in tally(part).items():
+                        sums[name] = sums.get(name, 0) + int(n)
     finally:
         for writer, _, _ in open_files.values():
             writer.close()
@@ -88,19 +106,24 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
         stats = recorded_stats(footer[0], fs.get_file_info(f"{table_path}/{rel}").size)
         bad = keys[day].result() if key is not None else None
         rows.append({"path": rel, "ds": day, "stats": json.dumps(stats.to_json(), allow_nan=False),
-                     "bad_key": None if bad is None else json.dumps([bad[0], show_key(bad[1])])})
+                     "bad_key": None if bad is None else json.dumps([bad[0], show_key(bad[1])]),
+                     "tally": json.dumps(counts.get(day, {}))})
     yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("ds", pa.string()),
-                                                             ("stats", pa.string()), ("bad_key", pa.string())]))
+                                                             ("stats", pa.string()), ("bad_key", pa.string()),
+                                                             ("tally", pa.string())]))
 
 
 def write_arrow_days(wh: TableStore, name: str, df: Any, fn: Batches | None, *, days: Sequence[str],
                      metadata: dict[str, str] | None = None, commit_metadata: dict[str, str] | None = None,
-                     check: WrittenCheck | None = None, keyed: bool = False) -> int:
+                     check: WrittenCheck | None = None, keyed: bool = False, tally: Tally | None = None,
+                     finish: Callable[[dict[str, int]], dict[str, str]] | None = None) -> int:
     """Write ``fn`` applied to each partition of ``df`` (Spark; ``fn`` None: its rows as they are, which must
     have every column of table ``name`` and a ``ds`` in ``days``) as partitions ``days`` in ONE commit; returns
     the version. ``metadata``, ``commit_metadata`` and ``check`` as in ``spark_bridge.write_spark_partitions``.
     ``keyed``: ``df`` is hash-partitioned so that rows of one key never meet ``fn`` in two tasks; each task then
-    checks its own keys (no Spark job over the written key columns)."""
+    checks its own keys (no Spark job over the written key columns). ``tally``: counts the tasks take over the
+    rows they write; ``finish`` gets their sums over every file, plus ``rows`` (from the files' stats), after
+    the checks and before the commit, and returns more ``metadata`` (its error commits nothing)."""
     days = sorted({check_ds(d) for d in days})
     if not days or "ds" not in schemas.get(name).SPEC.partition_by:
         raise ValueError(f"table {name}: write_arrow_days needs a ds-partitioned table and at least one day")
@@ -109,7 +132,7 @@ def write_arrow_days(wh: TableStore, name: str, df: Any, fn: Batches | None, *, 
     folder_rel = f"arrow-{uuid.uuid4().hex}"
     key = tuple(schemas.get(name).SPEC.key)
     options = {"fn": fn, "table_uri": table_uri, "folder_rel": folder_rel, "schema": file_schema(name),
-               "key": key if keyed else None}
+               "key": key if keyed else None, "tally": tally}
 
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return _write_task(batches, **options)
@@ -129,6 +152,12 @@ def write_arrow_days(wh: TableStore, name: str, df: Any, fn: Batches | None, *, 
             check_written_keys(df.sparkSession, f"{table_uri}/{folder_rel}", name)
         if check is not None:
             check([(f, stats[f.relpath]) for f in files])
+        if finish is not None:
+            sums = {"rows": sum(s.stats["numRecords"] for s in stats.values())}
+            for r in reported:
+                for what, n in json.loads(r["tally"] or "{}").items():
+                    sums[what] = sums.get(what, 0) + n
+            metadata = {**(metadata or {}), **finish(sums)}
         version, applied = commit_days_files(table_uri, name, days=days, files=files,
                                              schema=schemas.get(name).SPEC.build_schema(1),
                                              app_id=f"lum/{name}/{label}/{folder_rel}",

@@ -203,11 +203,13 @@ class Warehouse:
 
     def write_arrow_days(self, name: str, df, fn, *, days: Sequence[str], metadata: dict[str, str] | None = None,
                          commit_metadata: dict[str, str] | None = None,
-                         check: spark_bridge.WrittenCheck | None = None, keyed: bool = False) -> int:
+                         check: spark_bridge.WrittenCheck | None = None, keyed: bool = False,
+                         tally: arrow_write.Tally | None = None, finish=None) -> int:
         """``fn`` over each partition of ``df`` (Spark) written by Python tasks as partitions ``days``, ONE commit
-        (``stages.warehouse.arrow_write``); returns the version."""
+        (``stages.warehouse.arrow_write``, which says what ``tally`` and ``finish`` do); returns the version."""
         return arrow_write.write_arrow_days(self, name, df, fn, days=days, metadata=metadata,
-                                            commit_metadata=commit_metadata, check=check, keyed=keyed)
+                                            commit_metadata=commit_metadata, check=check, keyed=keyed,
+                                            tally=tally, finish=finish)
 
     # ---- maintenance (stages.warehouse.maintenance): vacuum, optimize, expire, checkpoint ---------------
     def vacuum(self, name: str, *, dry_run: bool = False, retention_hours: int | None = None) -> list[str]:

@@ -3,11 +3,13 @@ case where D-1 cannot be extended falls back (logged) or fails (unreadable D-1).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from stages.core.hashing import bucket_of
@@ -87,16 +89,22 @@ def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog, featur
     for ds in (D2, D3, D4):
         summaries[ds] = _run(wh, ds, features)
         assert summaries[ds]["mode"] == "incremental", summaries[ds]["reason"]
+        assert summaries[ds]["path"] == "per bucket"  # D-1's bucket files merged in Python tasks
         built[ds] = _rows(wh, ds)
     assert "incremental build (extends partition 2003-03-01)" in caplog.text
     for ds in (D2, D4):  # D3 (no events) is D2's rows, below
         incremental_layout = buckets.layout(wh, ds)
         full_summary = _run(wh, ds, features, full_rebuild=True)
-        assert full_summary["mode"] == "full"
+        assert full_summary["mode"] == "full" and full_summary["path"] == "spark"
         full = _rows(wh, ds)
         assert full.equals(built[ds]), ds  # every column, every row (bucket included)
         assert sorted(buckets.layout(wh, ds).files) == sorted(incremental_layout.files)  # one file per bucket
         assert incremental_layout.reason is None and incremental_layout.buckets == 4
+        for rel in incremental_layout.files.values():  # the conditions stay dictionary-encoded, as Spark writes
+            chunk = pq.ParquetFile(Path(wh.table_uri("user_sequences"), rel)).metadata.row_group(0)
+            leaf = [chunk.column(i) for i in range(chunk.num_columns)
+                    if chunk.column(i).path_in_schema == "conditions.list.element"][0]
+            assert {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(leaf.encodings), leaf.encodings
         assert full_summary.get("liked_unknown") == summaries[ds].get("liked_unknown")
     d2, d3, d4 = (built[d].to_pylist() for d in (D2, D3, D4))
     by_user = {r["user_id"]: r for r in d2}
@@ -115,6 +123,26 @@ def test_incremental_days_equal_the_full_rebuild(small_warehouse, caplog, featur
     assert [{**r, "ds": D2} for r in d3] == d2  # a day without events carries every row
     assert {r["user_id"]: r["item_ids"] for r in d4}[1] == [23, 24, 22]  # equal ts on D4: event_idx 2, 5, 9
     assert [r["user_id"] for r in d4] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
+def test_a_previous_day_without_usable_buckets_is_extended_in_spark_to_the_same_rows(small_warehouse, caplog,
+                                                                                    monkeypatch):
+    wh = small_warehouse
+    _run(wh, D1)
+    assert _run(wh, D2)["path"] == "per bucket"
+    merged = _rows(wh, D2)
+    real_layout = buckets.layout
+
+    def unusable(*args, **kwargs):  # as for a partition written before buckets, or rewritten by a compaction
+        return dataclasses.replace(real_layout(*args, **kwargs), reason="files holding several buckets")
+
+    monkeypatch.setattr("stages.sequences.stage.bucket_files.layout", unusable)
+    caplog.set_level(logging.INFO, logger="stages.sequences.stage")
+    summary = _run(wh, D2)
+    assert (summary["mode"], summary["path"]) == ("incremental", "spark")
+    assert "extending 2003-03-01 in Spark: files holding several buckets" in caplog.text
+    assert _rows(wh, D2).equals(merged)
 
 
 @pytest.mark.slow

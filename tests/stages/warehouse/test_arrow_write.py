@@ -91,3 +91,40 @@ def test_duplicated_key_or_failed_check_commits_nothing(spark, warehouse, keyed)
         wh.write_arrow_days("events", frame(spark, events(DAYS[1], [6])), None, days=[DAYS[0]], keyed=keyed)
     assert tree_snapshot(wh.table_uri("events")) == snapshot  # no commit, no stray folder
     assert sorted(wh.read("events").column("user_id").to_pylist()) == [1, 2]
+
+
+def test_tallies_are_summed_over_the_files_and_finish_adds_metadata_or_refuses(spark, warehouse):
+    wh = Warehouse(warehouse)
+    got = []
+
+    def count(table: pa.Table) -> dict[str, int]:  # per written piece: rows with a rating above 1
+        return {"high": int(pc.sum(pc.greater(table.column("rating"), 1.0)).as_py() or 0)}
+
+    def finish(sums: dict[str, int]) -> dict[str, str]:
+        got.append(sums)
+        return {"lum.high": str(sums["high"])}
+
+    rows = frame(spark, events(DAYS[0], [1, 2, 3, 4]) + events(DAYS[1], [5, 6]))  # ratings 0.5 .. 3.0
+    version = wh.write_arrow_days("events", rows, None, days=DAYS, tally=count, finish=finish)
+    assert got == [{"rows": 6, "high": 4}]  # 1.5, 2.0, 2.5, 3.0 over 3 tasks and 2 days
+    assert wh.table_metadata("events")["lum.high"] == "4"
+    write = [c for c in wh.history("events", 2) if c.get("operation") != "SET TBLPROPERTIES"][0]
+    assert write.get("lum.high") == "4" and wh.version("events") == version  # the data commit carries it too
+    snapshot = tree_snapshot(wh.table_uri("events"))
+
+    def refuse(sums: dict[str, int]) -> dict[str, str]:
+        raise ValueError(f"refused {sums['rows']} rows")
+
+    with pytest.raises(ValueError, match="refused 1 rows"):
+        wh.write_arrow_days("events", frame(spark, events(DAYS[0], [7])), None, days=[DAYS[0]], tally=count,
+                            finish=refuse)
+    assert tree_snapshot(wh.table_uri("events")) == snapshot  # no commit, no stray folder
+
+
+def test_dictionary_columns_skip_lists_of_floats_and_times():
+    from stages.warehouse.arrow_write import dictionary_columns, file_schema
+
+    assert dictionary_columns(file_schema("user_sequences")) == [
+        "user_id", "item_ids.list.element", "conditions.list.element", "history_len", "total_events", "bucket"]
+    training = dictionary_columns(file_schema("dlrm_training"))
+    assert "user_id" in training and not any(c.startswith(("lum_match", "lum_user", "lum_item")) for c in training)
