@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 
 from schemas.user_sequences import LIST_COLUMNS
 from stages.core.hashing import bucket_of
+from stages.sequences.bucketing import one_bucket_per_file
+from stages.sequences.incremental import UNKNOWN, UNRATED
 from stages.warehouse import buckets as bucket_files
 from stages.warehouse.arrow_write import file_schema
 from stages.warehouse.store import TableStore
@@ -188,8 +190,6 @@ def markers(spark, buckets: int, ds: str, like):
 def tally(conditions: str):
     """The write's counts over the rows written: ``unknown`` users with a ``category=<unk>`` condition and
     ``unrated`` behaviours with ``liked=<unk>`` (0 unless those features are conditions), as ``count_rows``."""
-    from stages.sequences.incremental import UNKNOWN, UNRATED
-
     features = conditions.split(",")
 
     def count(table: pa.Table) -> dict[str, int]:
@@ -209,8 +209,6 @@ def tally(conditions: str):
 def covers(previous: bucket_files.BucketLayout):
     """The write's check: every bucket D-1 has rows in is written (a bucket whose task never ran would lose its
     users silently) and each file holds one bucket (``bucketing.one_bucket_per_file``)."""
-    from stages.sequences.bucketing import one_bucket_per_file
-
     def check(written) -> None:
         one_bucket_per_file(written)
         done = {stats.stats.get("minValues", {}).get("bucket") for _, stats in written}
