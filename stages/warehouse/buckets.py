@@ -99,14 +99,17 @@ def layout(wh: TableStore, ds: str, *, version: int | None = None) -> BucketLayo
 
 def _file_batches(wh: TableStore, rel: str, *, ds: str, bucket: int, buckets: int, columns: Sequence[str],
                   batch_rows: int, dictionary: bool) -> Iterator[pa.RecordBatch]:
-    """The rows of one bucket's file in batches; refuses rows of another bucket or out of user_id order."""
+    """The rows of one bucket's file in batches, row group by row group (each group has its own ``conditions``
+    dictionary, and Arrow cannot hand back a list of dictionaries that changes mid-batch); refuses rows of another
+    bucket or out of user_id order."""
     fs, root = filesystem_for(wh.table_uri(TABLE))
     with fs.open_input_file(f"{root}/{unquote(rel)}") as handle:
         pf = open_parquet(handle, dictionary=dictionary)
         names = [c for c in columns if c != "ds"]
         wanted = list(dict.fromkeys([*names, "user_id"]))
         last = None
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+        for batch in (b for group in range(pf.num_row_groups)
+                      for b in pf.iter_batches(batch_size=batch_rows, columns=wanted, row_groups=[group])):
             uids = batch.column("user_id").to_numpy(zero_copy_only=False)
             bad = np.flatnonzero(bucket_of(uids, buckets) != bucket)
             if len(bad) or np.any(np.diff(uids) <= 0) or (last is not None and len(uids) and uids[0] <= last):

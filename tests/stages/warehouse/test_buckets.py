@@ -125,3 +125,27 @@ def test_a_bucket_file_is_read_in_pieces_not_a_column_chunk_at_once(tmp_path):
         held = pa.total_allocated_bytes() - before
         assert first.num_rows == 1000
         assert held < 4 * buckets.READ_BUFFER < 8_000_000  # not the 16 MB column chunk
+
+
+def test_a_bucket_file_of_several_row_groups_streams_whole(warehouse):
+    # the per-bucket sequences write makes a row group per ~16 MiB, each with its own conditions dictionary:
+    # a batch spanning two groups stopped Arrow ("Nested data conversions not implemented for chunked array
+    # outputs") in infer's first 3M-user run on such files
+    table = write_bucketed(warehouse, synthetic_sequences(120, seed=4), ds=DS, buckets=2)
+    wh = Warehouse(warehouse)
+    lay = buckets.layout(wh, DS)
+    path = f"{wh.table_uri('user_sequences')}/{lay.files[0]}"
+    rows = pq.read_table(path)
+    with pq.ParquetWriter(path, rows.schema, use_dictionary=["conditions.list.element"]) as writer:
+        for start in (0, 17, 40):  # three row groups of 17, 23 and the rest
+            writer.write_table(rows.slice(start, {0: 17, 17: 23}.get(start, rows.num_rows)))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    got = pa.Table.from_batches(list(buckets.iter_bucket_batches(wh, DS, index=0, count=2, columns=COLUMNS,
+                                                                 batch_rows=10)))
+    assert got.column("user_id").to_pylist() == rows.column("user_id").to_pylist()
+    assert got.column("conditions").to_pylist() == rows.column("conditions").to_pylist()
+    streams = buckets.bucket_streams(wh, lay, index=0, count=1, columns=COLUMNS, batch_rows=10)
+    merged = pa.concat_tables(buckets.merged_by_user([s for _, s in streams], 32))  # as infer's chunks
+    want = table.sort_by("user_id")
+    assert merged.column("user_id").to_pylist() == want.column("user_id").to_pylist()
+    assert merged.column("conditions").to_pylist() == want.column("conditions").to_pylist()
