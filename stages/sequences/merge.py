@@ -62,31 +62,34 @@ def merge_rows(prev: pa.Table, day: pa.Table, *, max_len: int) -> pa.Table:
     users = np.union1d(pu, du)
     pi, in_p = _where(users, pu)
     di, in_d = _where(users, du)
+    p_lists = {name: _lists(prev.column(name)) for name in LIST_COLUMNS}
+    d_lists = {name: _lists(day.column(name)) for name in LIST_COLUMNS}
+    p_off, d_off = p_lists["item_ids"][1], d_lists["item_ids"][1]
+    for name in LIST_COLUMNS[1:]:  # aligned lists share their offsets, so one index takes from all four
+        if not (np.array_equal(p_lists[name][1], p_off) and np.array_equal(d_lists[name][1], d_off)):
+            raise ValueError(f"{TABLE}: column {name} length differs from len(item_ids) in a merged batch")
+    p_len = np.where(in_p, p_off[pi + in_p] - p_off[pi], 0)  # pi + 1 where present, else a zero length
+    d_len = np.where(in_d, d_off[di + in_d] - d_off[di], 0)
+    total = p_len + d_len
+    keep = np.minimum(total, max_len)
+    p_skip = np.minimum(total - keep, p_len)  # the oldest behaviours go first: D-1's, then the day's
+    d_skip = total - keep - p_skip
+    starts = np.empty(2 * len(users), np.int64)
+    lengths = np.empty(2 * len(users), np.int64)
+    starts[0::2], lengths[0::2] = p_off[pi] + p_skip, p_len - p_skip
+    starts[1::2], lengths[1::2] = p_off[-1] + d_off[di] + d_skip, d_len - d_skip
+    ends = np.cumsum(lengths)
+    index = pa.array(np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(keep)]).astype(np.int32), pa.int32())
     columns: dict[str, pa.Array] = {"user_id": pa.array(users, pa.int64())}
-    keep = None
     for name in LIST_COLUMNS:
-        p_values, p_off = _lists(prev.column(name))
-        d_values, d_off = _lists(day.column(name))
-        p_len = np.where(in_p, p_off[pi + in_p] - p_off[pi], 0)  # pi + 1 where present, else a zero length
-        d_len = np.where(in_d, d_off[di + in_d] - d_off[di], 0)
-        total = p_len + d_len
-        keep = np.minimum(total, max_len)
-        p_skip = np.minimum(total - keep, p_len)  # the oldest behaviours go first: D-1's, then the day's
-        d_skip = total - keep - p_skip
-        starts = np.empty(2 * len(users), np.int64)
-        lengths = np.empty(2 * len(users), np.int64)
-        starts[0::2], lengths[0::2] = p_off[pi] + p_skip, p_len - p_skip
-        starts[1::2], lengths[1::2] = len(p_values) + d_off[di] + d_skip, d_len - d_skip
-        ends = np.cumsum(lengths)
-        index = np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
-        values = pa.concat_arrays([p_values, d_values]).take(pa.array(index, pa.int64()))
-        offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int32)
-        columns[name] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+        values = pa.concat_arrays([p_lists[name][0], d_lists[name][0]]).take(index)
+        columns[name] = pa.ListArray.from_arrays(offsets, values)
     p_total = prev.column("total_events").to_numpy(zero_copy_only=False)
     d_total = day.column("total_events").to_numpy(zero_copy_only=False)
     totals = np.where(in_p, p_total[pi] if len(pu) else 0, 0) + np.where(in_d, d_total[di] if len(du) else 0, 0)
     columns["total_events"] = pa.array(totals, pa.int64())
-    columns["history_len"] = pa.array(keep if keep is not None else [], pa.int32())
+    columns["history_len"] = pa.array(keep, pa.int32())
     return pa.table(columns).cast(_types().append(pa.field("history_len", pa.int32())))
 
 
@@ -136,9 +139,8 @@ def _day_rows(batches: Iterable[pa.RecordBatch], bucket: int, buckets: int) -> I
         if batch.num_rows == 0:
             continue
         uids = batch.column("user_id").to_numpy()
-        other = np.flatnonzero(bucket_of(uids, buckets) != bucket)
-        if len(other) or np.any(np.diff(uids) <= 0) or (last is not None and uids[0] <= last):
-            what = f"user {int(uids[other[0]])} of another bucket" if len(other) else "rows out of user_id order"
+        what = bucket_files.misplaced(uids, bucket=bucket, buckets=buckets, after=last)
+        if what:
             raise RuntimeError(f"{TABLE}: the Spark task of bucket {bucket} got {what}; nothing is committed")
         last = uids[-1]
         yield pa.RecordBatch.from_arrays([batch.column(c).cast(types.field(c).type) for c in COLUMNS],
@@ -156,11 +158,13 @@ def bucket_writer(wh: TableStore, previous: bucket_files.BucketLayout, *, ds: st
                                                    columns=list(COLUMNS), batch_rows=BATCH_ROWS, dictionary=False))
         prev = (b.cast(_types()) for b in streams.get(bucket, iter(())))
         pending: list[pa.Table] = []
+        held = 0
         for table in merge_streams(prev, _day_rows(batches, bucket, buckets), max_len=max_len):
             pending.append(table)
-            if sum(t.nbytes for t in pending) >= ROW_GROUP_BYTES:
+            held += table.nbytes
+            if held >= ROW_GROUP_BYTES:
                 yield _row_group(pending, ds=ds, buckets=buckets)
-                pending = []
+                pending, held = [], 0
         if pending:
             yield _row_group(pending, ds=ds, buckets=buckets)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -76,7 +77,7 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
     fs, table_path = filesystem_for(table_uri)
     open_files: dict[str, tuple[pq.ParquetWriter, str, list]] = {}
     keys: dict[str, StreamKeyCheck] = {}
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter] = {}
     try:
         for batch in fn(batches) if fn is not None else batches:
             table = pa.Table.from_batches([batch])
@@ -95,9 +96,7 @@ def _write_task(batches: Iterable[pa.RecordBatch], *, fn: Batches | None, table_
                 if key is not None:
                     keys[day].add(part.select(list(key)))
                 if tally is not None:
-                    sums = counts.setdefault(day, {})
-                    for name, n in tally(part).items():
-                        sums[name] = sums.get(name, 0) + int(n)
+                    counts.setdefault(day, Counter()).update({k: int(n) for k, n in tally(part).items()})
     finally:
         for writer, _, _ in open_files.values():
             writer.close()
@@ -153,11 +152,10 @@ def write_arrow_days(wh: TableStore, name: str, df: Any, fn: Batches | None, *, 
         if check is not None:
             check([(f, stats[f.relpath]) for f in files])
         if finish is not None:
-            sums = {"rows": sum(s.stats["numRecords"] for s in stats.values())}
+            sums = Counter(rows=sum(s.stats["numRecords"] for s in stats.values()))
             for r in reported:
-                for what, n in json.loads(r["tally"] or "{}").items():
-                    sums[what] = sums.get(what, 0) + n
-            metadata = {**(metadata or {}), **finish(sums)}
+                sums.update(json.loads(r["tally"] or "{}"))
+            metadata = {**(metadata or {}), **finish(dict(sums))}
         version, applied = commit_days_files(table_uri, name, days=days, files=files,
                                              schema=schemas.get(name).SPEC.build_schema(1),
                                              app_id=f"lum/{name}/{label}/{folder_rel}",

@@ -111,13 +111,23 @@ def _file_batches(wh: TableStore, rel: str, *, ds: str, bucket: int, buckets: in
         for batch in (b for group in range(pf.num_row_groups)
                       for b in pf.iter_batches(batch_size=batch_rows, columns=wanted, row_groups=[group])):
             uids = batch.column("user_id").to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(bucket_of(uids, buckets) != bucket)
-            if len(bad) or np.any(np.diff(uids) <= 0) or (last is not None and len(uids) and uids[0] <= last):
-                what = f"user {int(uids[bad[0]])} of another bucket" if len(bad) else "rows out of user_id order"
+            what = misplaced(uids, bucket=bucket, buckets=buckets, after=last)
+            if what:
                 raise ValueError(f"{TABLE} ds={ds} file {rel}: bucket {bucket} holds {what}")
             if len(uids):
                 last = uids[-1]
             yield _shaped(batch, columns, ds)
+
+
+def misplaced(uids: np.ndarray, *, bucket: int, buckets: int, after: int | None) -> str | None:
+    """What is wrong with ``uids`` as the next rows of ``bucket`` after user ``after`` (None: the first rows): a
+    user of another bucket, or rows out of strict user_id order; None when nothing is."""
+    bad = np.flatnonzero(bucket_of(uids, buckets) != bucket)
+    if len(bad):
+        return f"user {int(uids[bad[0]])} of another bucket"
+    if np.any(np.diff(uids) <= 0) or (after is not None and len(uids) and uids[0] <= after):
+        return "rows out of user_id order"
+    return None
 
 
 def open_parquet(handle, *, dictionary: bool) -> pq.ParquetFile:
