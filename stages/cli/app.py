@@ -158,6 +158,22 @@ def cmd_bench(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     return {"bench": args.name, "report": out, **(report.get("summary") or {})}
 
 
+def cmd_plot(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
+    del warehouse  # plots read reports only
+    from stages.bench.scale_plot import write_plot  # deferred: matplotlib stays out of the other commands
+
+    reports = []
+    for path in args.reports:
+        with open(path) as fh:
+            try:
+                reports.append(json.load(fh))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"plot {args.kind}: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_plot(reports, args.out, title=args.title)
+    return {"plot": args.kind, "out": args.out, "reports": len(reports)}
+
+
 def cmd_demo(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]:
     options = {"out_dir": args.out, "days": args.days, "quick": args.quick or None}
     return registry.run("demo", _config("demo", args, options), warehouse=warehouse)
@@ -174,7 +190,7 @@ def cmd_verify(args: argparse.Namespace, warehouse: Warehouse) -> dict[str, Any]
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Warehouse], dict[str, Any]]] = {
     "ingest": cmd_ingest, "run": cmd_run, "backfill": cmd_backfill, "query": cmd_query,
-    "evaluate": cmd_evaluate, "bench": cmd_bench, "demo": cmd_demo, "verify": cmd_verify,
+    "evaluate": cmd_evaluate, "bench": cmd_bench, "plot": cmd_plot, "demo": cmd_demo, "verify": cmd_verify,
 }
 
 

@@ -31,6 +31,7 @@ EPILOG = """examples:
   lum evaluate knowledge --ds 2000-11-30                # next-item HR@10/NDCG@10 of the knowledge vs popularity
   lum bench kernels --out reports/bench_kernels.json
   lum bench scale --users 100000 --out reports/bench_scale.json
+  lum plot scale reports/bench_scale_1m.json reports/bench_scale_10m.json --out reports/scale.png
 """
 
 
@@ -159,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke tests")
     p.add_argument("--users", type=int, help="number of users (as --set users=N)")
     _add_config(p)
+    _add_common(p)
+
+    p = sub.add_parser("plot", help="a PNG from benchmark reports",
+                       description="scale: peak RSS of the driver, workers and JVM and wall time per user, per "
+                       "stage, one bar per `lum bench scale` report (one report per user count).")
+    p.add_argument("kind", choices=("scale",))
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="JSON reports written by `lum bench scale --out`")
+    p.add_argument("--out", default="reports/scale.png", help="PNG path (default: reports/scale.png)")
+    p.add_argument("--title", default="", help="a title above the panels")
     _add_common(p)
 
     p = sub.add_parser("verify", help="check a warehouse and name what is wrong (exit 2 if anything is)",
