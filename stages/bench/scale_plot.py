@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGES = ("ingest", "sequences", "pretrain", "infer", "join", "maintain")  # the bench's order
+from stages.bench.scale import DAILY
+
+STAGES = ("ingest", *DAILY)  # the bench's order
 MEASURES = (("driver", "Python driver, peak RSS (MiB)"), ("workers", "Python workers, peak RSS (MiB)"),
             ("jvm", "Spark JVM, peak RSS (MiB)"), ("us_per_user", "wall time per user (µs)"))
 
