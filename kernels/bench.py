@@ -24,7 +24,7 @@ import torch
 from kernels.bench_methods import BUILDERS, make_batch, useful_flops
 
 log = logging.getLogger(__name__)
-METHODS = ("triton", "torch_grouped", "sdpa_dense", "flex_compiled", "naive")
+METHODS = ("triton", "triton_per_call", "torch_grouped", "sdpa_dense", "flex_compiled", "naive")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -102,7 +102,7 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
 
 
 def _skip_reason(cfg: Config, name: str, *, sweep_point: bool) -> str | None:
-    if name == "triton" and cfg.device != "cuda":
+    if name.startswith("triton") and cfg.device != "cuda":
         return "skipped: no CUDA device (Triton interpreter is a test tool, not timed)"
     if name == "flex_compiled" and not cfg.flex:
         return "skipped: flex=false (a CPU compile of FlexAttention is slow; --set flex=true)"

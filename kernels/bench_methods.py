@@ -1,11 +1,13 @@
 """The attention methods `kernels.bench` compares, each built once per batch and returned as ``run()``.
 
 Every ``run()`` goes from packed (T, H, D) inputs to the packed output, as one model layer would call
-it (pads, gathers and scatters included). Per-batch metadata that every layer shares (index tensors, the
-dense mask, the flex block mask) is built by the builder, outside the timed call; the Triton tile table
-is built inside, as the kernel does per call.
-  triton          kernels.grouped_query_attention(backend="triton")
-  torch_grouped   the same with backend="torch": history once + conditions against it, bucketed SDPA
+it (pads, gathers and scatters included). Per-batch metadata that every layer shares (the plan's host
+copies and Triton tile tables, index tensors, the dense mask, the flex block mask) is built by the builder,
+outside the timed call, as the model builds it once per batch.
+  triton          kernels.plan_grouped_attention(backend="triton"), as the model's layers call it
+  triton_per_call kernels.grouped_query_attention(backend="triton"): the batch checked (two host copies,
+                  each a device sync) and tiled inside every call
+  torch_grouped   plan_grouped_attention(backend="torch"): history once + conditions against it, bucketed SDPA
   sdpa_dense      kernels.sdpa_mask: SDPA with a dense (B, 1, L, L) boolean mask, one sequence per row
   flex_compiled   torch.compile(flex_attention) with a block mask over the packed batch
   naive           one causal pass per condition: B*N sequences [history, condition] (LUM without the
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import grouped_query_attention
+from kernels.dispatch import grouped_query_attention, plan_grouped_attention
 from kernels.sdpa_mask import mask_layout, masked_attention
 
 Run = Callable[[], torch.Tensor]
@@ -59,6 +61,15 @@ def _zero_row(x: torch.Tensor) -> torch.Tensor:
 
 
 def grouped(batch: dict[str, Any], backend: str) -> Run:
+    """The plan (checks, host copies, tile tables) is built here and on the builder's first call."""
+    attend = plan_grouped_attention(batch["cu"], batch["prefix_lens"], scale=batch["scale"], backend=backend)
+
+    def run() -> torch.Tensor:
+        return attend(batch["q"], batch["k"], batch["v"])
+    return run
+
+
+def per_call(batch: dict[str, Any], backend: str) -> Run:
     def run() -> torch.Tensor:
         return grouped_query_attention(batch["q"], batch["k"], batch["v"], batch["cu"], batch["prefix_lens"],
                                        scale=batch["scale"], backend=backend)
@@ -135,6 +146,7 @@ def flex(batch: dict[str, Any]) -> Run:
 
 BUILDERS: dict[str, Callable[[dict[str, Any]], Run]] = {
     "triton": lambda batch: grouped(batch, "triton"),
+    "triton_per_call": lambda batch: per_call(batch, "triton"),
     "torch_grouped": lambda batch: grouped(batch, "torch"),
     "sdpa_dense": dense,
     "flex_compiled": flex,

@@ -39,7 +39,8 @@ def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict]:
 
 def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
                      head_dims: tuple[int, ...] = (64, 80)) -> list[dict]:
-    """Compile forward (BLOCK_M/BLOCK_N 128/64 and 64/32) and both backward kernels; raise on failure."""
+    """Compile the forward's history tiles (BLOCK_M/BLOCK_N 128/64 and 64/32) and condition tiles (16/64 and
+    64/128) and both backward kernels; raise on failure."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("TRITON_INTERPRET=1 is set: unset it to compile for a GPU target")
     import triton  # deferred: TRITON_INTERPRET is checked before triton loads
@@ -59,8 +60,11 @@ def compile_variants(arch: int = 90, dtypes: tuple[str, ...] = ("bfloat16",),
             block_d = max(16, triton.next_power_of_2(head_dim))
             common = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "GROUP": 2, "TILE_ROWS": TILE,
                       "PREC": prec, "UPCAST": False}
-            variants = [(tf._fwd_kernel, dict(common, STORE_LSE=True, BLOCK_M=bm, BLOCK_N=bn), warps)
+            variants = [(tf._fwd_kernel, dict(common, STORE_LSE=True, QUERY=False, BLOCK_M=bm, BLOCK_N=bn), warps)
                         for bm, bn, warps in ((128, 64, 8), (64, 32, 4))]
+            variants += [(tf._fwd_kernel, dict(common, TILE_ROWS=rows, STORE_LSE=False, QUERY=True, BLOCK_M=rows,
+                                               BLOCK_N=bn), warps)
+                         for rows, bn, warps in ((16, 64, 4), (64, 128, 4))]
             variants += [(fn, dict(common, BLOCK=64), 4) for fn in (tb._bwd_dq_kernel, tb._bwd_dkdv_kernel)]
             for fn, consts, warps in variants:
                 sig, const_idx = _signature(fn, short, consts)

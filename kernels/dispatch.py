@@ -5,6 +5,10 @@
   cu_seqlens: int32 (B+1,); prefix_lens: int32 (B,). Returns (T, H, D) in q.dtype. Token i of sequence b
   attends causally (keys <= i) when i < prefix_lens[b], else to keys < prefix_lens[b] and itself.
   prefix_lens == lengths is plain packed causal attention.
+``plan_grouped_attention(cu_seqlens, prefix_lens, *, scale=None, backend="auto")``
+  the same for every layer of one forward: checks the batch once (one host copy of cu_seqlens and
+  prefix_lens), builds the Triton tile tables once, and returns ``attend(q, k, v)``; each call checks q/k/v
+  only (no device sync).
 ``plan_causal_attention(cu_seqlens, *, backend="auto", row_of_seq=None, row_tokens=None, scale=None)``
   packed causal attention for training: checks the batch and builds its layout once, and returns
   ``attend(q, k, v)`` for every layer of the forward (q, k, v as above; any strides).
@@ -87,8 +91,10 @@ def resolve_causal_backend(backend: str, device: torch.device) -> str:
 
 
 def _run(chosen: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-         prefix_lens: torch.Tensor, offsets: list[int], prefixes: list[int], scale: float | None) -> torch.Tensor:
-    """Launch one checked backend on one checked batch."""
+         prefix_lens: torch.Tensor, offsets: list[int], prefixes: list[int], scale: float | None,
+         tiles: dict | None = None) -> torch.Tensor:
+    """Launch one checked backend on one checked batch. ``tiles``: a plan's cache of the Triton tile tables
+    (filled on the first Triton call, reused after)."""
     if chosen == "torch":
         return torch_grouped_attention(q, k, v, cu_seqlens, prefix_lens, scale=scale, offsets=offsets,
                                        prefixes=prefixes)
@@ -101,8 +107,12 @@ def _run(chosen: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         return varlen_causal_attention(q, k, v, cu_seqlens, max_len, scale=scale)
     from kernels.triton_grouped import triton_grouped_attention  # deferred: triton loads only when it runs
 
+    if tiles is not None and "table" not in tiles:
+        from kernels.tiles import build_tiles
+
+        tiles["table"] = build_tiles(offsets, prefixes).to(q.device)
     return triton_grouped_attention(q, k, v, cu_seqlens, prefix_lens, scale=scale, offsets=offsets,
-                                    prefixes=prefixes)
+                                    prefixes=prefixes, tiles=None if tiles is None else tiles["table"])
 
 
 def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -116,6 +126,32 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     chosen = resolve_backend(backend, q.device, needs_grad=needs_grad, causal_only=causal_only)
     check_backend(chosen, q, needs_grad=needs_grad, causal_only=causal_only)
     return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, prefixes, scale)
+
+
+def plan_grouped_attention(cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor, *, scale: float | None = None,
+                           backend: str = "auto") -> Attend:
+    """``grouped_query_attention`` over one batch for every layer of a forward: returns ``attend(q, k, v)``.
+    The batch (cu_seqlens, prefix_lens: int32, one device) is checked and copied to the host here, once;
+    the Triton tile tables are built on the first Triton call and reused. Each call checks q/k/v (shapes,
+    dtypes, T = cu_seqlens[-1], the batch's device) and picks the backend as ``grouped_query_attention``
+    does (gradients decide per call)."""
+    _check_name(backend)
+    device = cu_seqlens.device
+    offsets, prefixes = check_offsets(cu_seqlens, prefix_lens, total=None, device=device)
+    check_scale(scale)
+    causal_only = all(prefixes[b] == offsets[b + 1] - offsets[b] for b in range(len(prefixes)))
+    total = offsets[-1]
+    tiles: dict = {}
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        check_qkv(q, k, v)
+        if q.shape[0] != total or q.device != device:
+            raise ValueError(f"q has {q.shape[0]} tokens on {q.device}; the planned batch has {total} on {device}")
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        chosen = resolve_backend(backend, q.device, needs_grad=needs_grad, causal_only=causal_only)
+        check_backend(chosen, q, needs_grad=needs_grad, causal_only=causal_only)
+        return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, prefixes, scale, tiles)
+    return attend
 
 
 def plan_causal_attention(cu_seqlens: torch.Tensor, *, backend: str = "auto",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.tiles import build_tiles
+from kernels.tiles import TileTable, build_tiles
 from kernels.triton_backward import _backward
 from kernels.triton_forward import _forward
 
@@ -20,7 +20,7 @@ class _CausalAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, cu_seqlens, prefix_lens, tiles, scale, max_len):
         out, lse = _forward(q, k, v, cu_seqlens, prefix_lens, tiles, scale, max_len=max_len,
                             max_prefix=max_len, store_lse=True)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, tiles)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, tiles.history)  # causal: history tiles only
         ctx.scale = scale
         return out
 
@@ -34,18 +34,20 @@ class _CausalAttention(torch.autograd.Function):
 def triton_grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                              prefix_lens: torch.Tensor, *, scale: float | None = None,
                              offsets: list[int] | None = None, prefixes: list[int] | None = None,
-                             out: torch.Tensor | None = None) -> torch.Tensor:
+                             out: torch.Tensor | None = None, tiles: TileTable | None = None) -> torch.Tensor:
     """Launch the Triton kernel. q: (T, H, D), k/v: (T, H_kv, D), cu_seqlens (B+1,) int32, prefix_lens (B,)
     int32, all contiguous on one device (validated by the dispatcher). ``offsets``/``prefixes``: host
-    copies (saves a sync). ``out``: optional preallocated (T, H, D) output (tests poison it with NaN).
-    Differentiable only when prefix_lens == lengths. Returns (T, H, D) in q.dtype."""
+    copies (saves a sync). ``tiles``: the batch's tile tables on q's device (``kernels.tiles.build_tiles``;
+    a plan builds them once for every layer), else built here. ``out``: optional preallocated (T, H, D)
+    output (tests poison it with NaN). Differentiable only when prefix_lens == lengths. Returns (T, H, D)
+    in q.dtype."""
     _t, _h, d = q.shape
     scale = d ** -0.5 if scale is None else float(scale)
     offsets = [int(x) for x in cu_seqlens.tolist()] if offsets is None else offsets
     prefixes = [int(x) for x in prefix_lens.tolist()] if prefixes is None else prefixes
     lengths = [offsets[b + 1] - offsets[b] for b in range(len(prefixes))]
     max_len = max(lengths, default=0)
-    tiles = build_tiles(offsets, prefixes).to(q.device)
+    tiles = build_tiles(offsets, prefixes).to(q.device) if tiles is None else tiles
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if needs_grad:
         if prefixes != lengths:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import grouped_query_attention, plan_causal_attention
+from kernels import plan_causal_attention, plan_grouped_attention
 from stages.model.config import ModelConfig
 from stages.model.timefeat import GAP_BUCKETS, gap_bucket_of, gap_buckets
 from stages.model.vocab import interleave
@@ -204,9 +204,10 @@ class LUM(nn.Module):
         hist_item_rows/hist_cond_ids: (sum L_b,) behaviours, oldest first; cu_seqlens_hist: (B+1,) int32
         behaviour offsets; query_cond_ids: (sum N_b,); cu_queries: (B+1,) int32. Layout per user:
         [c1, i1, ..., cL, iL, q1, ..., qN] with prefix 2L; every query sits at position 2L (the next
-        condition slot) and attends to the history and itself (kernels.grouped_query_attention, every
-        layer). Histories longer than history_len (max_len - 1) keep their last history_len behaviours; an
-        empty history is allowed (queries see only themselves). Returns (sum N_b, d_model) unit-norm o_q.
+        condition slot) and attends to the history and itself (kernels.plan_grouped_attention: the batch is
+        checked and tiled once for every layer). Histories longer than history_len (max_len - 1) keep their
+        last history_len behaviours; an empty history is allowed (queries see only themselves). Returns
+        (sum N_b, d_model) unit-norm o_q.
         ``backend`` is passed to the kernel ("auto": triton on CUDA, torch reference elsewhere).
         with_next_cond: also return (B, n_conditions) log p(next condition | history) from the hidden state
         at each user's last item token (`condition_log_probs`); zeros (uniform) for an empty history.
@@ -258,9 +259,8 @@ class LUM(nn.Module):
         x[q_slot] = self._cond_tokens(query_cond_ids, q_gaps)
         pos[c_slot], pos[c_slot + 1], pos[q_slot] = 2 * local_h, 2 * local_h + 1, 2 * L[user_q]
         x = x + self.pos_emb(pos)
-        cu32, prefix = cu_tok.to(torch.int32), (2 * L).to(torch.int32)
-        h = self._hidden(x, lambda q, k, v: grouped_query_attention(
-            q.contiguous(), k.contiguous(), v.contiguous(), cu32, prefix, backend=backend))
+        attend = plan_grouped_attention(cu_tok.to(torch.int32), (2 * L).to(torch.int32), backend=backend)
+        h = self._hidden(x, lambda q, k, v: attend(q.contiguous(), k.contiguous(), v.contiguous()))
         out = F.normalize(self.head(h[q_slot]), dim=-1)
         extra = []
         if with_next_cond:

@@ -90,3 +90,41 @@ def test_env_backend_runs_triton_and_logs_once(monkeypatch, caplog):
     assert len(lines) == 1 and "backend=triton" in lines[0]
     torch.testing.assert_close(first, grouped_query_attention(q, k, v, cu, pl, backend="torch"),
                                atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_grouped_plan_equals_per_call_and_tiles_once(backend, monkeypatch):
+    """A plan gives each layer the per-call result; the batch is copied to the host and tiled once."""
+    import kernels.checks as checks
+    import kernels.tiles as tiles
+    import kernels.triton_grouped as triton_grouped
+
+    q, k, v, cu, pl = jagged_batch([70, 17, 3, 0, 40], [64, 16, 0, 0, 22], heads=4, kv_heads=2, head_dim=32)
+    layers = [(q + n, k * (n + 1), v - n) for n in range(3)]  # three layers of one forward
+    wants = [grouped_query_attention(*qkv, cu, pl, scale=0.3, backend=backend) for qkv in layers]
+    built, copies = [], []
+
+    def counting(calls, fn):
+        return lambda *a, **kw: calls.append(1) or fn(*a, **kw)
+    monkeypatch.setattr(tiles, "build_tiles", counting(built, tiles.build_tiles))
+    monkeypatch.setattr(triton_grouped, "build_tiles", counting(built, triton_grouped.build_tiles))
+    monkeypatch.setattr(checks, "check_offsets", counting(copies, checks.check_offsets))
+    monkeypatch.setattr(dispatch, "check_offsets", counting(copies, dispatch.check_offsets))
+    attend = dispatch.plan_grouped_attention(cu, pl, backend=backend, scale=0.3)
+    for qkv, want in zip(layers, wants):
+        torch.testing.assert_close(attend(*qkv), want, atol=0, rtol=0)
+    assert len(copies) == 1
+    assert len(built) == (1 if backend == "triton" else 0)
+
+
+def test_grouped_plan_checks_the_batch_then_each_call():
+    q, k, v, cu, pl = _good()
+    with pytest.raises(ValueError, match=r"prefix_lens\[1\]=5 must be in \[0, length=3\]"):
+        dispatch.plan_grouped_attention(cu, torch.tensor([4, 5], dtype=torch.int32))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dispatch.plan_grouped_attention(cu, pl, backend="cuda")
+    attend = dispatch.plan_grouped_attention(cu, pl)
+    with pytest.raises(ValueError, match="planned batch has 8"):
+        attend(q[:-1].contiguous(), k[:-1].contiguous(), v[:-1].contiguous())
+    with pytest.raises(ValueError, match="k/v dtypes"):
+        attend(q, k.double(), v)

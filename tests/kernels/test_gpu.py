@@ -2,7 +2,7 @@
 
 Each test decides its own skip: no CUDA device, or TRITON_INTERPRET=1 (tests/conftest.py sets it for CPU
 runs; ``TRITON_INTERPRET=0`` runs the compiled kernels). The forward tests pin the autotuner to one config
-at a time (64x32 and 128x64), so both sub-tile layouts are checked and compile time stays bounded; one
+at a time (64x32 and 128x64, condition tiles with BLOCK_N 32 and 64), so both sub-tile layouts are checked and compile time stays bounded; one
 test runs the full autotune at a serving size. Inputs are fresh random draws; outputs are poisoned first.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from jagged_batches import EDGE_LENGTHS, EDGE_PREFIXES, jagged_batch, random_lengths
 
-from kernels import grouped_query_attention, plan_causal_attention
+from kernels import grouped_query_attention, plan_causal_attention, plan_grouped_attention
 from kernels.dispatch import resolve_backend, resolve_causal_backend
 from kernels.reference import reference_attention
 from kernels.varlen import available
@@ -54,6 +54,10 @@ def _pin(monkeypatch, name: str) -> str:
     monkeypatch.setattr(triton_forward._fwd_tuned, "configs",
                         [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2)])
     monkeypatch.setattr(triton_forward._fwd_tuned, "cache", {})
+    # condition tiles: BLOCK_M is the tile's rows (16/32/64, set by the launch); BLOCK_N as the history's
+    monkeypatch.setattr(triton_forward._cond_tuned, "configs",
+                        [triton.Config({"BLOCK_N": bn}, num_warps=4, num_stages=2)])
+    monkeypatch.setattr(triton_forward._cond_tuned, "cache", {})
     return name
 
 
@@ -101,6 +105,21 @@ def test_triton_poisoned_output_fully_written_and_nan_stays_home(pinned):
         x[start:end] = float("nan")
     finite = torch.isfinite(grouped_query_attention(q, k, v, cu, pl, backend="triton")).all(dim=(1, 2))
     assert finite[:start].all() and finite[end:].all() and not finite[start:end].any()
+
+
+@pytest.mark.parametrize("conditions", [16, 18, 70])
+def test_triton_condition_tiles_and_plan(pinned, conditions):
+    """16-, 32- and 64-row condition tiles natively; a plan gives each layer the per-call result."""
+    lengths = [300 + conditions, 40 + conditions, conditions, 129 + conditions]
+    prefixes = [300, 40, 0, 129]
+    q, k, v, cu, pl = _batch(lengths, prefixes, heads=4, kv_heads=2, head_dim=64, dtype=torch.bfloat16,
+                             seed=conditions)
+    attend = plan_grouped_attention(cu, pl, backend="triton")
+    for layer in range(2):
+        q_l, k_l = q * (layer + 1), k - layer
+        want = grouped_query_attention(q_l, k_l, v, cu, pl, backend="triton")
+        assert torch.equal(attend(q_l, k_l, v), want)
+        assert _rel_err(want, reference_attention(q_l, k_l, v, cu, pl)) < 1e-2
 
 
 def test_triton_full_autotune_at_serving_size():

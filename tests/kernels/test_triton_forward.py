@@ -48,6 +48,14 @@ def test_random_jagged(seed):
     _check(*jagged_batch(lengths, prefixes, heads=2, head_dim=32, seed=seed))
 
 
+@pytest.mark.parametrize("conditions", [16, 18, 70])
+def test_condition_tile_sizes(conditions):
+    """16-, 32- and 64-row condition tiles (70 conditions: two tiles, the second mostly empty), jagged."""
+    lengths = [40 + conditions, 3 + conditions // 2, 1]
+    prefixes = [40, 3, 0]
+    _check(*jagged_batch(lengths, prefixes, heads=2, kv_heads=1, head_dim=32))
+
+
 def test_one_long_sequence_among_short_ones():
     _check(*jagged_batch([3, 300, 1, 2, 5], [1, 290, 1, 0, 5], heads=1, head_dim=32))
 
