@@ -130,3 +130,18 @@ def test_prune_through_the_autotuner():
     finally:
         _fwd_tuned.nargs = None
     assert kept and {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept} == {(64, 32)}
+
+
+def test_condition_prune_through_the_autotuner():
+    """The condition launch's autotuner: BLOCK_M comes from the launch, BLOCK_N is pruned by the prefix."""
+    from kernels.triton_forward import _cond_tuned
+
+    args = [None] * 8 + [0] * 9 + [1.0, 64, 32]  # pointers, strides, qk_scale, SEQLEN_BUCKET, PREFIX_BUCKET
+    _cond_tuned.nargs = dict(zip(_cond_tuned.arg_names, args))
+    try:
+        kept = _cond_tuned.prune_configs({"HEAD_DIM": 64, "BLOCK_D": 64, "GROUP": 1, "TILE_ROWS": 16,
+                                          "BLOCK_M": 16, "QUERY": True})
+    finally:
+        _cond_tuned.nargs = None
+    assert kept and {c.kwargs["BLOCK_N"] for c in kept} == {32}
+    assert all("BLOCK_M" not in c.kwargs for c in _cond_tuned.configs)  # never conflicts with the launch's
