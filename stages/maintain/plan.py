@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import schemas
 from stages.core.dates import check_ds, days_before
+from stages.warehouse.rangesort import SPILL_CODECS
 
 MARKER = "lum.maintained_through"  # table configuration: the newest day D whose maintenance finished
 COMPRESSIONS = ("ZSTD", "LZ4_RAW", "SNAPPY", "UNCOMPRESSED")  # parquet codecs of rewritten files (Spark reads all)
@@ -38,7 +39,7 @@ PARTITIONED = tuple(f.name for f in dataclasses.fields(KeepDays))  # the tables 
 
 def check_config(cfg) -> None:
     """``ValueError`` (one line) for a table that is unknown, not ds-partitioned or listed twice, a clustered
-    table not in ``tables``, a negative ``keep_days``, an unknown compression or a size < 1."""
+    table not in ``tables``, a negative ``keep_days``, an unknown compression or spill codec, or a size < 1."""
     tables = list(cfg.tables)
     for name in tables + list(cfg.cluster):
         if name not in PARTITIONED:
@@ -55,6 +56,8 @@ def check_config(cfg) -> None:
             raise ValueError(f"keep_days.{name} must be an integer >= 0 (0 = never expire), got {days!r}")
     if cfg.compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.compression!r}")
+    if cfg.spill_codec not in SPILL_CODECS:
+        raise ValueError(f"spill_codec must be one of {', '.join(SPILL_CODECS)}, got {cfg.spill_codec!r}")
     for name in ("target_file_mb", "row_group_rows", "sort_mb"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

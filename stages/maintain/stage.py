@@ -3,15 +3,16 @@
 For each table of ``tables`` (``stages.maintain.plan`` checks the Config first; nothing changes on bad input):
 1. expire: delete its partitions older than ``D - keep_days.<table>`` in one commit (0, the default: none);
 2. rewrite partition D in at most one commit, rows unchanged: tables in ``cluster`` are sorted by ``user_id``
-   (an external range sort in about ``sort_mb`` of memory, ``stages.warehouse.rangesort``, files of
-   ``target_file_mb``, so a lookup opens one file and about one row group) when their files overlap or are small; other tables get delta-rs compaction of small files, except a
+   (an external range sort in about ``sort_mb`` of memory, its spill compressed by ``spill_codec``,
+   ``stages.warehouse.rangesort``, files of ``target_file_mb``, so a lookup opens one file and about one row
+   group) when their files overlap or are small; other tables get delta-rs compaction of small files, except a
    bucketed ``user_sequences`` partition (one file per bucket: compaction would mix the buckets readers skip by);
 3. vacuum: ``Warehouse.vacuum`` with ``LUM_VACUUM_RETENTION_HOURS`` (files a newer version dropped earlier);
 4. then, for every table: the day in its configuration (``lum.maintained_through``: ``lum backfill``'s "done"
    check, ``is_complete``) and a Delta checkpoint with log entries past the log retention removed.
 A rerun changes nothing (every step is skipped when there is nothing to do). Missing tables or partitions are
-skipped and reported. Summary: per table files before/after, rows of D, rewrite, expired days, files vacuumed,
-seconds.
+skipped and reported. Summary: per table files before/after, rows of D, rewrite (and a sort's peak spill MiB),
+expired days, files vacuumed, seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Config:
     row_group_rows: int = 8192  # parquet row group of rewritten files (infer's default): a lookup decodes one
     compression: str = "ZSTD"  # of rewritten files; LZ4_RAW: bigger files, faster batch lookups (README)
     sort_mb: int = 256  # memory of a clustering sort (a range of user_ids at a time, the rest spilled to disk)
+    spill_codec: str = "lz4"  # of that spill: lz4 (about 1.3x the partition's parquet size), zstd, none (1.9x)
     vacuum: bool = True  # delete files older versions needed, after LUM_VACUUM_RETENTION_HOURS
     checkpoint: bool = True  # a Delta checkpoint per table, expired log entries removed
 
@@ -69,7 +71,8 @@ def maintain_table(wh: Warehouse, cfg: Config, name: str, ds: str, retention: in
     else:
         rewrite = wh.optimize(name, ds=ds, cluster_by=CLUSTER_COLUMN if name in cfg.cluster else None,
                               target_size=cfg.target_file_mb << 20, row_group_rows=cfg.row_group_rows,
-                              compression=cfg.compression, sort_bytes=cfg.sort_mb << 20)
+                              compression=cfg.compression, sort_bytes=cfg.sort_mb << 20,
+                              spill_codec=cfg.spill_codec)
     vacuumed = wh.vacuum(name, retention_hours=retention) if retention is not None else []
     return {"table": name, "missing": False, **rewrite, "partitions_expired": expired,
             "files_vacuumed": len(vacuumed), "seconds": round(time.perf_counter() - started, 3)}

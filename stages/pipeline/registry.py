@@ -73,6 +73,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench.pack", "stages.bench.pack", BENCH, "training tokens/s of packed vs padded batches"),
     Stage("bench.join", "stages.bench.join", BENCH, "rows/s of the point-in-time join"),
     Stage("bench.query", "stages.bench.query", BENCH, "latency of single-user knowledge lookups"),
+    Stage("bench.cluster", "stages.bench.cluster", BENCH, "maintain's clustering sort with each spill codec"),
     Stage("bench.scale", "stages.bench.scale", BENCH, "wall time, rows and peak memory of every stage at N users"),
     Stage("bench.chaos", "stages.bench.chaos", BENCH, "SIGKILL lum backfill at seeded moments, resume, compare tables"),
 )

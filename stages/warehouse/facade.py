@@ -227,11 +227,13 @@ class Warehouse:
         return maintenance.vacuum(self, name, retention_hours=retention_hours, dry_run=dry_run)
 
     def optimize(self, name: str, *, ds: str, cluster_by: str | None = None, target_size: int = 128 << 20,
-                 row_group_rows: int = 8192, compression: str = "ZSTD", sort_bytes: int = 256 << 20) -> dict:
+                 row_group_rows: int = 8192, compression: str = "ZSTD", sort_bytes: int = 256 << 20,
+                 spill_codec: str = "lz4") -> dict:
         """Compact partition ``ds`` (or sort it by ``cluster_by`` in about ``sort_bytes`` of memory) in at most
-        one commit; rows unchanged."""
+        one commit; rows unchanged. ``spill_codec``: of the sort's temporary spill (lz4, zstd, none)."""
         return maintenance.optimize(self, name, ds=ds, cluster_by=cluster_by, target_size=target_size,
-                                    row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes)
+                                    row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes,
+                                    spill_codec=spill_codec)
 
     def expire(self, name: str, days: Sequence[str]) -> list[str]:
         """Delete partitions ``days`` in one commit (none when empty); returns them."""

@@ -74,10 +74,12 @@ def layout(store: TableStore, name: str, ds: str, *, column: str = "user_id") ->
 
 
 def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, target_size: int,
-             row_group_rows: int, compression: str = "ZSTD", sort_bytes: int = 256 << 20) -> dict[str, Any]:
-    """Rewrite partition ``ds`` in at most ONE commit; returns files before/after, rows and ``rewrite`` (
-    ``"cluster"``, ``"compact"`` or ``"none"``). ``RuntimeError`` if the row count changed (never expected)
-    or, when clustering, if the partition changed while it was sorted (nothing committed then)."""
+             row_group_rows: int, compression: str = "ZSTD", sort_bytes: int = 256 << 20,
+             spill_codec: str = "lz4") -> dict[str, Any]:
+    """Rewrite partition ``ds`` in at most ONE commit; returns files before/after, rows and ``rewrite``
+    (``"cluster"``, ``"compact"`` or ``"none"``; a clustering also ``spill_mb``, its largest spill on disk).
+    ``RuntimeError`` if the row count changed (never expected) or, when clustering, if the partition changed
+    while it was sorted (nothing committed then)."""
     if target_size < 1 or row_group_rows < 1 or sort_bytes < 1:
         raise ValueError(f"target_size, row_group_rows and sort_bytes must be >= 1, got {target_size}, "
                          f"{row_group_rows}, {sort_bytes}")
@@ -93,10 +95,10 @@ def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, t
         if not before.needs_clustering(target_size):
             return out
         key = schemas.get(name).KEY if name in schemas.TABLES else (cluster_by,)
-        cluster_partition(store, name, ds=ds, column=cluster_by, key=key, target_size=target_size,
-                          row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes,
-                          dictionary_page_bytes=DICTIONARY_PAGE_BYTES)
-        out["rewrite"] = "cluster"
+        sorted_out = cluster_partition(store, name, ds=ds, column=cluster_by, key=key, target_size=target_size,
+                                       row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes,
+                                       dictionary_page_bytes=DICTIONARY_PAGE_BYTES, spill_codec=spill_codec)
+        out["rewrite"], out["spill_mb"] = "cluster", round(sorted_out.get("spill_bytes", 0) / 2**20, 1)
     else:
         metrics = table.optimize.compact(partition_filters=filters, target_size=target_size, writer_properties=props)
         if metrics.get("numFilesRemoved", 0):

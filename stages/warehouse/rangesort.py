@@ -8,17 +8,21 @@ order is deterministic) in ONE commit, the same layout a z-order on one column w
    quantiles cut the values into ranges of about ``sort_bytes / 3`` of rows each (in Arrow's memory). Equal
    values never span two ranges; a value with more than a range of rows gets one of its own.
 2. scatter: the files of the snapshot read (nothing else) are scanned batch by batch and each batch's rows
-   appended to one Arrow IPC spill file per range (IPC, not parquet: an appended batch leaves nothing in memory)
+   appended to one Arrow IPC spill file per range (IPC, not parquet: an appended batch leaves nothing in memory;
+   each write holds up to ``SPILL_BATCH_ROWS`` of a range's rows, compressed by ``spill_codec``)
    in a temporary folder (under ``_staging`` of a local warehouse, else the system's); at most
    ``MAX_OPEN_RANGES`` files are open, more ranges take more scans.
 3. sort: range by range, its spill file is read back, copied in sorted order and written to the output files
    (inside the partition folder, unreferenced until the commit).
 4. commit: add the new files and remove the old ones (``dataChange: false``: rows unchanged) against the
    snapshot read; a partition changed since is an error and nothing is committed.
-Memory: about ``sort_bytes`` (a range's spill file mapped, its copy and its sorted copy) plus a few scan
-batches and one row group, whatever the partition's size. Disk: the new files (the partition again, as
-parquet) plus at most ``MAX_OPEN_RANGES`` ranges of spill at once (each range's file is deleted once sorted):
-about ``MAX_OPEN_RANGES * sort_bytes / 3`` of uncompressed rows, or the whole partition when it is smaller.
+Memory: about ``sort_bytes`` (a range's spill file read back, its copy and its sorted copy; while scattering,
+at most ``sort_bytes / 2`` of rows waiting for a spill write) plus a few scan batches and one row group,
+whatever the partition's size. Disk: the new files (the partition again, as parquet) plus at most
+``MAX_OPEN_RANGES`` ranges of spill at once (each range's file is deleted once sorted): about
+``MAX_OPEN_RANGES * sort_bytes / 3`` of rows in Arrow's memory, compressed by ``spill_codec`` (lz4 by default;
+knowledge rows spill at about 1.3x their parquet size with lz4, 1.9x with none), or the whole partition when it
+is smaller.
 The temporary folder is removed on success and failure; a killed run leaves the table as it was (its files
 unreferenced, removed by vacuum).
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import shutil
 import tempfile
@@ -67,6 +72,9 @@ SCAN_BATCH_BYTES = 16 << 20  # one scan batch (capped at a sixteenth of sort_byt
 # no pre-buffering: it reads ahead much of a file (about 170 MB more held while scanning a 1M-user knowledge day)
 SCAN_OPTIONS = pads.ParquetFragmentScanOptions(pre_buffer=False)
 CODECS = {"ZSTD": "zstd", "LZ4_RAW": "lz4", "SNAPPY": "snappy", "UNCOMPRESSED": "none"}  # pyarrow's names
+SPILL_CODECS = ("lz4", "zstd", "none")  # of the IPC spill files (Arrow IPC's codecs)
+SPILL_CODEC = "lz4"  # the spill's disk against its CPU: README, "maintain's spill"
+SPILL_BATCH_ROWS = 8192  # rows of a range held before one compressed spill write
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,26 @@ def sample_column(dataset, column: str, rows: int) -> np.ndarray:
 
 
 def scatter(dataset, columns: list[str], column: str, bounds: np.ndarray, folder: str, batch_rows: int,
-            window: range) -> list[int]:
-    """One scan: the rows of ranges in ``window`` appended to ``folder/<range>.arrow``; returns the ranges written."""
+            window: range, *, codec: str = SPILL_CODEC, buffer_bytes: int = 64 << 20, row_bytes: int = 1) -> list[int]:
+    """One scan: the rows of ranges in ``window`` appended to ``folder/<range>.arrow`` (Arrow IPC compressed with
+    ``codec``); returns the ranges written. A range's rows are held until there are ``SPILL_BATCH_ROWS`` of them
+    (fewer when the window's ranges would hold more than ``buffer_bytes`` together), so each compressed write is
+    large enough for its per-buffer cost not to matter."""
+    if codec not in SPILL_CODECS:
+        raise ValueError(f"spill codec must be one of {', '.join(SPILL_CODECS)}, got {codec!r}")
+    options = pa.ipc.IpcWriteOptions(compression=None if codec == "none" else codec)
+    flush_rows = max(1, min(SPILL_BATCH_ROWS, buffer_bytes // max(1, len(window) * row_bytes)))
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+    held: dict[int, list[pa.RecordBatch]] = {}
+    held_rows: dict[int, int] = {}
+
+    def flush(r: int) -> None:
+        rows = pa.Table.from_batches(held.pop(r)).combine_chunks()  # one record batch a write
+        held_rows.pop(r)
+        if r not in writers:
+            writers[r] = pa.ipc.new_file(f"{folder}/{r:06d}.arrow", rows.schema, options=options)
+        writers[r].write_table(rows)
+
     try:
         for batch in dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1, use_threads=False,
                                         fragment_readahead=1, fragment_scan_options=SCAN_OPTIONS):
@@ -126,12 +151,15 @@ def scatter(dataset, columns: list[str], column: str, bounds: np.ndarray, folder
                 continue
             by_range = np.argsort(ranges, kind="stable")
             order = by_range[inside[by_range]]
-            grouped = batch.take(pa.array(order))
             found, starts, counts = np.unique(ranges[order], return_index=True, return_counts=True)
             for r, start, count in zip(found.tolist(), starts.tolist(), counts.tolist()):
-                if r not in writers:
-                    writers[r] = pa.ipc.new_file(f"{folder}/{r:06d}.arrow", batch.schema)
-                writers[r].write_batch(grouped.slice(start, count))
+                # a take per range: the piece owns its buffers, so a held piece never pins the scan batch
+                held.setdefault(r, []).append(batch.take(pa.array(order[start:start + count])))
+                held_rows[r] = held_rows.get(r, 0) + count
+                if held_rows[r] >= flush_rows:
+                    flush(r)
+        for r in sorted(held):
+            flush(r)
     finally:
         for writer in writers.values():
             writer.close()
@@ -139,12 +167,19 @@ def scatter(dataset, columns: list[str], column: str, bounds: np.ndarray, folder
 
 
 def sorted_ranges(dataset, columns: list[str], column: str, order: list[str], bounds: np.ndarray, folder: str,
-                  batch_rows: int) -> Iterator[pa.Table]:
-    """Every range's rows sorted by ``order``, ranges in increasing ``column`` order (one range in memory)."""
+                  batch_rows: int, *, codec: str = SPILL_CODEC, buffer_bytes: int = 64 << 20,
+                  row_bytes: int = 1, stats: dict[str, int] | None = None) -> Iterator[pa.Table]:
+    """Every range's rows sorted by ``order``, ranges in increasing ``column`` order (one range in memory).
+    ``stats["spill_bytes"]``: the largest spill on disk at once (a window's files, right after its scan)."""
     n_ranges = len(bounds) + 1
     for first in range(0, n_ranges, MAX_OPEN_RANGES):
-        for r in scatter(dataset, columns, column, bounds, folder, batch_rows,
-                         range(first, min(n_ranges, first + MAX_OPEN_RANGES))):
+        written = scatter(dataset, columns, column, bounds, folder, batch_rows,
+                          range(first, min(n_ranges, first + MAX_OPEN_RANGES)), codec=codec,
+                          buffer_bytes=buffer_bytes, row_bytes=row_bytes)
+        if stats is not None:
+            on_disk = sum(os.path.getsize(f"{folder}/{r:06d}.arrow") for r in written)
+            stats["spill_bytes"] = max(stats.get("spill_bytes", 0), on_disk)
+        for r in written:
             path = f"{folder}/{r:06d}.arrow"
             with pa.memory_map(path) as source:
                 table = pa.ipc.open_file(source).read_all().combine_chunks()  # a copy: the map can go
@@ -254,15 +289,16 @@ def commit_rewrite(store: TableStore, name: str, ds: str, before: Snapshot, file
 
 def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key: Sequence[str], target_size: int,
                       row_group_rows: int, compression: str, sort_bytes: int,
-                      dictionary_page_bytes: int) -> dict[str, int]:
+                      dictionary_page_bytes: int, spill_codec: str = SPILL_CODEC) -> dict[str, int]:
     """Rewrite partition ``ds`` sorted by ``column`` then ``key`` (see the module); returns files before/after,
-    rows and the ranges sorted."""
+    rows, the ranges sorted and ``spill_bytes`` (the largest spill on disk at once)."""
     ds = check_ds(ds)
     table = store.delta_table(name)
     before = snapshot(table, ds)
     app_id = f"lum/{name}/{ds}/cluster-{column}-v{before.version}"  # two sorts of one snapshot: one commits
     if before.rows == 0:
-        return {"files_before": len(before.paths), "files_after": len(before.paths), "rows": before.rows, "ranges": 0}
+        return {"files_before": len(before.paths), "files_after": len(before.paths), "rows": before.rows, "ranges": 0,
+                "spill_bytes": 0}
     dataset = pyarrow_dataset(table, [("ds", "=", ds)])
     schema = pa.schema([f for f in dataset.schema if f.name != "ds"])  # the files' types (fixed-size lists)
     columns = schema.names
@@ -279,12 +315,14 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
     if spill_parent is not None:
         pafs.LocalFileSystem().create_dir(spill_parent, recursive=True)
         remove_stale_spills(spill_parent)
+    spilled: dict[str, int] = {}
     roller = FileRoller(fs, table_path, ds, schema, target_size=target_size, row_group_rows=row_group_rows,
                         compression=compression, dictionary_page_bytes=dictionary_page_bytes)
     try:
         with phase("cluster_sort", f"{name} ds={ds}"), \
                 tempfile.TemporaryDirectory(prefix=SPILL_PREFIX, dir=spill_parent) as folder:
-            for part in sorted_ranges(dataset, columns, column, order, bounds, folder, batch_rows):
+            for part in sorted_ranges(dataset, columns, column, order, bounds, folder, batch_rows, codec=spill_codec,
+                                      buffer_bytes=sort_bytes // 2, row_bytes=row_bytes, stats=spilled):
                 roller.write(part)
                 del part  # before the next range is read back
             roller.close()
@@ -298,4 +336,4 @@ def cluster_partition(store: TableStore, name: str, *, ds: str, column: str, key
     log.info("%s ds=%s: sorted by %s in %d range(s), %d -> %d files", name, ds, column, len(bounds) + 1,
              len(before.paths), len(roller.files))
     return {"files_before": len(before.paths), "files_after": len(roller.files), "rows": before.rows,
-            "ranges": len(bounds) + 1}
+            "ranges": len(bounds) + 1, "spill_bytes": spilled.get("spill_bytes", 0)}

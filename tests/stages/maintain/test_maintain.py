@@ -237,6 +237,7 @@ def test_days_to_expire(days, ds, keep, expired):
     ({"target_file_mb": 0}, "target_file_mb must be >= 1"),
     ({"compression": "zip"}, "compression must be one of ZSTD, LZ4_RAW"),
     ({"sort_mb": 0}, r"sort_mb must be >= 1"),
+    ({"spill_codec": "gzip"}, "spill_codec must be one of lz4, zstd, none, got 'gzip'"),
 ])
 def test_bad_config_is_one_line_and_changes_nothing(mwh, options, match):
     before = tables_snapshot(mwh)

@@ -80,9 +80,9 @@ def test_many_small_ranges_give_the_files_one_range_gives(rwh, copy_warehouse, m
     monkeypatch.setattr(rangesort, "MAX_OPEN_RANGES", 4)  # more ranges than open spill files: several scans
     scatter, on_disk = rangesort.scatter, []
 
-    def counted(dataset, columns, column, bounds, folder, *args):  # spill files on disk before and after a scan
+    def counted(dataset, columns, column, bounds, folder, *args, **kwargs):  # spill files before and after a scan
         before = len(os.listdir(folder))
-        written = scatter(dataset, columns, column, bounds, folder, *args)
+        written = scatter(dataset, columns, column, bounds, folder, *args, **kwargs)
         on_disk.append((before, len(os.listdir(folder)), len(written)))
         return written
 
@@ -137,3 +137,37 @@ def test_a_partition_changed_during_the_sort_is_an_error_and_commits_nothing(rwh
     with pytest.raises(RuntimeError, match="changed while it was sorted"):
         cluster(rwh, sort_bytes=20_000)
     assert rwh.read("user_knowledge").num_rows == 6  # the concurrent write stands, no row lost or added
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_spill_is_compressed_in_few_large_writes_and_reads_back_the_same(codec, tmp_path):
+    """Scan batches of 50 rows over 3 ranges: each range's rows are held and written in writes of up to
+    SPILL_BATCH_ROWS, compressed by ``codec``; the files hold the same rows as an uncompressed spill's."""
+    import pyarrow.dataset as pads
+
+    table = knowledge(np.arange(1, 601, dtype=np.int64), 4, 0).drop_columns(["ds"])  # 2,436 rows (user 5: 40)
+    table = table.set_column(3, "model_version", pa.array(["lum-x" * 20] * table.num_rows))  # compressible
+    dataset = pads.dataset(table)
+    bounds = np.array([200, 400])
+    spilled = {}
+    for name in ("none", codec):
+        folder = tmp_path / name
+        folder.mkdir()
+        written = rangesort.scatter(dataset, table.column_names, "user_id", bounds, str(folder), 50, range(0, 3),
+                                    codec=name, buffer_bytes=1 << 20, row_bytes=100)
+        assert written == [0, 1, 2]
+        files = [str(folder / f"{r:06d}.arrow") for r in written]
+        readers = [pa.ipc.open_file(f) for f in files]
+        assert [r.num_record_batches for r in readers] == [1, 1, 1]  # < SPILL_BATCH_ROWS rows a range: one write
+        spilled[name] = (sum(os.path.getsize(f) for f in files), pa.concat_tables(r.read_all() for r in readers))
+    assert spilled[codec][0] < 0.8 * spilled["none"][0]
+    assert spilled[codec][1].equals(spilled["none"][1])
+    assert spilled["none"][1].sort_by(KEY).equals(table.sort_by(KEY))
+    small = tmp_path / "small"
+    small.mkdir()  # a buffer of 3 x 100 rows' bytes: each scan batch's piece of a range is written at once
+    rangesort.scatter(dataset, table.column_names, "user_id", bounds, str(small), 50, range(0, 3), codec=codec,
+                      buffer_bytes=300, row_bytes=100)
+    first = int((table["user_id"].to_numpy() < 200).sum())  # range 0: the table's first rows (sorted by user)
+    assert pa.ipc.open_file(str(small / "000000.arrow")).num_record_batches == -(-first // 50)
+    with pytest.raises(ValueError, match="spill codec must be one of lz4, zstd, none, got 'gzip'"):
+        rangesort.scatter(dataset, table.column_names, "user_id", bounds, str(small), 50, range(0, 3), codec="gzip")
