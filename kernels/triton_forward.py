@@ -5,11 +5,13 @@ prefix_lens (B,) int32. Sequence b = [history tokens 0..P-1 | N condition tokens
 
 One program runs BLOCK_M rows of one tile of the host's tile tables (kernels.tiles) for one head; history
 and condition tiles are two launches of the same kernel (constexpr QUERY):
-  * history tiles (128 rows, BLOCK_M dividing it) cover rows [0, P): causal. Key blocks [0, m_start) are fully visible and run without
-    any per-element mask; only the diagonal blocks [m_start, m_start + BLOCK_M) are masked.
-  * condition tiles (BLOCK_M = the tile's 16, 32 or 64 rows) cover rows [P, L): each row sees keys [0, P) (all full blocks unmasked, at most one
-    partial block masked on n < P) plus itself, added as one extra online-softmax term sum(q * k_self) -
-    never a (BLOCK_M x BLOCK_M) diagonal matmul, and never another condition's key.
+  * history tiles (128 rows, BLOCK_M dividing it) cover rows [0, P): causal. Key blocks [0, m_start) are
+    fully visible and run without any per-element mask; only the diagonal blocks [m_start, m_start + BLOCK_M)
+    are masked.
+  * condition tiles (BLOCK_M = the tile's 16, 32 or 64 rows) cover rows [P, L): each row sees keys [0, P)
+    (all full blocks unmasked, at most one partial block masked on n < P) plus itself, added as one extra
+    online-softmax term sum(q * k_self) - never a (BLOCK_M x BLOCK_M) diagonal matmul, and never another
+    condition's key.
 No key block outside a tile's visible range is loaded; nothing outside the tile's own sequence is read.
 Grid = (n_tiles * 128 // BLOCK_M, H): axis 0 holds the large dimension (< 2^31 programs: 2^38 tokens),
 axis 1 the heads (<= 65535). Offsets are int64 before any multiply by a stride. Accumulation in fp32
