@@ -159,7 +159,8 @@ def plan_causal_attention(cu_seqlens: torch.Tensor, *, backend: str = "auto",
                           scale: float | None = None) -> Attend:
     """Packed causal attention over the sequences of ``cu_seqlens`` (int32 (B+1,), on the device of q):
     returns ``attend(q, k, v) -> (T, H, D)`` for every layer of one forward. The batch is checked and its
-    layout built here, once (one host copy of cu_seqlens); each call checks q/k/v shapes only.
+    layout built here, once (one host copy of cu_seqlens; the Triton tile tables on the first call); each
+    call checks q/k/v shapes only.
     ``row_of_seq`` (B,) / ``row_tokens``: dense rows shared by several sequences (sdpa_mask only; the
     other backends need no padding)."""
     device = cu_seqlens.device
@@ -182,9 +183,10 @@ def plan_causal_attention(cu_seqlens: torch.Tensor, *, backend: str = "auto",
             return masked_attention(q, k, v, layout, scale=scale)
         return attend_mask
     prefix_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    tiles: dict = {}  # the Triton tile tables, built on the first call
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         checked(q, k, v)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, lengths, scale)
+        return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, lengths, scale, tiles)
     return attend

@@ -6,7 +6,7 @@ import pytest
 import torch
 from jagged_batches import jagged_batch
 
-from kernels import grouped_query_attention
+from kernels import grouped_query_attention, plan_causal_attention
 from kernels.reference import reference_attention
 
 
@@ -40,3 +40,24 @@ def test_auto_with_grad_on_grouped_batch_uses_torch_path():
     out = grouped_query_attention(q, k, v, cu, pl)
     out.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_causal_plan_on_triton_tiles_once_and_trains(monkeypatch):
+    """plan_causal_attention(backend="triton"): two layers, forward and backward, one tile build."""
+    import kernels.tiles as tiles
+
+    lengths = [3, 70, 0, 40]
+    q, k, v, cu, pl = jagged_batch(lengths, lengths, heads=2, head_dim=32, requires_grad=True)
+    built = []
+    real = tiles.build_tiles
+    monkeypatch.setattr(tiles, "build_tiles", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    attend = plan_causal_attention(cu, backend="triton")
+    out = attend(attend(q, k, v), k, v)  # the second layer reads the first's output as its queries
+    got = torch.autograd.grad(out.sum(), (q, k, v))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference_attention(reference_attention(q64, k64, v64, cu, pl), k64, v64, cu, pl)
+    want = torch.autograd.grad(ref.sum(), (q64, k64, v64))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, atol=1e-4, rtol=1e-4)
+    assert len(built) == 1
