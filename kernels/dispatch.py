@@ -90,6 +90,19 @@ def resolve_causal_backend(backend: str, device: torch.device) -> str:
     return chosen
 
 
+def _causal_only(offsets: list[int], prefixes: list[int]) -> bool:
+    """Every sequence all history (prefix_lens == lengths): plain packed causal attention."""
+    return all(prefixes[b] == offsets[b + 1] - offsets[b] for b in range(len(prefixes)))
+
+
+def _choose(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal_only: bool) -> str:
+    """The backend for this call (gradients decide, see resolve_backend), checked against q."""
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    chosen = resolve_backend(backend, q.device, needs_grad=needs_grad, causal_only=causal_only)
+    check_backend(chosen, q, needs_grad=needs_grad, causal_only=causal_only)
+    return chosen
+
+
 def _run(chosen: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
          prefix_lens: torch.Tensor, offsets: list[int], prefixes: list[int], scale: float | None,
          tiles: dict | None = None) -> torch.Tensor:
@@ -121,10 +134,7 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     """Jagged grouped-query masked attention; see the module docstring for shapes and the mask."""
     _check_name(backend)
     offsets, prefixes = validate(q, k, v, cu_seqlens, prefix_lens, scale)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    causal_only = all(prefixes[b] == offsets[b + 1] - offsets[b] for b in range(len(prefixes)))
-    chosen = resolve_backend(backend, q.device, needs_grad=needs_grad, causal_only=causal_only)
-    check_backend(chosen, q, needs_grad=needs_grad, causal_only=causal_only)
+    chosen = _choose(backend, q, k, v, causal_only=_causal_only(offsets, prefixes))
     return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, prefixes, scale)
 
 
@@ -139,7 +149,7 @@ def plan_grouped_attention(cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor, 
     device = cu_seqlens.device
     offsets, prefixes = check_offsets(cu_seqlens, prefix_lens, total=None, device=device)
     check_scale(scale)
-    causal_only = all(prefixes[b] == offsets[b + 1] - offsets[b] for b in range(len(prefixes)))
+    causal_only = _causal_only(offsets, prefixes)
     total = offsets[-1]
     tiles: dict = {}
 
@@ -147,9 +157,7 @@ def plan_grouped_attention(cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor, 
         check_qkv(q, k, v)
         if q.shape[0] != total or q.device != device:
             raise ValueError(f"q has {q.shape[0]} tokens on {q.device}; the planned batch has {total} on {device}")
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        chosen = resolve_backend(backend, q.device, needs_grad=needs_grad, causal_only=causal_only)
-        check_backend(chosen, q, needs_grad=needs_grad, causal_only=causal_only)
+        chosen = _choose(backend, q, k, v, causal_only=causal_only)
         return _run(chosen, q, k, v, cu_seqlens, prefix_lens, offsets, prefixes, scale, tiles)
     return attend
 

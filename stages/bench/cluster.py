@@ -9,8 +9,9 @@ process (spawned), so no run inherits another's memory.
 = 1), as the sort did before it held a range's rows for larger compressed writes.
 Per run: wall and CPU seconds of the sort (its process, all threads), the spill's peak on disk (the sort's own
 count: a window's spill files right after its scan) and that over the sorted partition's parquet bytes, the
-peak RSS of its process (imports included), and the ratios to the baseline. Every run must write the same rows in the same order as the baseline (a digest of the sorted files'
-``user_id`` and ``condition`` columns, file by file); the bench fails otherwise.
+peak RSS of its process (imports included), and the ratios to the baseline. Every run must write the same
+rows in the same order as the baseline (a digest of the sorted files' ``user_id`` and ``condition`` columns,
+file by file); the bench fails otherwise.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def optimize(store: TableStore, name: str, *, ds: str, cluster_by: str | None, t
         sorted_out = cluster_partition(store, name, ds=ds, column=cluster_by, key=key, target_size=target_size,
                                        row_group_rows=row_group_rows, compression=compression, sort_bytes=sort_bytes,
                                        dictionary_page_bytes=DICTIONARY_PAGE_BYTES, spill_codec=spill_codec)
-        out["rewrite"], out["spill_mb"] = "cluster", round(sorted_out.get("spill_bytes", 0) / 2**20, 1)
+        out["rewrite"], out["spill_mb"] = "cluster", round(sorted_out["spill_bytes"] / 2**20, 1)
     else:
         metrics = table.optimize.compact(partition_filters=filters, target_size=target_size, writer_properties=props)
         if metrics.get("numFilesRemoved", 0):
